@@ -1,0 +1,4 @@
+"""Voxelwise fitting of quantitative maps: models, the JAX solver, CRLB, DESPOT1."""
+
+from qmri_jax.fitting.models import FitModel, get_model, list_models
+from qmri_jax.fitting.solver import FitResult, SolverOptions, fit_voxels

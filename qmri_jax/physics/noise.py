@@ -1,0 +1,139 @@
+"""Noise models for magnitude MR images: Rician sampling, log-likelihoods, background sigma.
+
+A magnitude image of a complex signal ``nu`` with i.i.d. Gaussian noise of std ``sigma`` in each
+channel follows the Rice distribution:
+``p(m | nu, sigma) = m / sigma^2 exp(-(m^2 + nu^2) / (2 sigma^2)) I0(m nu / sigma^2)``.
+Where ``nu = 0`` (background) it is Rayleigh with mean ``sigma sqrt(pi/2)``.
+
+Reference: Gudbjartsson H, Patz S. The Rician distribution of noisy MRI data. MRM 34:910 (1995).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["add_rician_noise", "rician_nll", "gaussian_nll", "rician_moments",
+           "estimate_sigma_background", "log_i0_and_ratio"]
+
+
+def add_rician_noise(key: jax.Array, signal: jax.Array, sigma) -> jax.Array:
+    """Magnitude of ``signal + n_re + i n_im`` with ``n ~ N(0, sigma^2)`` per channel.
+
+    Args:
+      key: PRNG key.
+      signal: noise-free signal ``[...]`` (a.u.; sign is irrelevant for the magnitude).
+      sigma: noise std per channel, broadcastable to ``signal``.
+    """
+    k1, k2 = jax.random.split(key)
+    re = signal + sigma * jax.random.normal(k1, signal.shape, signal.dtype)
+    im = sigma * jax.random.normal(k2, signal.shape, signal.dtype)
+    return jnp.sqrt(re**2 + im**2)
+
+
+# Polynomial approximations of I0 and I1, Abramowitz & Stegun 9.8.1-9.8.4 (absolute error of the
+# scaled functions < 2.2e-7, i.e. float32 precision), about four times cheaper than the Chebyshev
+# series of jax.scipy.special.i0e/i1e: they sit in the inner loop of every Rician fit.
+_I0_SMALL = (1.0, 3.5156229, 3.0899424, 1.2067492, 0.2659732, 0.0360768, 0.0045813)
+_I1_SMALL = (0.5, 0.87890594, 0.51498869, 0.15084934, 0.02658733, 0.00301532, 0.00032411)
+_I0_LARGE = (0.39894228, 0.01328592, 0.00225319, -0.00157565, 0.00916281, -0.02057706,
+             0.02635537, -0.01647633, 0.00392377)
+_I1_LARGE = (0.39894228, -0.03988024, -0.00362018, 0.00163801, -0.01031555, 0.02282967,
+             -0.02895312, 0.01787654, -0.00420059)
+
+
+def _horner(coeffs, t):
+    acc = jnp.full_like(t, coeffs[-1])
+    for c in coeffs[-2::-1]:
+        acc = acc * t + c
+    return acc
+
+
+def log_i0_and_ratio(x):
+    """``log I0(x)`` and ``I1(x) / I0(x)`` for ``x >= 0`` (modified Bessel functions).
+
+    Accurate to float32 precision over ``[0, inf)`` (A&S 9.8.1-9.8.4), finite for any ``x``,
+    elementwise and differentiable (the branches use safe arguments).
+    """
+    x = jnp.abs(x)
+    small = x < 3.75
+    xs = jnp.where(small, x, 0.0)
+    t2 = (xs / 3.75) ** 2
+    p0 = _horner(_I0_SMALL, t2)
+    log_small = jnp.log(p0)
+    ratio_small = xs * _horner(_I1_SMALL, t2) / p0
+    xl = jnp.where(small, 3.75, x)
+    u = 3.75 / xl
+    q0 = _horner(_I0_LARGE, u)
+    log_large = xl - 0.5 * jnp.log(xl) + jnp.log(q0)
+    ratio_large = _horner(_I1_LARGE, u) / q0
+    return jnp.where(small, log_small, log_large), jnp.where(small, ratio_small, ratio_large)
+
+
+def _log_i0(x):
+    return log_i0_and_ratio(x)[0]
+
+
+def rician_nll(measured, model, sigma):
+    """Negative log-likelihood of magnitude data under the Rice distribution, per sample.
+
+    ``-log p = -log m + 2 log sigma + (m^2 + nu^2)/(2 sigma^2) - log I0(m nu / sigma^2)``.
+    Differentiable in ``model`` (``nu``) and stable for high SNR.
+    """
+    m = jnp.maximum(measured, 1e-30)
+    s2 = sigma**2
+    return (-jnp.log(m) + jnp.log(s2) + (measured**2 + model**2) / (2 * s2)
+            - _log_i0(measured * model / s2))
+
+
+def gaussian_nll(measured, model, sigma):
+    """Gaussian negative log-likelihood per sample (up to the constant ``log sqrt(2 pi)``)."""
+    return 0.5 * ((measured - model) / sigma) ** 2 + jnp.log(sigma)
+
+
+def rician_moments(nu, sigma):
+    """Mean and std of the Rice distribution (closed form with Laguerre L_{1/2}).
+
+    ``mean = sigma sqrt(pi/2) L_{1/2}(-nu^2 / (2 sigma^2))``,
+    ``var = 2 sigma^2 + nu^2 - mean^2``.
+    """
+    x = -(nu**2) / (2 * sigma**2)
+    # L_{1/2}(x) = e^{x/2} [(1 - x) I0(-x/2) - x I1(-x/2)], with exponentially scaled Bessels.
+    half = -x / 2
+    lag = (1 - x) * jax.scipy.special.i0e(half) - x * jax.scipy.special.i1e(half)
+    mean = sigma * jnp.sqrt(jnp.pi / 2) * lag
+    var = 2 * sigma**2 + nu**2 - mean**2
+    return mean, jnp.sqrt(jnp.maximum(var, 0.0))
+
+
+def estimate_sigma_background(images: np.ndarray, background: np.ndarray | None = None,
+                              valid: np.ndarray | None = None) -> float:
+    """Per-channel noise sigma from the background of magnitude images (Rayleigh statistics).
+
+    Args:
+      images: magnitude images ``[..., N]`` (image axis last).
+      background: boolean ``[...]`` mask of signal-free voxels. When None it is taken as the voxels
+        whose maximum over images is below 10% of the 99th percentile of that maximum, excluding
+        exact zeros (zero-filled regions carry no noise).
+      valid: optional boolean ``[..., N]``; samples marked False (e.g. clipped) are ignored.
+
+    Returns:
+      sigma = mean(background) / sqrt(pi / 2).
+
+    Raises:
+      ValueError: when fewer than 50 background samples are found.
+    """
+    images = np.asarray(images, np.float64)
+    peak = images.max(axis=-1)
+    if background is None:
+        thr = 0.1 * np.percentile(peak, 99)
+        background = (peak < thr) & (peak > 0)
+    samples = images[background]
+    if valid is not None:
+        samples = samples[np.asarray(valid)[background]]
+    samples = samples[samples > 0]
+    if samples.size < 50:
+        raise ValueError(f"estimate_sigma_background: only {samples.size} background samples; "
+                         "pass sigma explicitly or a background mask")
+    return float(samples.mean() / np.sqrt(np.pi / 2))
