@@ -141,21 +141,21 @@ def _joint_basis(nl, protocol):
 
 
 def _models() -> dict[str, FitModel]:
-    t1_grid = _logspace(5.0, 6000.0, 24)
+    t1_grid = _logspace(5.0, 6000.0, 48)
     return {
         "ir": FitModel(
             "ir", ("PD", "T1", "k"), ("PD",), (0.0, 1.0, 0.0), (50.0, 10000.0, 1.5),
-            (1.0, 1000.0, 1.0), (t1_grid, (0.7, 0.95)), _ir_basis,
+            (1.0, 1000.0, 1.0), (t1_grid, (0.6, 0.8, 0.95)), _ir_basis,
             "S = |PD (1 - (1+k) exp(-TI/T1) + k exp(-TR/T1))| (TE weighting absorbed in PD)",
             _need_kinds("ir", ("ir", "ir_signed", "flair", "ir_fse"))),
         "ir3": FitModel(
             "ir3", ("a", "T1", "b"), ("a",), (0.0, 1.0, 0.0), (50.0, 10000.0, 3.0),
-            (1.0, 1000.0, 1.0), (t1_grid, (1.5, 1.9)), _ir3_basis,
+            (1.0, 1000.0, 1.0), (t1_grid, (1.2, 1.6, 1.9)), _ir3_basis,
             "S = |a (1 - b exp(-TI/T1) + exp(-TR/T1))|",
             _need_kinds("ir3", ("ir", "ir_signed", "flair", "ir_fse"))),
         "ir_fse": FitModel(
             "ir_fse", ("PD", "T1", "B"), ("PD",), (0.0, 1.0, 0.0), (50.0, 10000.0, 3.0),
-            (1.0, 1000.0, 1.0), (t1_grid, (1.5, 1.9)), _ir_fse_basis,
+            (1.0, 1000.0, 1.0), (t1_grid, (1.2, 1.6, 1.9)), _ir_fse_basis,
             "S = |PD (1 - B exp(-TI/T1))|",
             _need_kinds("ir_fse", ("ir", "ir_signed", "flair", "ir_fse"))),
         "t2": FitModel(
@@ -168,7 +168,7 @@ def _models() -> dict[str, FitModel]:
             _t2_offset_basis, "S = PD exp(-TE/T2) + offset", _need_kinds("t2_offset", ("se",))),
         "t2_epg": FitModel(
             "t2_epg", ("PD", "T2", "refocus"), ("PD",), (0.0, 0.5, 60.0), (50.0, 5000.0, 180.0),
-            (1.0, 100.0, 100.0), (_logspace(1.0, 4000.0, 40), (110.0, 130.0, 150.0, 165.0, 180.0)),
+            (1.0, 100.0, 100.0), (_logspace(1.0, 4000.0, 40), (100.0, 120.0, 140.0, 155.0, 170.0)),
             _t2_epg_basis,
             f"CPMG echo amplitudes by extended phase graphs, refocusing angle fitted, T1 = "
             f"{EPG_T1_MS:g} ms", _check_epg),

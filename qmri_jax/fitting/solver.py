@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qmri_jax.fitting.models import FitModel
-from qmri_jax.physics.noise import log_i0_and_ratio
+from qmri_jax.physics.noise import log_i0e_and_ratio
 from qmri_jax.physics.protocol import Protocol
 
 __all__ = ["FitResult", "fit_voxels", "SolverOptions"]
@@ -178,9 +178,12 @@ def _objective_terms(loss, y, nu, w, sigma):
     if loss == "gaussian":
         r = nu - y
         return 0.5 * w * r**2, w * r
+    # sigma^2 * NLL up to nu-independent terms: nu^2/2 - sigma^2 log I0(z), z = y nu / sigma^2.
+    # With log I0(z) = z + log i0e(z) this is (nu - y)^2 / 2 - sigma^2 log i0e(z) + const, a form
+    # that keeps float32 precision at high SNR.
     s2 = sigma**2
-    log_i0, ratio = log_i0_and_ratio(y * nu / s2)
-    return w * (0.5 * nu**2 - s2 * log_i0), w * (nu - y * ratio)
+    log_i0e, ratio = log_i0e_and_ratio(y * nu / s2)
+    return w * (0.5 * (nu - y) ** 2 - s2 * log_i0e), w * (nu - y * ratio)
 
 
 def _lm_one(model, protocol, loss, max_iter, tol, lambda_init, theta0, y, w, sigma):
@@ -215,9 +218,12 @@ def _lm_one(model, protocol, loss, max_iter, tol, lambda_init, theta0, y, w, sig
     hist0 = jnp.full((4,), jnp.inf, theta0.dtype).at[0].set(cost0)
     state0 = (theta0, cost0, d0, jnp.asarray(lambda_init, theta0.dtype), hist0)
     theta, cost, _, _, hist = jax.lax.fori_loop(0, max_iter, body, state0)
-    # Converged: the objective changed by less than tol (relative) over the last three iterations.
-    rel = (hist[-1] - cost) / (jnp.abs(cost) + 1e-12)
-    converged = jnp.isfinite(cost) & jnp.all(jnp.isfinite(theta)) & (rel <= tol)
+    # Converged: over the last three iterations the objective changed by less than tol (relative),
+    # or by less than float32 resolution of the data energy (exact fits of noiseless data).
+    change = hist[-1] - cost
+    floor = 1e-9 * jnp.sum(w * y * y)
+    converged = (jnp.isfinite(cost) & jnp.all(jnp.isfinite(theta))
+                 & (change <= tol * jnp.abs(cost) + floor))
     return theta, cost, converged
 
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["add_rician_noise", "rician_nll", "gaussian_nll", "rician_moments",
-           "estimate_sigma_background", "log_i0_and_ratio"]
+           "estimate_sigma_background", "log_i0_and_ratio", "log_i0e_and_ratio"]
 
 
 def add_rician_noise(key: jax.Array, signal: jax.Array, sigma) -> jax.Array:
@@ -50,25 +50,32 @@ def _horner(coeffs, t):
     return acc
 
 
-def log_i0_and_ratio(x):
-    """``log I0(x)`` and ``I1(x) / I0(x)`` for ``x >= 0`` (modified Bessel functions).
+def log_i0e_and_ratio(x):
+    """``log(I0(x) e^{-x})`` and ``I1(x) / I0(x)`` for ``x >= 0`` (modified Bessel functions).
 
-    Accurate to float32 precision over ``[0, inf)`` (A&S 9.8.1-9.8.4), finite for any ``x``,
-    elementwise and differentiable (the branches use safe arguments).
+    The exponentially scaled log keeps precision at high SNR, where ``log I0(x) ~ x`` would swamp
+    everything else in float32. Accurate to float32 precision over ``[0, inf)`` (A&S 9.8.1-9.8.4),
+    finite for any ``x``, elementwise and differentiable (the branches use safe arguments).
     """
     x = jnp.abs(x)
     small = x < 3.75
     xs = jnp.where(small, x, 0.0)
     t2 = (xs / 3.75) ** 2
     p0 = _horner(_I0_SMALL, t2)
-    log_small = jnp.log(p0)
+    log_small = jnp.log(p0) - xs
     ratio_small = xs * _horner(_I1_SMALL, t2) / p0
     xl = jnp.where(small, 3.75, x)
     u = 3.75 / xl
     q0 = _horner(_I0_LARGE, u)
-    log_large = xl - 0.5 * jnp.log(xl) + jnp.log(q0)
+    log_large = jnp.log(q0) - 0.5 * jnp.log(xl)
     ratio_large = _horner(_I1_LARGE, u) / q0
     return jnp.where(small, log_small, log_large), jnp.where(small, ratio_small, ratio_large)
+
+
+def log_i0_and_ratio(x):
+    """``log I0(x)`` and ``I1(x) / I0(x)``; see :func:`log_i0e_and_ratio`."""
+    log_i0e, ratio = log_i0e_and_ratio(x)
+    return log_i0e + jnp.abs(x), ratio
 
 
 def _log_i0(x):
