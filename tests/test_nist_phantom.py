@@ -1,0 +1,35 @@
+"""Real-scan validation on the NIST/ISMRM phantom (needs ../shared; skips with a reason otherwise)."""
+
+import json
+
+import numpy as np
+
+from experiments import nist_phantom
+
+
+def test_phantom_t1_and_t2_accuracy(nist_dir, tmp_path):
+    res = nist_phantom.run(nist_dir, tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert {"array", "index", "reference_ms", "estimate_ms", "bias_percent"} <= set(saved["spheres"][0])
+    t1 = {s["index"]: s for s in saved["spheres"] if s["array"] == "T1"}
+    t2 = {s["index"]: s for s in saved["spheres"] if s["array"] == "T2"}
+    assert sorted(t1) == list(range(1, 15)) and sorted(t2) == list(range(1, 15))
+    for k in range(1, 11):  # 86-1884 ms
+        assert abs(t1[k]["bias_percent"]) <= 4.0, t1[k]
+    for k in range(2, 13):
+        assert abs(t2[k]["bias_percent"]) <= 25.0, t2[k]
+        assert np.isfinite(t2[k]["epg_bias_percent"])
+    # Clipped samples were found and excluded (spheres 1-4 at early TIs).
+    assert sum(t1[k]["clipped_samples_excluded"] for k in range(1, 5)) > 0
+    assert res["summary"]["t1_max_abs_bias_percent_spheres_1_10"] <= 4.0
+    assert (tmp_path / "maps" / "vir_T1map.nii.gz").is_file()
+    assert (tmp_path / "maps" / "vir_T1map.json").is_file()
+    assert (tmp_path / "t1_map.png").stat().st_size > 10_000
+
+
+def test_temperature_picks_reference_row(nist_dir):
+    r20 = nist_phantom.load_reference(nist_dir, None)
+    r16 = nist_phantom.load_reference(nist_dir, 16.0)
+    assert r16[("T1", 1)]["T1"] == 1766.68 and r20[("T1", 1)]["T1"] == 1883.97
+    # MnCl2 T2 spheres change strongly with temperature.
+    assert r16[("T2", 5)]["T2"] < r20[("T2", 5)]["T2"]
