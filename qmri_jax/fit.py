@@ -113,7 +113,8 @@ def main(argv=None) -> int:
               title=f"{model.name}: {model.description}",
               crlb_sd={p: m[:, :, z] for p, m in result.crlb_sd.items()})
     dt = time.perf_counter() - t0
-    print(f"sigma {result.sigma:.4g}; converged {result.converged[mask].mean() * 100:.1f}% of "
+    sigma_txt = "unknown (no CRLB)" if result.sigma is None else f"{result.sigma:.4g}"
+    print(f"sigma {sigma_txt}; converged {result.converged[mask].mean() * 100:.1f}% of "
           f"{n_vox} voxels in {dt:.1f} s")
     for p, m in result.maps.items():
         v = m[mask & result.converged]

@@ -5,8 +5,6 @@ Dispatch only; the work lives in library modules.
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -31,10 +29,5 @@ def main(argv):
         fit_job.run(FLAGS.config, FLAGS.workdir)
 
 
-def run():
-    sys.path.insert(0, ".")  # configs/ import each other as a package from the repo root
-    app.run(main)
-
-
 if __name__ == "__main__":
-    run()
+    app.run(main)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 
@@ -81,8 +82,13 @@ def fit_images(images, protocol: Protocol, model: str | FitModel, mask=None, val
     if valid.shape != images.shape:
         raise ValueError(f"fit_images: valid shape {valid.shape} != images shape {images.shape}")
     if sigma is None and estimate_sigma:
-        sigma = estimate_sigma_background(np.where(finite[..., None], images, 0.0),
-                                          background=None, valid=valid)
+        try:
+            sigma = estimate_sigma_background(np.where(finite[..., None], images, 0.0),
+                                              background=None, valid=valid)
+        except ValueError as e:
+            if options.loss == "rician":
+                raise ValueError(f"fit_images: the Rician loss needs sigma and {e}") from None
+            warnings.warn(f"{e}: fitting without sigma, so the CRLB maps are NaN")
     y = images[mask]
     w = valid[mask]
     result: FitResult = fit_voxels(model, protocol, y, w, sigma=sigma, options=options,

@@ -46,10 +46,14 @@ def _float(ds, keyword, path, required=True):
         raise DicomError(f"{path}: DICOM field {keyword} = {value!r} is not a number") from None
 
 
-def _kind(ds, ti):
+def _sequence(ds) -> tuple[str, ...]:
     seq = ds.get("ScanningSequence", "")
-    seq = [str(s).upper() for s in (seq if isinstance(seq, (list, tuple)) or hasattr(seq, "__iter__")
-                                    and not isinstance(seq, str) else [seq])]
+    items = [seq] if isinstance(seq, str) else list(seq)
+    return tuple(sorted(str(s).upper() for s in items if str(s)))
+
+
+def _kind(ds, ti):
+    seq = _sequence(ds)
     if ti is not None or "IR" in seq:
         return "ir"
     if "GR" in seq and "SE" not in seq:
@@ -99,8 +103,8 @@ def read_dicom_series(paths, kind: str | None = None, name: str = "dicom") -> Im
     first_path, first = records[0]
     ref_shape = (int(first.Rows), int(first.Columns))
     ref_iop = np.asarray(first.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float)
+    ref_seq = _sequence(first)
     any_ti = any(ds.get("InversionTime", None) not in (None, "") for _, ds in records)
-    groups = collections.defaultdict(list)
     for path, ds in records:
         shape = (int(ds.Rows), int(ds.Columns))
         if shape != ref_shape:
@@ -110,6 +114,12 @@ def read_dicom_series(paths, kind: str | None = None, name: str = "dicom") -> Im
         if not np.allclose(iop, ref_iop, atol=1e-3):
             raise DicomError(f"mixed series: {path} has ImageOrientationPatient {iop.tolist()}, "
                              f"{first_path} has {ref_iop.tolist()}")
+        seq = _sequence(ds)
+        if seq != ref_seq:
+            raise DicomError(f"mixed series: {path} has ScanningSequence {list(seq)} but "
+                             f"{first_path} has {list(ref_seq)} (one acquisition type per input)")
+    groups = collections.defaultdict(list)
+    for path, ds in records:
         ti = _float(ds, "InversionTime", path, required=False)
         if any_ti and ti is None:
             raise DicomError(f"{path}: missing InversionTime (0018,0082); other images of this "
