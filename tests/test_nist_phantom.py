@@ -33,3 +33,22 @@ def test_temperature_picks_reference_row(nist_dir):
     assert r16[("T1", 1)]["T1"] == 1766.68 and r20[("T1", 1)]["T1"] == 1883.97
     # MnCl2 T2 spheres change strongly with temperature.
     assert r16[("T2", 5)]["T2"] < r20[("T2", 5)]["T2"]
+
+
+def test_runs_unchanged_on_another_folder_of_the_same_layout(nist_dir, tmp_path):
+    """Series folders renamed and files renamed: everything comes from the headers, not names."""
+    import shutil
+
+    session = tmp_path / "B"
+    for kind in ("vir", "mse"):
+        for i, folder in enumerate(sorted((nist_dir / "dicom" / kind).iterdir())[::-1]):
+            dst = session / "dicom" / kind / f"series{i:02d}"
+            dst.mkdir(parents=True)
+            for j, f in enumerate(sorted(folder.iterdir())):
+                shutil.copy(f, dst / f"img{j:03d}.dcm")
+    shutil.copy(nist_dir / "rois.npz", session / "rois.npz")
+    shutil.copy(nist_dir / "reference.csv", session / "reference.csv")
+    shutil.copy(nist_dir.parent / "reference_all_temperatures.csv", tmp_path)
+    a = nist_phantom.run(nist_dir, tmp_path / "outA")
+    b = nist_phantom.run(session, tmp_path / "outB", temperature=20.0)
+    assert [s["estimate_ms"] for s in a["spheres"]] == [s["estimate_ms"] for s in b["spheres"]]
