@@ -7,8 +7,21 @@ import numpy as np
 from experiments import nist_phantom
 
 
+def _sessions(nist_dir):
+    """Every scan session of the same layout under ../shared/nist_phantom (A, and any added)."""
+    return [d for d in sorted(nist_dir.parent.iterdir())
+            if (d / "dicom" / "vir").is_dir() and (d / "rois.npz").is_file()]
+
+
 def test_phantom_t1_and_t2_accuracy(nist_dir, tmp_path):
-    res = nist_phantom.run(nist_dir, tmp_path)
+    sessions = _sessions(nist_dir)
+    assert nist_dir in sessions
+    for session in sessions:
+        _check_session(session, tmp_path / session.name)
+
+
+def _check_session(session, tmp_path):
+    res = nist_phantom.run(session, tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert {"array", "index", "reference_ms", "estimate_ms", "bias_percent"} <= set(saved["spheres"][0])
     t1 = {s["index"]: s for s in saved["spheres"] if s["array"] == "T1"}
