@@ -193,7 +193,7 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
     print(f"max |bias| T1 spheres 1-10: {results['summary']['t1_max_abs_bias_percent_spheres_1_10']:.1f}%   "
           f"T2 spheres 2-12 (mono+C): {results['summary']['t2_max_abs_bias_percent_spheres_2_12']:.1f}%")
 
-    plot_maps({"T1": t1.maps["T1"][:, :, None][..., 0]}, out / "t1_map.png",
+    plot_maps({"T1": t1.maps["T1"]}, out / "t1_map.png",
               title="VIR T1 (ms), sphere ROIs", crlb_sd={"T1": t1.crlb_sd["T1"]},
               ranges={"T1": (0, 2000)})
     plot_maps({"T2": fits["mono_offset"].maps["T2"], "T2 EPG": fits["epg"].maps["T2"]},

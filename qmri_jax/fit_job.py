@@ -58,12 +58,7 @@ def run(config, workdir) -> dict:
         "T1_median_abs_pct_voxelwise": float(np.median(voxel_err)),
         "spheres": rows,
     }
-    affine = np.eye(4)
-    maps3d = type(res)(**{**res.__dict__,
-                          "maps": {k: v[:, :, None] for k, v in res.maps.items()},
-                          "crlb_sd": {k: v[:, :, None] for k, v in res.crlb_sd.items()},
-                          "converged": res.converged[:, :, None], "mask": res.mask[:, :, None]})
-    write_fit_outputs(workdir / "maps", maps3d, affine, protocol, prefix="phantom")
+    write_fit_outputs(workdir / "maps", res, np.eye(4), protocol, prefix="phantom")
     plot_maps({"T1": res.maps["T1"], "PD": res.maps["PD"], "k": res.maps["k"]}, workdir / "maps.png",
               title=f"{config.fit.model} fit, {protocol.name}, SNR {config.acquisition.snr:g}",
               crlb_sd={"T1": res.crlb_sd["T1"], "PD": res.crlb_sd["PD"], "k": res.crlb_sd["k"]})

@@ -120,7 +120,7 @@ def write_fit_outputs(out_dir, result, affine, protocol: Protocol, prefix: str =
 
     Args:
       out_dir: output folder (created).
-      result: a :class:`~qmri_jax.fitting.maps.MapResult` on an ``[X, Y, Z]`` grid.
+      result: a :class:`~qmri_jax.fitting.maps.MapResult` on an ``[X, Y, Z]`` or ``[X, Y]`` grid.
       affine: the input's affine (kept unchanged).
       protocol: the acquisition, recorded in the sidecars.
       prefix: file-name prefix (BIDS entities, e.g. ``sub-01``).
@@ -145,16 +145,19 @@ def write_fit_outputs(out_dir, result, affine, protocol: Protocol, prefix: str =
     }
     common.update(extra or {})
     written = []
+    def grid(a):  # 2D maps are written as single-slice volumes
+        return a[:, :, None] if a.ndim == 2 else a
+
     for p, m in result.maps.items():
         unit = MAP_UNITS.get(p, "a.u.")
         for desc, data, what in ((None, m, "estimate"),
                                  ("crlbsd", result.crlb_sd[p], "sqrt of the Cramer-Rao lower bound")):
             path = out / bids_map_name(p, prefix, desc)
-            written.append(write_nifti(path, np.nan_to_num(data, nan=0.0), affine))
+            written.append(write_nifti(path, grid(np.nan_to_num(data, nan=0.0)), affine))
             side = dict(common, Parameter=p, Units=unit, Description=what,
                         Note="0 outside the fitted mask")
             written.append(write_json(str(path).replace(".nii.gz", ".json"), side))
     for desc, data in (("fit", result.mask), ("converged", result.converged)):
         path = out / f"{prefix}_desc-{desc}_mask.nii.gz"
-        written.append(write_nifti(path, data, affine))
+        written.append(write_nifti(path, grid(data), affine))
     return written
