@@ -1,0 +1,215 @@
+"""Synthetic brain data: anatomy, tissue table, deformations, acquisition noise, datasets, loader,
+export."""
+
+import glob
+import hashlib
+import json
+import os
+
+import jax
+import nibabel as nib
+import numpy as np
+import pytest
+
+from qmri_jax.data import acquisition, anatomy, datasets, loader, subjects, tissues
+from qmri_jax.physics import noise
+from qmri_jax.physics.protocol import Protocol, get_protocol
+
+
+@pytest.fixture(scope="module")
+def anat2():
+    return anatomy.load_mni152(2)
+
+
+def test_anatomy_grid_and_csf(anat2):
+    a = anat2
+    assert a.shape == (96, 112, 94)
+    assert np.all(a.csf >= 0) and np.all(a.csf <= 1)
+    inside = a.brain
+    np.testing.assert_allclose(a.csf[inside], np.clip(1 - a.gm - a.wm, 0, 1)[inside], atol=1e-6)
+    assert not a.gm[~inside].any() and not a.csf[~inside].any()
+    # The 2 mm affine points at the centre of the 2x2x2 block it averages.
+    from nilearn import datasets as nd
+    img = nd.load_mni152_gm_template(resolution=1)
+    gm1 = img.get_fdata()
+    ijk2 = np.array([48, 60, 50])
+    world = a.affine @ np.r_[ijk2, 1]
+    ijk1 = np.linalg.solve(img.affine, world)[:3]  # block centre: half-integer 1 mm coordinates
+    lo = np.floor(ijk1).astype(int)
+    np.testing.assert_allclose(ijk1 - lo, 0.5)
+    block = gm1[lo[0]:lo[0] + 2, lo[1]:lo[1] + 2, lo[2]:lo[2] + 2].mean()
+    assert a.gm[tuple(ijk2)] == pytest.approx(block if a.brain[tuple(ijk2)] else 0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("field", ["1.5T", "3T"])
+def test_tissue_medians_within_literature_ranges(anat2, field):
+    for seed, pathology in enumerate(["tumour", "ms", None]):
+        s = subjects.make_brain_subject(np.random.default_rng(seed), anat2, field,
+                                        pathology=pathology)
+        for tissue in tissues.TISSUES:
+            pure = s.prob[tissue] > 0.9
+            assert pure.sum() > 200, (tissue, pure.sum())
+            for p in ("T1", "T2", "PD"):
+                lo, hi = tissues.TISSUE_TABLE[field][tissue][p]
+                med = float(np.median(s.maps[p][pure]))
+                assert lo <= med <= hi, f"{field} seed {seed} {tissue} {p}: {med} not in [{lo}, {hi}]"
+
+
+def test_subjects_differ_and_pathology_changes_parameters(anat2):
+    s1 = subjects.make_brain_subject(np.random.default_rng(1), anat2)
+    s2 = subjects.make_brain_subject(np.random.default_rng(2), anat2)
+    both = s1.brain & s2.brain
+    with np.errstate(invalid="ignore"):
+            rel = np.abs(s1.maps["T1"] - s2.maps["T1"]) / (0.5 * (s1.maps["T1"] + s2.maps["T1"]))
+    assert rel[both].mean() > 0.05
+    t = subjects.make_brain_subject(np.random.default_rng(0), anat2, pathology="tumour")
+    lesion = t.masks()["lesion"].astype(bool)
+    assert lesion.sum() > 50
+    wm_t1 = t.meta["tissue_means"]["WM"]["T1"]
+    assert np.median(t.maps["T1"][lesion]) > 1.2 * wm_t1  # every component has T1 >= 1.2 x WM
+    assert np.all(t.maps["T1"][t.brain] > 0) and not t.maps["T1"][~t.brain].any()
+
+
+@pytest.mark.parametrize("elastic_mm", [3.0, 30.0])
+def test_warp_is_smooth_and_invertible(elastic_mm):
+    shape = (48, 56, 47)
+    for seed in range(3):
+        coords = subjects.random_warp(np.random.default_rng(seed), shape, 2.0,
+                                      elastic_mm=elastic_mm, smooth_mm=8.0)
+        det = subjects.jacobian_determinant(coords)
+        assert det.min() > 0.2, det.min()  # no folding anywhere (30 mm asks for far more)
+        identity = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+        assert np.abs(coords - identity).max() > 1.0  # it does deform
+
+
+def test_geometric_subject_ranges():
+    s = subjects.make_geometric_subject(np.random.default_rng(3), (32, 32, 8), np.eye(4))
+    for params in s.meta["geometric"]:
+        assert 10 <= params["T1"] <= 4000 and 5 <= params["T2"] <= min(2000, params["T1"])
+    assert s.brain.any() and np.all(s.maps["T1"][s.brain] >= 10)
+
+
+@pytest.mark.parametrize("snr", [5.0, 50.0])
+def test_magnitude_noise_matches_rician_moments(snr):
+    prot = Protocol.create("se", tr_ms=[3000.0], te_ms=[20.0])
+    shape = (200, 200, 5)
+    maps = {"T1": np.full(shape, 1000.0, np.float32), "T2": np.full(shape, 100.0, np.float32),
+            "PD": np.full(shape, 0.8, np.float32)}
+    brain = np.ones(shape, bool)
+    img, _ = acquisition.acquire(np.random.default_rng(0), maps, prot, brain,
+                                 acquisition.AcquisitionConfig(snr=snr))
+    nu = 0.8 * (1 - np.exp(-3000 / 1000)) * np.exp(-20 / 100)  # spin echo, closed form
+    mean, std = noise.rician_moments(nu, 1.0 / snr)
+    assert img.mean() == pytest.approx(float(mean), rel=0.03)
+    assert img.std() == pytest.approx(float(std), rel=0.03)
+    if snr == 5.0:  # the Rician bias is real at low SNR: the plain Gaussian mean would be nu
+        assert img.mean() > nu * 1.02
+
+
+def test_normalisations_and_bias_fields():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.1, 3.0, (20, 20, 4, 3)).astype(np.float32)
+    brain = np.zeros((20, 20, 4), bool)
+    brain[5:15, 5:15] = True
+    r = acquisition.normalise_images(x, brain, "rescale")
+    np.testing.assert_allclose(r.min(axis=(0, 1, 2)), 0.01, atol=1e-6)
+    np.testing.assert_allclose(r.max(axis=(0, 1, 2)), 1.0, atol=1e-6)
+    p = acquisition.normalise_images(x, brain, "p95")
+    np.testing.assert_allclose(np.percentile(p[brain], 95, axis=0), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="normalisation"):
+        acquisition.AcquisitionConfig(normalisation="zscore")
+    f = acquisition.smooth_bias_field(rng, (40, 40, 10), 2.0, 0.1)
+    assert f.min() > 0 and 0.05 < np.log(f).std() < 0.15
+
+
+def test_thick_slices_average_through_plane():
+    prot = get_protocol("four_contrast_brain")
+    shape = (4, 4, 9)
+    t1 = np.full(shape, 900.0, np.float32)
+    t1[:, :, 4] = 4000.0
+    maps = {"T1": t1, "T2": np.full(shape, 80.0, np.float32), "PD": np.ones(shape, np.float32)}
+    thin, _ = acquisition.acquire(np.random.default_rng(0), maps, prot, np.ones(shape, bool))
+    thick, _ = acquisition.acquire(np.random.default_rng(0), maps, prot, np.ones(shape, bool),
+                                   acquisition.AcquisitionConfig(slice_thickness_vox=3))
+    np.testing.assert_allclose(thick[0, 0, 4], thin[0, 0, 3:6].mean(axis=0), rtol=1e-5)
+
+
+def _digest(root):
+    out = {}
+    for f in sorted(glob.glob(os.path.join(root, "**", "*.array_record*"), recursive=True)):
+        out[os.path.relpath(f, root)] = hashlib.sha256(open(f, "rb").read()).hexdigest()
+    return out
+
+
+def test_dataset_splits_disjoint_and_byte_identical(tmp_path):
+    cfg = datasets.DataConfig(num_subjects=4, slices_per_subject=2, snr=30.0, seed=5,
+                              pathology_fraction=0.5, geometric_fraction=0.25)
+    b1 = datasets.build(cfg, str(tmp_path / "a"))
+    b2 = datasets.build(cfg, str(tmp_path / "b"))
+    d1, d2 = _digest(str(tmp_path / "a")), _digest(str(tmp_path / "b"))
+    assert len(d1) == 3 and d1 == d2
+    seen = {}
+    for split in datasets.SPLITS:
+        arr = datasets.load_split_arrays(b1, split)
+        assert arr["images"].shape[1:] == (96, 112, 4) and arr["T1"].shape[1:] == (96, 112)
+        seen[split] = set(arr["subject"].tolist())
+        assert seen[split] == set(datasets.subject_split(cfg)[split])
+        assert np.all(np.isfinite(arr["images"]))
+    assert not (seen["train"] & seen["validation"] or seen["train"] & seen["test"]
+                or seen["validation"] & seen["test"])
+    # The stored example equals a fresh regeneration (determinism across processes).
+    arr = datasets.load_split_arrays(b1, "test")
+    again = datasets.subject_slices(cfg, int(arr["subject"][0]))[0]
+    np.testing.assert_array_equal(arr["images"][0], again["images"])
+    other = datasets.DataConfig(num_subjects=4, slices_per_subject=2, snr=30.0, seed=6)
+    assert other.name != cfg.name
+
+
+def test_loader_deterministic_sharded_and_complete():
+    n = 10
+    arrays = {"x": np.arange(n, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32),
+              "subject": np.arange(n)}
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+    ld = loader.Loader(arrays, batch_size=4, seed=3, mesh=mesh)
+    assert ld.steps_per_epoch() == 2
+    batches = list(ld.epoch(0))
+    assert len(batches) == 2 and batches[0]["x"].shape == (4, 3)
+    assert len(batches[0]["x"].sharding.device_set) == len(jax.devices())
+    again = list(loader.Loader(arrays, batch_size=4, seed=3, mesh=mesh).epoch(0))
+    for a, b in zip(batches, again):
+        np.testing.assert_array_equal(np.asarray(a["x"]), np.asarray(b["x"]))
+    ids = np.concatenate([np.asarray(b["subject"]) for b in batches])
+    assert len(set(ids.tolist())) == 8  # no repeats within an epoch
+    e1 = np.concatenate([np.asarray(b["subject"]) for b in ld.epoch(1)])
+    assert not np.array_equal(ids, e1)  # a new order each epoch
+    np.testing.assert_array_equal(np.asarray(ld.batch_at(3)["x"]), np.asarray(list(ld.epoch(1))[1]["x"]))
+    with pytest.raises(ValueError, match="divisible"):
+        loader.Loader(arrays, batch_size=6, mesh=mesh)
+
+
+def test_on_the_fly_epochs_are_fresh_subjects():
+    cfg = datasets.DataConfig(num_subjects=3, slices_per_subject=1)
+    e0 = datasets.epoch_arrays(cfg, "train", epoch=0)
+    e1 = datasets.epoch_arrays(cfg, "train", epoch=1)
+    assert e0["subject"].tolist() == e1["subject"].tolist() == datasets.subject_split(cfg)["train"]
+    assert not np.allclose(e0["T1"], e1["T1"])
+
+
+def test_export_cli_writes_bids_nifti_and_montage(tmp_path):
+    from qmri_jax.data import export
+    export.main(["--subjects", "1", "--protocol", "four_contrast_brain", "--field", "1.5T",
+                 "--out", str(tmp_path), "--resolution", "2", "--pathology", "ms"])
+    d = tmp_path / "sub-01"
+    for name in ("T1map", "T2map", "PDmap", "label-GM_probseg", "label-WM_probseg",
+                 "label-CSF_probseg", "label-lesion_probseg", "T1w", "T2w", "PDw", "FLAIR"):
+        img = nib.load(d / f"sub-01_{name}.nii.gz")
+        assert img.shape == (96, 112, 94), name
+        np.testing.assert_allclose(img.affine, anatomy.load_mni152(2).affine)
+    t1 = nib.load(d / "sub-01_T1map.nii.gz").get_fdata()
+    assert 500 < np.median(t1[t1 > 0]) < 2000
+    assert json.loads((d / "sub-01_T1map.json").read_text())["Units"] == "ms"
+    side = json.loads((d / "sub-01_FLAIR.json").read_text())
+    assert side["ti_ms"] == 3000 and side["InversionTime"] == 3.0
+    png = (d / "sub-01_montage.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    assert not list(d.glob("*.tmp*"))
