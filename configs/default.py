@@ -24,4 +24,61 @@ def get_config():
     config.fit.loss = "rician"
     config.fit.max_iter = 30
     config.fit.sigma_known = False  # False: estimate sigma from the background like on real data
+
+    # ---- learned mapping (modes train / eval / predict) ----
+    config.data = ml_collections.ConfigDict()
+    config.data.protocol = "four_contrast_brain"
+    config.data.field = "3T"
+    config.data.resolution_mm = 2
+    config.data.num_subjects = 20
+    config.data.slices_per_subject = 16
+    config.data.geometric_fraction = 0.0
+    config.data.pathology_fraction = 0.25
+    config.data.snr = float("inf")  # noise-free, as in the thesis; e.g. 30.0 for noisy data
+    config.data.receive_bias = 0.0
+    config.data.transmit_bias = 0.0
+    config.data.slice_thickness_vox = 1
+    config.data.normalisation = "none"
+    config.data.seed = 0
+    config.data.data_dir = ""  # "" = ~/.cache/qmri_jax/tfds (shared between workdirs)
+    config.data.on_the_fly = False  # True: fresh training subjects every epoch
+
+    config.targets = ("T1", "T2", "PD")
+    config.target_scale = (1000.0, 100.0, 1.0)  # typical values (units of each target)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "unet"
+    config.model.features = (16, 32, 64, 128)
+    config.model.norm = "batch"
+    config.model.dropout = 0.0
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 8
+    config.train.num_steps = 600
+    config.train.optimizer = "adam"
+    config.train.learning_rate = 2e-3
+    config.train.weight_decay = 1e-4
+    config.train.schedule = "cosine"  # constant | exponential | cosine
+    config.train.warmup_steps = 20
+    config.train.decay_after = 0
+    config.train.decay_steps = 1000
+    config.train.decay_rate = 0.5
+    config.train.grad_clip = 1.0
+    config.train.ema_decay = 0.0
+    config.train.loss = "mae"
+    config.train.loss_kwargs = ml_collections.ConfigDict()
+    config.train.log_every = 25
+    config.train.eval_every = 200
+    config.train.checkpoint_every = 200
+    config.train.early_stopping_patience = 0  # evaluations without improvement; 0 = off
+    config.train.smoothing = 0.6  # EMA factor of the validation loss for early stopping
+    config.train.progress_bar = True
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.figures = True
+
+    config.predict = ml_collections.ConfigDict()
+    config.predict.inputs = ""  # comma-separated NIfTI files (one per contrast) or a DICOM folder
+    config.predict.output = ""  # output folder ("" = WORKDIR/predict)
+    config.predict.allow_protocol_mismatch = False
     return config

@@ -1,32 +1,48 @@
 """Entry point: ``python -m qmri_jax.main --config=configs/<name>.py --workdir=DIR [--mode=...]``.
 
-Dispatch only; the work lives in library modules.
+Modes: ``fit`` (voxelwise fitting job), ``train`` (train, then evaluate on the test split),
+``eval`` (evaluate the latest checkpoint), ``predict`` (maps from weighted NIfTI/DICOM inputs).
+Dispatch only; the work lives in library modules. Overrides: ``--config.train.num_steps=100``.
 """
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:preset]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (created).")
-flags.DEFINE_string("mode", None, "Job to run (default: config.mode). Available: fit.")
+flags.DEFINE_string("mode", None, "Job to run (default: config.mode): fit, train, eval, predict.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-_MODES = ("fit",)
+_MODES = ("fit", "train", "eval", "predict")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS["verbosity"].using_default_value:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every file rename at INFO
     mode = FLAGS.mode or FLAGS.config.mode
     if mode not in _MODES:
         raise app.UsageError(f"--mode={mode}: available modes are {_MODES}")
     if mode == "fit":
         from qmri_jax import fit_job
         fit_job.run(FLAGS.config, FLAGS.workdir)
+        return
+    from qmri_jax import sharding
+    sharding.initialize_distributed()
+    if mode == "train":
+        from qmri_jax import train
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif mode == "eval":
+        from qmri_jax import predict
+        predict.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+    else:
+        from qmri_jax import predict
+        predict.predict_files(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,149 @@
+"""Evaluation report of predicted maps on a test split: ``metrics.json`` and figures.
+
+``metrics.json`` holds, per map (``T1``, ``T2``, ``PD`` ...), the metrics of
+:func:`~qmri_jax.evaluation.metrics.masked_metrics` in the brain, and ``by_tissue`` (WM, GM, CSF),
+``excluding_CSF`` and ``lesion`` dicts of the same; ``roi`` holds per-subject tissue means with
+Bland-Altman bias and limits of agreement. Figures (PNG, units and colour bars): truth / prediction /
+difference / % error per map, box plots of % error per tissue, Bland-Altman plots.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from qmri_jax.evaluation import metrics as M
+
+__all__ = ["evaluate_maps", "write_report"]
+
+_UNITS = {"T1": "ms", "T2": "ms", "PD": "a.u.", "k": "", "B": ""}
+
+
+def evaluate_maps(pred: np.ndarray, arrays: dict, targets) -> dict:
+    """Metrics dict for predictions ``[N, *S, C]`` against ``arrays["targets"]`` with masks."""
+    brain = arrays["mask"].astype(bool)
+    out = {}
+    for c, name in enumerate(targets):
+        p, t = pred[..., c], arrays["targets"][..., c]
+        entry = M.masked_metrics(p, t, brain)
+        by = {}
+        for tissue in ("WM", "GM", "CSF"):
+            if tissue in arrays:
+                by[tissue] = M.masked_metrics(p, t, brain & arrays[tissue].astype(bool))
+        entry["by_tissue"] = by
+        if "CSF" in arrays:
+            entry["excluding_CSF"] = M.masked_metrics(p, t, brain & ~arrays["CSF"].astype(bool))
+        if "lesion" in arrays and arrays["lesion"].any():
+            entry["lesion"] = M.masked_metrics(p, t, brain & arrays["lesion"].astype(bool))
+        entry["roi"] = _roi_agreement(p, t, arrays)
+        entry["units"] = _UNITS.get(name, "")
+        out[name] = entry
+    return out
+
+
+def _roi_agreement(p, t, arrays):
+    if "subject" not in arrays:
+        return {}
+    rows = {"measured": [], "reference": [], "label": []}
+    for s in np.unique(arrays["subject"]):
+        sel = arrays["subject"] == s
+        for tissue in ("WM", "GM", "CSF"):
+            if tissue not in arrays:
+                continue
+            m = sel[:, None, None] & arrays[tissue].astype(bool) & arrays["mask"].astype(bool)
+            if m.sum() >= 10:
+                rows["measured"].append(float(np.mean(p[m])))
+                rows["reference"].append(float(np.mean(t[m])))
+                rows["label"].append(f"sub{int(s)}-{tissue}")
+    if len(rows["measured"]) < 2:
+        return {}
+    return {**M.bland_altman(rows["measured"], rows["reference"]), **rows}
+
+
+def write_report(out_dir: str, pred: np.ndarray, arrays: dict, targets, figures: bool = True,
+                 extra: dict | None = None) -> dict:
+    """Evaluate, write ``out_dir/metrics.json`` (atomically) and figures; returns the metrics."""
+    from qmri_jax.io.nifti import write_json
+    os.makedirs(out_dir, exist_ok=True)
+    metrics = evaluate_maps(pred, arrays, targets)
+    if extra:
+        metrics.update(extra)
+    write_json(os.path.join(out_dir, "metrics.json"), metrics)
+    if figures:
+        plot_report(out_dir, pred, arrays, targets, metrics)
+    for name in targets:
+        m = metrics[name]
+        print(f"{name}: median |%err| {m['median_abs_pct']:.2f}  mean {m['mean_abs_pct']:.2f}  "
+              f"PSNR {m['psnr']:.1f} dB  SSIM {m['ssim']:.3f}  (test split, brain mask)")
+    print(f"evaluation written to {out_dir}")
+    return metrics
+
+
+def plot_report(out_dir, pred, arrays, targets, metrics):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qmri_jax.io.nifti import _atomic
+
+    def save(fig, name):
+        _atomic(__import__("pathlib").Path(out_dir) / name,
+                lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+        plt.close(fig)
+
+    brain = arrays["mask"].astype(bool)
+    i = int(np.argmax(brain.reshape(len(brain), -1).sum(1)))  # the slice with most brain
+    fig, axes = plt.subplots(len(targets), 4, figsize=(13, 3.2 * len(targets)), squeeze=False)
+    for c, name in enumerate(targets):
+        t, p, m = arrays["targets"][i, ..., c], pred[i, ..., c], brain[i]
+        vmax = float(np.percentile(t[m], 99)) if m.any() else 1.0
+        unit = _UNITS.get(name, "")
+        diff = np.where(m, p - t, 0)
+        pct = np.where(m & (t > 0), 100 * (p - t) / np.where(t > 0, t, 1), 0)
+        for j, (img, title, cmap, lo, hi, lab) in enumerate([
+                (np.where(m, t, 0), f"{name} truth", "magma", 0, vmax, unit),
+                (np.where(m, p, 0), f"{name} prediction", "magma", 0, vmax, unit),
+                (diff, f"{name} difference", "RdBu_r", -0.2 * vmax, 0.2 * vmax, unit),
+                (pct, f"{name} % error", "RdBu_r", -20, 20, "%")]):
+            ax = axes[c, j]
+            h = ax.imshow(np.rot90(img), cmap=cmap, vmin=lo, vmax=hi)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+            fig.colorbar(h, ax=ax, fraction=0.046).set_label(lab, fontsize=8)
+    fig.tight_layout()
+    save(fig, "maps.png")
+
+    fig, axes = plt.subplots(1, len(targets), figsize=(4 * len(targets), 3.5), squeeze=False)
+    for c, name in enumerate(targets):
+        data, labels = [], []
+        for tissue in ("WM", "GM", "CSF"):
+            if tissue in arrays:
+                m = brain & arrays[tissue].astype(bool)
+                if m.any():
+                    data.append(M.abs_pct_errors(pred[..., c], arrays["targets"][..., c], m))
+                    labels.append(tissue)
+        ax = axes[0, c]
+        if data:
+            ax.boxplot(data, showfliers=False)
+            ax.set_xticks(range(1, len(labels) + 1), labels)
+        ax.set_ylabel("|% error|")
+        ax.set_title(f"{name}: |% error| per tissue", fontsize=9)
+    fig.tight_layout()
+    save(fig, "pct_error_by_tissue.png")
+
+    fig, axes = plt.subplots(1, len(targets), figsize=(4 * len(targets), 3.5), squeeze=False)
+    for c, name in enumerate(targets):
+        roi = metrics[name].get("roi") or {}
+        ax = axes[0, c]
+        if roi:
+            a, b = np.asarray(roi["measured"]), np.asarray(roi["reference"])
+            ax.scatter((a + b) / 2, a - b, s=12)
+            for y, ls in ((roi["bias"], "-"), (roi["loa_low"], "--"), (roi["loa_high"], "--")):
+                ax.axhline(y, color="k", ls=ls, lw=0.8)
+        unit = _UNITS.get(name, "")
+        ax.set_xlabel(f"mean of prediction and truth ({unit})")
+        ax.set_ylabel(f"prediction - truth ({unit})")
+        ax.set_title(f"{name}: Bland-Altman (tissue ROIs)", fontsize=9)
+    fig.tight_layout()
+    save(fig, "bland_altman.png")

@@ -1,0 +1,104 @@
+"""Shared Linen building blocks: conv-norm-act blocks, residual blocks, attention gates, heads.
+
+Spatial rank (2D or 3D) follows the input: kernels are ``(k,) * (x.ndim - 2)`` for ``[B, *S, C]``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = ["Norm", "ConvBlock", "ResidualBlock", "AttentionGate", "PositiveHead"]
+
+
+def _ks(x, k):
+    return (k,) * (x.ndim - 2)
+
+
+class Norm(nn.Module):
+    """``"batch"`` (running statistics in the ``batch_stats`` collection), ``"group"``, ``"none"``."""
+
+    kind: str = "batch"
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        if self.kind == "batch":
+            return nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        if self.kind == "group":
+            return nn.GroupNorm(num_groups=min(8, x.shape[-1]))(x)
+        if self.kind == "none":
+            return x
+        raise ValueError(f"norm={self.kind!r}: expected 'batch', 'group' or 'none'")
+
+
+class ConvBlock(nn.Module):
+    """``num_convs`` x (conv k x k -> norm -> ReLU), optional dropout after the last."""
+
+    features: int
+    num_convs: int = 2
+    norm: str = "batch"
+    dropout: float = 0.0
+    dilation: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        for _ in range(self.num_convs):
+            x = nn.Conv(self.features, _ks(x, 3), kernel_dilation=self.dilation,
+                        use_bias=self.norm == "none")(x)
+            x = nn.relu(Norm(self.norm)(x, train))
+        if self.dropout > 0:
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return x
+
+
+class ResidualBlock(nn.Module):
+    """Pre-activation residual block (norm-ReLU-conv x 2) with a 1x1 projection shortcut when the
+    channel count changes (He et al., ECCV 2016)."""
+
+    features: int
+    norm: str = "batch"
+    dilation: int = 1
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        shortcut = x
+        if x.shape[-1] != self.features:
+            shortcut = nn.Conv(self.features, _ks(x, 1), name="projection")(x)
+        h = x
+        for i in range(2):
+            h = nn.relu(Norm(self.norm)(h, train))
+            if i == 1 and self.dropout > 0:
+                h = nn.Dropout(self.dropout, deterministic=not train)(h)
+            h = nn.Conv(self.features, _ks(h, 3), kernel_dilation=self.dilation)(h)
+        return shortcut + h
+
+
+class AttentionGate(nn.Module):
+    """Additive attention gate on a skip connection (Oktay et al., MIDL 2018):
+    ``alpha = sigmoid(psi(relu(W_x x + W_g g)))``, returns ``alpha * x``; ``g`` is the coarser gating
+    signal, already resized to ``x``'s grid."""
+
+    inter_features: int
+
+    @nn.compact
+    def __call__(self, x, g):
+        theta = nn.Conv(self.inter_features, _ks(x, 1), use_bias=False)(x)
+        phi = nn.Conv(self.inter_features, _ks(g, 1))(g)
+        alpha = nn.sigmoid(nn.Conv(1, _ks(x, 1))(nn.relu(theta + phi)))
+        return x * alpha
+
+
+class PositiveHead(nn.Module):
+    """1x1 conv to ``len(scale)`` channels, then ``softplus(.) * scale``: positive outputs in
+    physical units (``scale`` e.g. ``(1000 ms, 100 ms, 1)`` for T1, T2, PD)."""
+
+    scale: Sequence[float]
+
+    @nn.compact
+    def __call__(self, x):
+        y = nn.Conv(len(self.scale), _ks(x, 1))(x)
+        return jax.nn.softplus(y) * jnp.asarray(self.scale, y.dtype)

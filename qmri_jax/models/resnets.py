@@ -1,0 +1,60 @@
+"""Full-resolution networks (no down-sampling): HighResNet and a plain ResNet baseline.
+
+* ``HighResNet`` (Li et al., IPMI 2017): a 3x3 conv, then three stages of residual blocks with
+  dilations 1, 2, 4 and widths ``(16, 32, 64)`` (projection shortcuts where the width changes), a
+  1x1 head. 2D for ``[B, H, W, C]`` inputs and 3D for ``[B, X, Y, Z, C]`` (the kernels follow the
+  input rank).
+* ``ResNet``: the same without dilation (a plain residual image-to-image baseline).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+
+from qmri_jax.models.layers import Norm, PositiveHead, ResidualBlock
+
+__all__ = ["HighResNet", "ResNet"]
+
+
+class HighResNet(nn.Module):
+    """Attributes: ``features`` per stage, ``blocks_per_stage``, ``dilations`` per stage,
+    ``norm``, ``dropout`` (before the head), ``out_scale``."""
+
+    features: Sequence[int] = (16, 32, 64)
+    blocks_per_stage: int = 3
+    dilations: Sequence[int] = (1, 2, 4)
+    norm: str = "batch"
+    dropout: float = 0.0
+    out_scale: Sequence[float] = (1000.0, 100.0, 1.0)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        nd = x.ndim - 2
+        x = nn.Conv(self.features[0], (3,) * nd)(x)
+        x = nn.relu(Norm(self.norm)(x, train))
+        for f, d in zip(self.features, self.dilations):
+            for _ in range(self.blocks_per_stage):
+                x = ResidualBlock(f, self.norm, dilation=d)(x, train)
+        x = nn.relu(Norm(self.norm)(x, train))
+        if self.dropout > 0:
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return PositiveHead(tuple(self.out_scale))(x)
+
+
+class ResNet(nn.Module):
+    """Plain residual baseline: ``num_blocks`` residual blocks of ``features`` channels."""
+
+    features: int = 64
+    num_blocks: int = 8
+    norm: str = "batch"
+    out_scale: Sequence[float] = (1000.0, 100.0, 1.0)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(self.features, (3,) * (x.ndim - 2))(x)
+        for _ in range(self.num_blocks):
+            x = ResidualBlock(self.features, self.norm)(x, train)
+        x = nn.relu(Norm(self.norm)(x, train))
+        return PositiveHead(tuple(self.out_scale))(x)

@@ -1,0 +1,101 @@
+"""U-Net family for image-to-map regression: ``[B, H, W, C_in] -> [B, H, W, C_out]``.
+
+* ``UNet`` (Ronneberger et al., MICCAI 2015): conv blocks, max-pool down, transposed-conv up;
+* ``UResNet``: residual blocks at every level;
+* ``UAttenNet``: additive attention gates on the skips (Oktay et al., 2018);
+* ``UNetQiu``: average pooling, bilinear up-sampling and three conv-BN-ReLU per scale
+  (the L1 + SSIM qMRI U-Net variant).
+
+All are one :class:`UNet` module with switches; the spatial size must divide by ``2**(levels-1)``.
+Outputs are positive, in physical units (``out_scale``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+
+from qmri_jax.models.layers import AttentionGate, ConvBlock, PositiveHead, ResidualBlock
+
+__all__ = ["UNet", "UResNet", "UAttenNet", "UNetQiu"]
+
+
+class UNet(nn.Module):
+    """Configurable U-Net.
+
+    Attributes:
+      features: channels per level, e.g. ``(32, 64, 128, 256)``.
+      out_scale: one scale per output channel (physical units of a typical value).
+      convs_per_level: conv-norm-ReLU per block.
+      norm: ``"batch"``, ``"group"`` or ``"none"``.
+      dropout: dropout rate at the bottleneck.
+      pool: ``"max"`` or ``"avg"``.
+      up: ``"transpose"`` (learned 2x2 transposed conv) or ``"bilinear"`` (resize + conv).
+      residual: residual blocks instead of plain conv blocks.
+      attention: attention gates on the skips.
+    """
+
+    features: Sequence[int] = (32, 64, 128, 256)
+    out_scale: Sequence[float] = (1000.0, 100.0, 1.0)
+    convs_per_level: int = 2
+    norm: str = "batch"
+    dropout: float = 0.0
+    pool: str = "max"
+    up: str = "transpose"
+    residual: bool = False
+    attention: bool = False
+
+    def _block(self, f, x, train, dropout=0.0):
+        if self.residual:
+            return ResidualBlock(f, self.norm, dropout=dropout)(x, train)
+        return ConvBlock(f, self.convs_per_level, self.norm, dropout)(x, train)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        nd = x.ndim - 2
+        factor = 2 ** (len(self.features) - 1)
+        if any(s % factor for s in x.shape[1:-1]):
+            raise ValueError(f"{type(self).__name__}: spatial shape {x.shape[1:-1]} must divide by "
+                             f"{factor} ({len(self.features)} levels)")
+        skips = []
+        for i, f in enumerate(self.features[:-1]):
+            x = self._block(f, x, train)
+            skips.append(x)
+            if self.pool == "max":
+                x = nn.max_pool(x, (2,) * nd, (2,) * nd)
+            elif self.pool == "avg":
+                x = nn.avg_pool(x, (2,) * nd, (2,) * nd)
+            else:
+                raise ValueError(f"pool={self.pool!r}: expected 'max' or 'avg'")
+        x = self._block(self.features[-1], x, train, self.dropout)
+        for f, skip in zip(reversed(self.features[:-1]), reversed(skips)):
+            if self.up == "transpose":
+                x = nn.ConvTranspose(f, (2,) * nd, (2,) * nd)(x)
+            elif self.up == "bilinear":
+                x = jax.image.resize(x, (*skip.shape[:-1], x.shape[-1]), "linear")
+                x = nn.Conv(f, (3,) * nd)(x)
+            else:
+                raise ValueError(f"up={self.up!r}: expected 'transpose' or 'bilinear'")
+            if self.attention:
+                skip = AttentionGate(max(f // 2, 1))(skip, x)
+            x = jax.numpy.concatenate([skip, x], axis=-1)
+            x = self._block(f, x, train)
+        return PositiveHead(tuple(self.out_scale))(x)
+
+
+def UResNet(**kw) -> UNet:  # noqa: N802 - reads as a class at call sites
+    """U-Net with residual blocks."""
+    return UNet(residual=True, **kw)
+
+
+def UAttenNet(**kw) -> UNet:  # noqa: N802
+    """U-Net with additive attention gates on the skips."""
+    return UNet(attention=True, **kw)
+
+
+def UNetQiu(**kw) -> UNet:  # noqa: N802
+    """Average pooling, bilinear up-sampling, three conv-BN-ReLU per scale."""
+    kw.setdefault("convs_per_level", 3)
+    return UNet(pool="avg", up="bilinear", norm="batch", **kw)
