@@ -80,5 +80,6 @@ def get_config():
     config.predict = ml_collections.ConfigDict()
     config.predict.inputs = ""  # comma-separated NIfTI files (one per contrast) or a DICOM folder
     config.predict.output = ""  # output folder ("" = WORKDIR/predict)
+    config.predict.protocol = ""  # name of the inputs' protocol ("" = the training protocol)
     config.predict.allow_protocol_mismatch = False
     return config

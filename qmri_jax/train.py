@@ -114,7 +114,7 @@ def make_train_step(model, tx, loss_fn, target_scale, ema_decay: float = 0.0):
         params = optax.apply_updates(state.params, updates)
         ema = params if ema_decay <= 0 else jax.tree.map(
             lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, params)
-        gnorm = optax.global_norm(grads)
+        gnorm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
         metrics = {"loss": loss, "grad_norm": gnorm,
                    "finite": jnp.isfinite(loss) & jnp.isfinite(gnorm)}
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,

@@ -98,4 +98,5 @@ def UAttenNet(**kw) -> UNet:  # noqa: N802
 def UNetQiu(**kw) -> UNet:  # noqa: N802
     """Average pooling, bilinear up-sampling, three conv-BN-ReLU per scale."""
     kw.setdefault("convs_per_level", 3)
-    return UNet(pool="avg", up="bilinear", norm="batch", **kw)
+    kw.setdefault("norm", "batch")
+    return UNet(pool="avg", up="bilinear", **kw)

@@ -1,0 +1,184 @@
+"""Apply a trained mapping network: evaluation of a workdir's checkpoint, and prediction on files.
+
+Run::
+
+    python -m qmri_jax.main --config=configs/unet.py --workdir=DIR --mode=predict \
+        --config.predict.inputs=t1w.nii.gz,t2w.nii.gz,pdw.nii.gz,flair.nii.gz
+
+The network's training protocol is read from ``DIR/protocol.json``; inputs must have the same
+number of contrasts, and (for DICOM, whose headers carry the timing) the same TR/TE/TI/flip per
+contrast, unless ``--config.predict.allow_protocol_mismatch=True``. 2D networks are applied
+slice by slice along the third (axial) axis with zero padding to the network's size multiple; 3D
+networks use sliding windows fused with Gaussian weights. Maps are written on the input grid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qmri_jax import checkpoint as ckpt_lib
+from qmri_jax import train as train_lib
+
+__all__ = ["load_trained", "evaluate_checkpoint", "predict_files", "predict_volume",
+           "sliding_window_predict", "check_protocol"]
+
+
+def load_trained(config, workdir: str, image_shape):
+    """``(model, state)`` restored from ``workdir`` (best-on-validation if present, else latest).
+
+    Raises:
+      FileNotFoundError: no checkpoint in ``workdir``.
+      qmri_jax.checkpoint.CheckpointError: a checkpoint is present but truncated/corrupt.
+    """
+    model = train_lib.build_model(config)
+    tx = train_lib.create_optimizer(config.train, config.train.num_steps)
+    sample = jnp.zeros((1, *image_shape), jnp.float32)
+    state = train_lib.create_train_state(jax.random.key(0), model, tx, sample)
+    latest, best = ckpt_lib.create_managers(workdir)
+    for mngr in (best, latest):
+        restored = ckpt_lib.restore_latest(mngr, state)
+        if restored is not None:
+            return model, restored[0]
+    raise FileNotFoundError(f"{workdir}: no checkpoint under checkpoints/ or checkpoints_best/; "
+                            "train first (--mode=train)")
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+    """Evaluate the workdir's checkpoint on the test split; writes ``workdir/eval``."""
+    from qmri_jax.evaluation import report
+    data = train_lib.load_data(config, workdir)
+    model, state = load_trained(config, workdir, data["test"]["images"].shape[1:])
+    pred = train_lib.predict_split(jax.jit(train_lib.make_predict_fn(model)), state,
+                                   data["test"], config)
+    return report.write_report(os.path.join(workdir, "eval"), pred, data["test"], config.targets,
+                               figures=config.eval.figures)
+
+
+def check_protocol(trained: dict, series_protocol, n_images: int, source: str,
+                   allow_mismatch: bool = False) -> None:
+    """Refuse inputs whose contrast count or timing differs from the training protocol."""
+    want = trained["images"]
+    if n_images != len(want):
+        raise ValueError(
+            f"{source}: {n_images} contrasts given, but the model was trained on {len(want)} "
+            f"({', '.join(im['name'] for im in want)}) of protocol {trained['name']!r}")
+    if series_protocol is None or allow_mismatch:
+        return
+    got = series_protocol.to_dict()["images"]
+    for w, g in zip(want, got):
+        for key in ("tr_ms", "te_ms", "ti_ms", "flip_deg"):
+            if abs(w[key] - g[key]) > 0.01 * max(abs(w[key]), 1.0):
+                raise ValueError(
+                    f"{source}: contrast {w['name']!r} has {key}={g[key]:g}, the model was trained "
+                    f"with {w[key]:g} (protocol {trained['name']!r}); pass "
+                    "--config.predict.allow_protocol_mismatch=True to apply it anyway")
+
+
+def _pad_to(x, multiple, axes):
+    pads = [(0, 0)] * x.ndim
+    for a in axes:
+        pads[a] = (0, (-x.shape[a]) % multiple)
+    return np.pad(x, pads), [x.shape[a] for a in axes]
+
+
+def predict_volume(predict_fn, volume: np.ndarray, multiple: int = 16, batch: int = 8):
+    """2D network over a volume ``[X, Y, Z, C_in]`` -> ``[X, Y, Z, C_out]`` (axial slices)."""
+    x = np.moveaxis(volume, 2, 0)  # [Z, X, Y, C]
+    x, (nx, ny) = _pad_to(x, multiple, (1, 2))
+    out = []
+    for i in range(0, len(x), batch):
+        chunk = x[i:i + batch]
+        pad = batch - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+        out.append(np.asarray(predict_fn(jnp.asarray(chunk)))[:batch - pad])
+    y = np.concatenate(out)[:, :nx, :ny]
+    return np.moveaxis(y, 0, 2)
+
+
+def sliding_window_predict(fn, volume: np.ndarray, patch, overlap: float = 0.5,
+                           sigma_scale: float = 0.125):
+    """3D network over ``[X, Y, Z, C_in]`` by patches ``patch`` fused with Gaussian weights
+    (std ``sigma_scale * patch``, so patch borders count least). ``fn``: ``[1, *patch, C_in] ->
+    [1, *patch, C_out]``."""
+    shape = volume.shape[:3]
+    patch = tuple(min(p, s) for p, s in zip(patch, shape))
+    starts = []
+    for s, p in zip(shape, patch):
+        step = max(1, int(p * (1 - overlap)))
+        pos = list(range(0, s - p + 1, step))
+        if pos[-1] != s - p:
+            pos.append(s - p)
+        starts.append(pos)
+    g = [np.exp(-0.5 * ((np.arange(p) - (p - 1) / 2) / (sigma_scale * p)) ** 2) for p in patch]
+    w = g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :]
+    w = np.maximum(w / w.max(), 1e-3)[..., None]
+    acc, norm = None, np.zeros((*shape, 1))
+    for i in starts[0]:
+        for j in starts[1]:
+            for k in starts[2]:
+                sl = (slice(i, i + patch[0]), slice(j, j + patch[1]), slice(k, k + patch[2]))
+                y = np.asarray(fn(jnp.asarray(volume[sl][None])))[0]
+                if acc is None:
+                    acc = np.zeros((*shape, y.shape[-1]))
+                acc[sl] += y * w
+                norm[sl] += w
+    return (acc / norm).astype(np.float32)
+
+
+def predict_files(config, workdir: str) -> str:
+    """Predict maps for ``config.predict.inputs``; returns the output folder."""
+    from qmri_jax.io import dicom, nifti
+    from qmri_jax.physics.protocol import Protocol
+
+    with open(os.path.join(workdir, "protocol.json")) as f:
+        trained = json.load(f)
+    inputs = [s for s in str(config.predict.inputs).split(",") if s]
+    if not inputs:
+        raise ValueError("--config.predict.inputs: give the weighted NIfTI files (comma separated, "
+                         "in the training protocol's order) or one DICOM folder")
+    protocol = Protocol.from_dict(trained)
+    if len(inputs) == 1 and os.path.isdir(inputs[0]):
+        series = dicom.read_dicom_series(inputs[0])
+        check_protocol(trained, series.protocol, series.images.shape[-1], inputs[0],
+                       config.predict.allow_protocol_mismatch)
+    else:
+        n = _count_images(inputs)
+        check_protocol(trained, None, n, ", ".join(inputs))
+        given = config.predict.protocol
+        if given and given != trained["name"]:
+            from qmri_jax.physics.protocol import get_protocol
+            check_protocol(trained, get_protocol(given), n, f"protocol {given!r}",
+                           config.predict.allow_protocol_mismatch)
+        series = nifti.read_nifti_series(inputs, protocol)
+    from qmri_jax.data.acquisition import normalise_images
+    from qmri_jax.fitting.maps import auto_mask
+    brain = auto_mask(series.images)
+    images = normalise_images(series.images.astype(np.float32), brain, config.data.normalisation)
+    model, state = load_trained(config, workdir, (16, 16, images.shape[-1]))
+    params = state.ema_params if config.train.ema_decay > 0 else state.params
+    fn = jax.jit(lambda x: train_lib.make_predict_fn(model)(params, state.batch_stats, x))
+    maps = predict_volume(fn, images)
+    out = config.predict.output or os.path.join(workdir, "predict")
+    os.makedirs(out, exist_ok=True)
+    for c, name in enumerate(config.targets):
+        nifti.write_nifti(os.path.join(out, nifti.bids_map_name(name, prefix="pred")),
+                          np.where(brain, maps[..., c], 0).astype(np.float32), series.affine)
+    print(f"maps written to {out}")
+    return out
+
+
+def _count_images(files) -> int:
+    import nibabel as nib
+    n = 0
+    for f in files:
+        if not os.path.isfile(f):
+            raise ValueError(f"{f}: no such NIfTI file")
+        shape = nib.load(f).shape
+        n += shape[3] if len(shape) == 4 else 1
+    return n

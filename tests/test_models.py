@@ -1,0 +1,124 @@
+"""Networks: shapes, positivity, jit without retracing, finite gradients, every config builds."""
+
+import glob
+import importlib
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from qmri_jax import models
+from qmri_jax.models.layers import AttentionGate
+
+SCALE = (1000.0, 100.0, 1.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fast_compile():
+    """Tiny models: XLA optimisation passes cost more than they save (see STYLE.md)."""
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)
+SMALL = {
+    "unet": dict(features=(4, 8, 16)),
+    "uresnet": dict(features=(4, 8, 16)),
+    "uattennet": dict(features=(4, 8, 16)),
+    "unet_qiu": dict(features=(4, 8, 16)),
+    "highresnet": dict(features=(4, 8, 8), blocks_per_stage=1),
+    "resnet": dict(features=8, num_blocks=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_model_shapes_positive_jit_and_gradients(name):
+    model = models.create_model(name, SCALE, **SMALL[name])
+    x = jax.random.uniform(jax.random.key(0), (2, 16, 24, 4))
+    variables = model.init(jax.random.key(1), x)
+    y = model.apply(variables, x)
+    assert y.shape == (2, 16, 24, 3)
+    assert bool(jnp.all(y > 0))
+    traces = []
+
+    @jax.jit
+    def f(v, x):
+        traces.append(1)
+        return model.apply(v, x)
+
+    f(variables, x)
+    f(variables, x + 1.0)
+    assert len(traces) == 1  # no retracing for same shapes
+
+    def loss(params):
+        out = model.apply({**variables, "params": params}, x)
+        return jnp.mean(out / jnp.asarray(SCALE))
+
+    g = jax.grad(loss)(variables["params"])
+    leaves = jax.tree.leaves(g)
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in leaves)
+    assert sum(float(jnp.abs(v).sum()) for v in leaves) > 0
+
+
+def test_unet_parameter_count_matches_formula():
+    model = models.UNet(features=(4, 8), out_scale=(1.0,), norm="none", convs_per_level=1)
+    p = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 2)))["params"]
+    n = sum(v.size for v in jax.tree.leaves(p))
+    # enc conv 3x3x2x4+4, bottleneck 3x3x4x8+8, up transpose 2x2x8x4+4, dec conv 3x3x8x4+4,
+    # head 1x1x4x1+1
+    expected = (9 * 2 * 4 + 4) + (9 * 4 * 8 + 8) + (4 * 8 * 4 + 4) + (9 * 8 * 4 + 4) + (4 + 1)
+    assert n == expected
+
+
+def test_highresnet_3d_and_dilation_receptive_field():
+    m = models.HighResNet(features=(4, 4, 4), blocks_per_stage=1, norm="none", out_scale=(1.0,))
+    x = jnp.zeros((1, 24, 24, 24, 1))
+    v = m.init(jax.random.key(0), x)
+    assert m.apply(v, x).shape == (1, 24, 24, 24, 1)
+    # A single impulse influences outputs up to the receptive field: 1 + 2*(1 + 2*(1+2+4)) = 31
+    # voxels wide in 2D; check it reaches at least +-10 voxels (dilations at work).
+    m2 = models.HighResNet(features=(4, 4, 4), blocks_per_stage=1, norm="none", out_scale=(1.0,))
+    x2 = jax.random.normal(jax.random.key(3), (1, 41, 41, 1))
+    v2 = m2.init(jax.random.key(0), x2)
+    jac = jax.grad(lambda z: m2.apply(v2, z)[0, 20, 20, 0])(x2)
+    nz = np.argwhere(np.abs(np.asarray(jac[0, :, :, 0])) > 0)
+    assert nz[:, 0].min() <= 10 and nz[:, 0].max() >= 30
+
+
+def test_attention_gate_scales_skip_between_zero_and_one():
+    gate = AttentionGate(4)
+    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 6))
+    g = jax.random.normal(jax.random.key(1), (1, 8, 8, 5))
+    v = gate.init(jax.random.key(2), x, g)
+    y = gate.apply(v, x, g)
+    ratio = np.asarray(y / x)
+    assert np.all(ratio >= 0) and np.all(ratio <= 1)
+    assert np.allclose(ratio, ratio[..., :1], atol=1e-5)  # one gate per voxel, all channels
+
+
+def test_unet_rejects_indivisible_shapes():
+    m = models.UNet(features=(4, 8, 16), out_scale=SCALE)
+    with pytest.raises(ValueError, match="must divide by 4"):
+        m.init(jax.random.key(0), jnp.zeros((1, 18, 16, 4)))
+
+
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
+    os.path.join(os.path.dirname(__file__), "..", "configs", "*.py"))
+    if not os.path.basename(p).startswith("_") and os.path.basename(p) not in (
+        "default.py", "presets.py"))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_loads_and_initialises(name):
+    mod = importlib.import_module(f"configs.{name}")
+    cfg = mod.get_config()
+    assert set(cfg.keys()) <= set(importlib.import_module("configs.default").get_config().keys())
+    if cfg.mode != "train":
+        return
+    from qmri_jax import train
+    model = train.build_model(cfg)
+    x = jnp.zeros((1, 16, 16, 4))
+    v = model.init(jax.random.key(0), x)
+    assert model.apply(v, x).shape == (1, 16, 16, len(cfg.targets))
+    paper = mod.get_config("paper")
+    assert paper.train.num_steps > cfg.train.num_steps

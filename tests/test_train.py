@@ -1,0 +1,214 @@
+"""Training engine: sharded == single device, metrics/config/checkpoints, exact resume, truncated
+checkpoints, NaN guard, schedules; prediction input checks."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import unet as unet_config
+from qmri_jax import checkpoint as ckpt_lib
+from qmri_jax import losses, predict, sharding, train
+from qmri_jax.data import datasets
+from qmri_jax.data.loader import Loader
+from qmri_jax.physics.protocol import get_protocol
+
+CROP = (slice(None), slice(32, 64), slice(40, 72))
+
+
+def tiny_config(**train_overrides):
+    cfg = unet_config.get_config()
+    with cfg.unlocked():
+        cfg.model.features = (4, 8)
+        cfg.train.batch_size = 4
+        cfg.train.num_steps = 4
+        cfg.train.log_every = 1
+        cfg.train.eval_every = 2
+        cfg.train.checkpoint_every = 2
+        cfg.train.warmup_steps = 1
+        cfg.train.progress_bar = False
+        cfg.eval.figures = False
+        for k, v in train_overrides.items():
+            cfg.train[k] = v
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    dcfg = datasets.DataConfig(num_subjects=5, slices_per_subject=4)
+    out = {}
+    for split, idx in datasets.subject_split(dcfg).items():
+        ex = [e for i in idx for e in datasets.subject_slices(dcfg, i)]
+        arr = {k: v[CROP] if np.ndim(v) >= 3 else v for k, v in datasets._stack(ex).items()}
+        out[split] = train._as_batch_arrays(arr, ("T1", "T2", "PD"))
+    out["protocol"] = get_protocol(dcfg.protocol).to_dict()
+    return out
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fast_compile():
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)
+
+
+def _one_step(cfg, data, mesh):
+    model = train.build_model(cfg)
+    tx = train.create_optimizer(cfg.train, cfg.train.num_steps)
+    repl, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    sample = jnp.zeros((1, *data["train"]["images"].shape[1:]))
+    state = jax.device_put(train.create_train_state(jax.random.key(0), model, tx, sample), repl)
+    step = jax.jit(train.make_train_step(model, tx, losses.mae, cfg.target_scale),
+                   in_shardings=(repl, bsh, repl), out_shardings=(repl, repl))
+    ld = Loader(data["train"], 8, seed=0, mesh=mesh, keys=["images", "targets", "mask"])
+    batch = ld.batch_at(0)
+    assert len(batch["images"].sharding.device_set) == mesh.devices.size
+    state, metrics = step(state, batch, jax.random.key(1))
+    return jax.device_get(state.params), float(metrics["loss"]), jax.device_get(state.batch_stats)
+
+
+def test_sharded_step_equals_single_device(tiny_data):
+    assert len(jax.devices()) == 4, "conftest sets 4 fake CPU devices"
+    cfg = tiny_config(batch_size=8)
+    p4, l4, s4 = _one_step(cfg, tiny_data, sharding.create_mesh())
+    p1, l1, s1 = _one_step(cfg, tiny_data, sharding.create_mesh(1))
+    assert l4 == pytest.approx(l1, rel=1e-5)
+    for a, b in zip(jax.tree.leaves(p4), jax.tree.leaves(p1)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(s4), jax.tree.leaves(s1)):  # BatchNorm saw the global batch
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_batch_size_must_divide_device_count(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="not divisible by the 4 devices"):
+        train.train_and_evaluate(tiny_config(batch_size=6), str(tmp_path), data=tiny_data)
+
+
+def test_run_writes_outputs_and_kill_resume_is_exact(tiny_data, tmp_path):
+    cfg = tiny_config()
+    full, _ = train.train_and_evaluate(cfg, str(tmp_path / "full"), data=tiny_data)
+    wd = str(tmp_path / "killed")
+    _, m = train.train_and_evaluate(cfg, wd, stop_at=2, data=tiny_data)
+    assert m is None and sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["2"]
+    resumed, metrics = train.train_and_evaluate(cfg, wd, data=tiny_data)
+    assert int(resumed.step) == 4
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    lines = [json.loads(x) for x in open(os.path.join(wd, "metrics.jsonl"))]
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]
+    assert any("val_loss" in x for x in lines)
+    assert json.load(open(os.path.join(wd, "config.json")))["model"]["name"] == "unet"
+    ev = json.load(open(os.path.join(wd, "eval", "metrics.json")))
+    for name in ("T1", "T2", "PD"):
+        assert set(ev[name]) >= {"median_abs_pct", "mean_abs_pct", "psnr", "ssim", "rmse",
+                                 "by_tissue"}
+        assert set(ev[name]["by_tissue"]) == {"WM", "GM", "CSF"}
+    assert os.listdir(os.path.join(wd, "checkpoints_best"))
+    assert os.listdir(os.path.join(wd, "tb"))
+    # A further call with more steps continues from step 4 rather than starting over.
+    cfg6 = tiny_config(num_steps=6)
+    more, _ = train.train_and_evaluate(cfg6, wd, data=tiny_data)
+    assert int(more.step) == 6
+
+
+def test_truncated_checkpoint_is_reported_not_reinitialised(tiny_data, tmp_path):
+    cfg = tiny_config(num_steps=2)
+    wd = str(tmp_path / "w")
+    train.train_and_evaluate(cfg, wd, data=tiny_data)
+    state_dir = os.path.join(wd, "checkpoints", "2", "state")
+    for root, _, files in os.walk(state_dir):
+        for f in files:
+            open(os.path.join(root, f), "w").close()  # truncate every file
+    with pytest.raises(ckpt_lib.CheckpointError, match="cannot be restored"):
+        train.train_and_evaluate(tiny_config(num_steps=4), wd, data=tiny_data)
+    shutil.rmtree(os.path.join(wd, "checkpoints", "2"))
+    os.makedirs(os.path.join(wd, "checkpoints", "3"))  # a half-copied step folder
+    with pytest.raises(ckpt_lib.CheckpointError):
+        train.train_and_evaluate(tiny_config(num_steps=4), wd, data=tiny_data)
+
+
+def test_nan_guard_stops_with_clear_message(tiny_data, tmp_path):
+    bad = dict(tiny_data)
+    tr = dict(bad["train"])
+    tr["images"] = tr["images"].copy()
+    tr["images"][:] = np.nan
+    bad["train"] = tr
+    with pytest.raises(train.NonFiniteError, match="last good checkpoint"):
+        train.train_and_evaluate(tiny_config(), str(tmp_path), data=bad)
+
+
+@pytest.mark.parametrize("schedule,expect", [
+    ("constant", [0.0, 1.0, 1.0, 1.0]),
+    ("exponential", [0.0, 1.0, 1.0, 0.5]),
+    ("cosine", None),
+])
+def test_optimizer_schedules(schedule, expect):
+    cfg = tiny_config(schedule=schedule, learning_rate=1.0, warmup_steps=1, decay_after=1,
+                      decay_steps=1, decay_rate=0.5, grad_clip=0.0, optimizer="sgd")
+    tx = train.create_optimizer(cfg.train, 5)
+    params = {"w": jnp.zeros(())}
+    state = tx.init(params)
+    lrs = []
+    for _ in range(4):
+        upd, state = tx.update({"w": jnp.ones(())}, state, params)
+        lrs.append(float(-upd["w"]))
+    # SGD with momentum 0.9: update_t = lr_t * sum_k 0.9^k g; with g = 1 the trace grows.
+    trace = np.cumsum([0.9**k for k in range(4)])
+    if expect is None:  # cosine over the 4 steps after warm-up: 1, cos-decayed after
+        lr = np.asarray(lrs) / trace
+        assert lr[0] == 0.0 and lr[1] == pytest.approx(1.0)
+        np.testing.assert_allclose(lr[2:], 0.5 * (1 + np.cos(np.pi * np.array([1, 2]) / 4)),
+                                   rtol=1e-5)
+    else:
+        np.testing.assert_allclose(lrs, np.asarray(expect) * trace, rtol=1e-5)
+
+
+def test_sliding_window_fusion_reproduces_a_local_function():
+    vol = np.random.default_rng(0).uniform(size=(20, 18, 13, 2)).astype(np.float32)
+    out = predict.sliding_window_predict(lambda x: 2.0 * x[..., :1] + x[..., 1:], vol, (8, 8, 8))
+    np.testing.assert_allclose(out[..., 0], 2 * vol[..., 0] + vol[..., 1], rtol=1e-5)
+
+
+def test_predict_refuses_wrong_contrasts_and_protocol(tmp_path):
+    trained = get_protocol("four_contrast_brain").to_dict()
+    with pytest.raises(ValueError, match="3 contrasts given, but the model was trained on 4"):
+        predict.check_protocol(trained, None, 3, "a.nii.gz")
+    other = get_protocol("four_contrast_brain").to_dict()
+    other["images"][1]["te_ms"] = 80.0
+    from qmri_jax.physics.protocol import Protocol
+    with pytest.raises(ValueError, match="te_ms=80"):
+        predict.check_protocol(trained, Protocol.from_dict(other), 4, "dicom/")
+    predict.check_protocol(trained, Protocol.from_dict(other), 4, "dicom/", allow_mismatch=True)
+
+
+def test_predict_files_end_to_end(tiny_data, tmp_path):
+    import nibabel as nib
+    cfg = tiny_config(num_steps=2)
+    wd = str(tmp_path / "w")
+    train.train_and_evaluate(cfg, wd, data=tiny_data)
+    vol = np.random.default_rng(0).uniform(0, 1, (20, 24, 3, 4)).astype(np.float32)
+    files = []
+    for c in range(4):
+        f = tmp_path / f"c{c}.nii.gz"
+        nib.save(nib.Nifti1Image(vol[..., c], np.diag([2.0, 2.0, 2.0, 1.0])), f)
+        files.append(str(f))
+    with cfg.unlocked():
+        cfg.predict.inputs = ",".join(files[:3])
+    with pytest.raises(ValueError, match="3 contrasts given"):
+        predict.predict_files(cfg, wd)
+    with cfg.unlocked():
+        cfg.predict.inputs = ",".join(files)
+        cfg.predict.protocol = "ir_fse_7ti"
+    with pytest.raises(ValueError):
+        predict.predict_files(cfg, wd)
+    with cfg.unlocked():
+        cfg.predict.protocol = ""
+    out = predict.predict_files(cfg, wd)
+    t1 = nib.load(os.path.join(out, "pred_T1map.nii.gz"))
+    assert t1.shape == (20, 24, 3)
+    np.testing.assert_allclose(t1.affine, np.diag([2.0, 2.0, 2.0, 1.0]))
