@@ -122,3 +122,24 @@ def test_every_config_loads_and_initialises(name):
     assert model.apply(v, x).shape == (1, 16, 16, len(cfg.targets))
     paper = mod.get_config("paper")
     assert paper.train.num_steps > cfg.train.num_steps
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_upconv_equals_flax_conv_transpose(nd):
+    import flax.linen as nn
+    from qmri_jax.models.layers import UpConv2x
+    x = jax.random.normal(jax.random.key(0), (2, *(5,) * nd, 3))
+    up = UpConv2x(4)
+    v = up.init(jax.random.key(1), x)
+    k = v["params"]["kernel"]
+    ref = nn.ConvTranspose(4, (2,) * nd, (2,) * nd).apply(
+        {"params": {"kernel": jnp.flip(k, axis=tuple(range(nd))), "bias": v["params"]["bias"]}}, x)
+    np.testing.assert_allclose(up.apply(v, x), ref, atol=1e-5)
+
+
+def test_reshape_pooling_equals_reduce_window():
+    import flax.linen as nn
+    from qmri_jax.models.unets import _pool2x
+    x = jax.random.normal(jax.random.key(0), (2, 8, 6, 3))
+    np.testing.assert_allclose(_pool2x(x, "max"), nn.max_pool(x, (2, 2), (2, 2)))
+    np.testing.assert_allclose(_pool2x(x, "avg"), nn.avg_pool(x, (2, 2), (2, 2)), rtol=1e-6)

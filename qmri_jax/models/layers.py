@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Norm", "ConvBlock", "ResidualBlock", "AttentionGate", "PositiveHead"]
+__all__ = ["Norm", "ConvBlock", "ResidualBlock", "AttentionGate", "PositiveHead", "UpConv2x"]
 
 
 def _ks(x, k):
@@ -102,3 +102,32 @@ class PositiveHead(nn.Module):
     def __call__(self, x):
         y = nn.Conv(len(self.scale), _ks(x, 1))(x)
         return jax.nn.softplus(y) * jnp.asarray(self.scale, y.dtype)
+
+
+class UpConv2x(nn.Module):
+    """2x up-sampling by a transposed convolution with kernel 2 and stride 2 (2D or 3D).
+
+    With stride equal to the kernel the output blocks do not overlap, so the transposed conv is
+    one matmul ``[..., C_in] @ [C_in, 2^d C_out]`` followed by a depth-to-space shuffle: the same
+    operation and parameter count as ``nn.ConvTranspose(features, (2,)*d, (2,)*d)`` (equal to it
+    with the kernel flipped spatially, Flax's convention), but its gradient is ~20x cheaper on
+    XLA:CPU than the dilated convolution XLA emits for ConvTranspose.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        nd = x.ndim - 2
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (*(2,) * nd, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        k = jnp.moveaxis(kernel, -2, 0).reshape(x.shape[-1], -1)  # [C_in, 2^d * C_out]
+        y = (x @ k).reshape(*x.shape[:-1], *(2,) * nd, self.features)
+        # [B, s1, .., sd, 2, .., 2, C] -> [B, s1, 2, s2, 2, .., C] -> [B, 2 s1, .., 2 sd, C]
+        perm = [0]
+        for i in range(nd):
+            perm += [1 + i, 1 + nd + i]
+        y = jnp.transpose(y, perm + [1 + 2 * nd])
+        shape = [x.shape[0]] + [2 * s for s in x.shape[1:-1]] + [self.features]
+        return y.reshape(shape) + bias

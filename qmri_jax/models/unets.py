@@ -17,9 +17,26 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from qmri_jax.models.layers import AttentionGate, ConvBlock, PositiveHead, ResidualBlock
+from qmri_jax.models.layers import AttentionGate, ConvBlock, PositiveHead, ResidualBlock, UpConv2x
 
 __all__ = ["UNet", "UResNet", "UAttenNet", "UNetQiu"]
+
+
+def _pool2x(x, kind):
+    """2x max/average pooling as a reshape + reduction: the same values as ``nn.max_pool`` /
+    ``nn.avg_pool`` with window = stride = 2, with a ~8x cheaper gradient on XLA:CPU than the
+    select-and-scatter of ``reduce_window`` (divisibility is checked by the caller)."""
+    nd = x.ndim - 2
+    shape = [x.shape[0]]
+    for s in x.shape[1:-1]:
+        shape += [s // 2, 2]
+    y = x.reshape(*shape, x.shape[-1])
+    axes = tuple(2 + 2 * i for i in range(nd))
+    if kind == "max":
+        return y.max(axis=axes)
+    if kind == "avg":
+        return y.mean(axis=axes)
+    raise ValueError(f"pool={kind!r}: expected 'max' or 'avg'")
 
 
 class UNet(nn.Module):
@@ -63,16 +80,11 @@ class UNet(nn.Module):
         for i, f in enumerate(self.features[:-1]):
             x = self._block(f, x, train)
             skips.append(x)
-            if self.pool == "max":
-                x = nn.max_pool(x, (2,) * nd, (2,) * nd)
-            elif self.pool == "avg":
-                x = nn.avg_pool(x, (2,) * nd, (2,) * nd)
-            else:
-                raise ValueError(f"pool={self.pool!r}: expected 'max' or 'avg'")
+            x = _pool2x(x, self.pool)
         x = self._block(self.features[-1], x, train, self.dropout)
         for f, skip in zip(reversed(self.features[:-1]), reversed(skips)):
             if self.up == "transpose":
-                x = nn.ConvTranspose(f, (2,) * nd, (2,) * nd)(x)
+                x = UpConv2x(f)(x)
             elif self.up == "bilinear":
                 x = jax.image.resize(x, (*skip.shape[:-1], x.shape[-1]), "linear")
                 x = nn.Conv(f, (3,) * nd)(x)

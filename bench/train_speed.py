@@ -1,0 +1,121 @@
+"""U-Net training speed: qmri_jax against MONAI's BasicUNet (PyTorch) in the same run.
+
+Both networks: 2D, 4 input contrasts -> 3 maps, five levels of two conv3x3-BatchNorm-ReLU blocks
+with features (16, 32, 64, 128, 256), 2x2 max pooling, 2x2 transposed-conv up-sampling with skip
+concatenation; Adam (lr 1e-3), masked MAE loss; batch 8 of 96 x 112 (the default 2 mm dataset's
+slice size). Timings are the median of ``--steps`` steps after 3 warm-up steps (compilation
+excluded); the project runs on one device (the default), torch on all CPU threads.
+
+  pip install -e ".[bench]"     # torch==2.13.0 (CPU build on disk here) and monai
+  python bench/train_speed.py [--steps 10] [--batch 8]
+
+The last line is one JSON object: project_steps_per_s, peer_steps_per_s, ratio, device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+FEATURES = (16, 32, 64, 128, 256)
+
+
+def time_project(batch, steps, h, w):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from qmri_jax import losses, models, train
+
+    model = models.UNet(features=FEATURES, out_scale=(1.0, 1.0, 1.0), norm="batch")
+    tx = optax.adam(1e-3)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(size=(batch, h, w, 4)), jnp.float32)
+    y = jnp.asarray(rng.uniform(size=(batch, h, w, 3)), jnp.float32)
+    m = jnp.ones((batch, h, w), jnp.float32)
+    state = train.create_train_state(jax.random.key(0), model, tx, x[:1])
+    nparams = sum(v.size for v in jax.tree.leaves(state.params))
+    step = jax.jit(train.make_train_step(model, tx, losses.mae, (1.0, 1.0, 1.0)),
+                   donate_argnums=0)
+    batch_d = {"images": x, "targets": y, "mask": m}
+    key = jax.random.key(1)
+    for _ in range(3):
+        state, met = step(state, batch_d, key)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        state, met = step(state, batch_d, key)
+        jax.block_until_ready(met["loss"])
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), nparams, jax.devices()[0].platform
+
+
+def time_peer(batch, steps, h, w):
+    import torch
+    from monai.networks.nets import BasicUNet
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    net = BasicUNet(spatial_dims=2, in_channels=4, out_channels=3,
+                    features=(*FEATURES, FEATURES[0]), act="relu", norm="batch",
+                    upsample="deconv").to(dev)
+    nparams = sum(p.numel() for p in net.parameters())
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.uniform(size=(batch, 4, h, w)), dtype=torch.float32, device=dev)
+    y = torch.tensor(rng.uniform(size=(batch, 3, h, w)), dtype=torch.float32, device=dev)
+    m = torch.ones((batch, 1, h, w), device=dev)
+
+    def one():
+        opt.zero_grad(set_to_none=True)
+        out = torch.nn.functional.softplus(net(x))
+        loss = (torch.abs(out - y) * m).sum() / (m.sum() * 3)
+        loss.backward()
+        opt.step()
+        if dev == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(3):
+        one()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        one()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), nparams
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--height", type=int, default=96)
+    ap.add_argument("--width", type=int, default=112)
+    args = ap.parse_args()
+    p_t, p_n, device = time_project(args.batch, args.steps, args.height, args.width)
+    print(f"qmri_jax UNet   : {p_n:,} params, {p_t * 1000:.0f} ms/step, {1 / p_t:.2f} steps/s")
+    try:
+        q_t, q_n = time_peer(args.batch, args.steps, args.height, args.width)
+    except ImportError as e:
+        print(f"peer unavailable ({e}); install the bench extra: pip install -e '.[bench]'")
+        q_t, q_n = float("nan"), 0
+    print(f"MONAI BasicUNet : {q_n:,} params, {q_t * 1000:.0f} ms/step, {1 / q_t:.2f} steps/s")
+    ratio = q_t / p_t
+    print(f"ratio (project steps/s / peer steps/s): {ratio:.2f}x")
+    print(json.dumps({"project_steps_per_s": 1 / p_t, "peer_steps_per_s": 1 / q_t,
+                      "ratio": ratio, "device": device, "batch": args.batch,
+                      "image": [args.height, args.width], "project_params": p_n,
+                      "peer_params": q_n}))
+
+
+if __name__ == "__main__":
+    main()
