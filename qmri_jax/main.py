@@ -23,8 +23,6 @@ _MODES = ("fit", "train", "eval", "predict")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS["verbosity"].using_default_value:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every file rename at INFO
     mode = FLAGS.mode or FLAGS.config.mode
     if mode not in _MODES:
         raise app.UsageError(f"--mode={mode}: available modes are {_MODES}")
@@ -32,7 +30,9 @@ def main(argv):
         from qmri_jax import fit_job
         fit_job.run(FLAGS.config, FLAGS.workdir)
         return
-    from qmri_jax import sharding
+    from qmri_jax import predict, sharding, train  # noqa: F401 (imports set absl verbosity)
+    if FLAGS["verbosity"].using_default_value:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every file rename at INFO
     sharding.initialize_distributed()
     if mode == "train":
         from qmri_jax import train
