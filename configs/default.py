@@ -74,6 +74,24 @@ def get_config():
     config.train.smoothing = 0.6  # EMA factor of the validation loss for early stopping
     config.train.progress_bar = True
 
+    config.task = "regression"  # "regression" (U-Nets, HighResNet, ResNet) or "ddpm"
+
+    # ---- conditional DDPM (config.task = "ddpm") ----
+    config.ddpm = ml_collections.ConfigDict()
+    config.ddpm.features = (32, 64, 64)
+    config.ddpm.blocks_per_level = 1
+    config.ddpm.attention_levels = ()
+    config.ddpm.emb_dim = 128
+    config.ddpm.schedule = "linear"
+    config.ddpm.num_steps = 1000  # diffusion steps T
+    config.ddpm.prediction = "eps"  # eps | v
+    config.ddpm.sampler = "ddim"  # ddim | ddpm
+    config.ddpm.sample_steps = 50
+    config.ddpm.eta = 0.0
+    config.ddpm.num_samples = 10  # posterior draws per slice
+    config.ddpm.eval_slices = 16  # test-split slices sampled at the end of training
+    config.ddpm.eval_batch = 4
+
     config.eval = ml_collections.ConfigDict()
     config.eval.figures = True
 

@@ -249,14 +249,13 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None, data: d
     keys = ["images", "targets", "mask"]
     train_loader = Loader(data.get("train_fn") or data["train"], tc.batch_size, seed=config.seed,
                           mesh=mesh, keys=keys)
-    model = build_model(config)
+    task = create_task(config)
     tx = create_optimizer(tc, tc.num_steps)
-    loss_fn = losses_lib.get_loss(tc.loss, **dict(tc.loss_kwargs))
     key = jax.random.key(config.seed)
     sample = jnp.zeros((1, *data["train"]["images"].shape[1:]), jnp.float32)
     repl, bsh = sharding_lib.replicated(mesh), sharding_lib.batch_sharding(mesh)
-    state = jax.jit(lambda k: create_train_state(k, model, tx, sample), out_shardings=repl)(
-        jax.random.fold_in(key, -1 % (2**31)))
+    state = jax.jit(lambda k: task.create_state(k, tx, sample), out_shardings=repl)(
+        jax.random.fold_in(key, 2**31 - 1))
     latest, best = ckpt_lib.create_managers(workdir)
     extra = {"best_val": math.inf, "smoothed_val": None, "bad_evals": 0, "stopped": False}
     restored = ckpt_lib.restore_latest(latest, state)
@@ -266,10 +265,8 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None, data: d
         print(f"resumed from {workdir}/checkpoints step {step0}")
     _write_json(os.path.join(workdir, "protocol.json"), data["protocol"])
 
-    step_fn = jax.jit(make_train_step(model, tx, loss_fn, config.target_scale, tc.ema_decay),
-                      in_shardings=(repl, bsh, repl), out_shardings=(repl, repl),
-                      donate_argnums=0)
-    predict = jax.jit(make_predict_fn(model))
+    step_fn = jax.jit(task.make_train_step(tx), in_shardings=(repl, bsh, repl),
+                      out_shardings=(repl, repl), donate_argnums=0)
     logger = _Logger(workdir)
     start = int(state.step)
     end = tc.num_steps if stop_at is None else min(stop_at, tc.num_steps)
@@ -294,7 +291,7 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None, data: d
             bar.set_postfix(loss=f"{m['loss']:.4f}", steps_s=f"{rate:.2f}")
         bar.update(1)
         if step % tc.eval_every == 0 or step == tc.num_steps:
-            val = evaluate_loss(predict, state, data["validation"], loss_fn, config, mesh)
+            val = task.validation_loss(state, data["validation"])
             prev = extra["smoothed_val"]
             sm = val if prev is None else tc.smoothing * prev + (1 - tc.smoothing) * val
             extra["smoothed_val"] = sm
@@ -315,11 +312,45 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None, data: d
     logger.close()
     if stop_at is not None and step < tc.num_steps and not extra["stopped"]:
         return state, None
-    from qmri_jax.evaluation import report
-    pred = predict_split(predict, state, data["test"], config, mesh)
-    metrics = report.write_report(os.path.join(workdir, "eval"), pred, data["test"],
-                                  config.targets, figures=config.eval.figures)
+    metrics = task.evaluate(state, data["test"], os.path.join(workdir, "eval"))
     return state, metrics
+
+
+class RegressionTask:
+    """Supervised image-to-map regression (the U-Net family, HighResNet, ResNet)."""
+
+    def __init__(self, config):
+        self.config = config
+        self.model = build_model(config)
+        self.loss_fn = losses_lib.get_loss(config.train.loss, **dict(config.train.loss_kwargs))
+        self.predict = jax.jit(make_predict_fn(self.model))
+
+    def create_state(self, key, tx, sample):
+        return create_train_state(key, self.model, tx, sample)
+
+    def make_train_step(self, tx):
+        return make_train_step(self.model, tx, self.loss_fn, self.config.target_scale,
+                               self.config.train.ema_decay)
+
+    def validation_loss(self, state, arrays) -> float:
+        return evaluate_loss(self.predict, state, arrays, self.loss_fn, self.config)
+
+    def evaluate(self, state, arrays, out_dir) -> dict:
+        from qmri_jax.evaluation import report
+        pred = predict_split(self.predict, state, arrays, self.config)
+        return report.write_report(out_dir, pred, arrays, self.config.targets,
+                                   figures=self.config.eval.figures)
+
+
+def create_task(config):
+    """The training task of ``config.task``: ``"regression"`` or ``"ddpm"``."""
+    task = config.get("task", "regression")
+    if task == "regression":
+        return RegressionTask(config)
+    if task == "ddpm":
+        from qmri_jax.diffusion.task import DdpmTask
+        return DdpmTask(config)
+    raise ValueError(f"config.task={task!r}: expected 'regression' or 'ddpm'")
 
 
 def _eval_params(state, config):

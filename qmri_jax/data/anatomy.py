@@ -58,15 +58,22 @@ def _crop_to_multiple(a: np.ndarray, multiple: tuple[int, int, int]) -> tuple[np
     return a[tuple(sl)], starts
 
 
+def default_multiple(resolution_mm: int) -> tuple[int, int, int]:
+    """Crop multiple per resolution: 16 in-plane up to 2 mm (four 2x poolings), 8 above (the
+    brain would not fit a 16-multiple crop at 4 mm: 58 -> 48 voxels)."""
+    return (16, 16, 2) if resolution_mm <= 2 else (8, 8, 2)
+
+
 @functools.lru_cache(maxsize=4)
-def load_mni152(resolution_mm: int = 2, multiple: tuple[int, int, int] = (16, 16, 2)) -> Anatomy:
+def load_mni152(resolution_mm: int = 2, multiple: tuple[int, int, int] | None = None) -> Anatomy:
     """The MNI152 tissue templates at an integer resolution, cropped for U-Nets.
 
     Args:
       resolution_mm: voxel size (1, 2, 3, 4 ...): the 1 mm templates are block-averaged by this
         factor (partial volume is preserved, not thresholded).
       multiple: each axis is centre-cropped to a multiple of these (e.g. 16 so four 2x poolings
-        divide the in-plane size). At 2 mm this gives 96 x 112 x 94 voxels, the brain fully inside.
+        divide the in-plane size); default :func:`default_multiple`. At 2 mm this gives
+        96 x 112 x 94 voxels, at 4 mm 48 x 56 x 46, the brain fully inside.
 
     Returns:
       :class:`Anatomy` (cached; treat the arrays as read-only).
@@ -76,6 +83,7 @@ def load_mni152(resolution_mm: int = 2, multiple: tuple[int, int, int] = (16, 16
     if int(resolution_mm) != resolution_mm or resolution_mm < 1:
         raise ValueError(f"resolution_mm={resolution_mm}: expected a positive integer")
     f = int(resolution_mm)
+    multiple = default_multiple(f) if multiple is None else tuple(multiple)
     # nilearn's own resolution argument resamples with nearest/continuous interpolation; block
     # averaging keeps the partial-volume fractions exact.
     gm_img = datasets.load_mni152_gm_template(resolution=1)
