@@ -7,6 +7,8 @@ Dispatch only; the work lives in library modules. Overrides: ``--config.train.nu
 
 from __future__ import annotations
 
+import logging as pylogging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -31,8 +33,10 @@ def main(argv):
         fit_job.run(FLAGS.config, FLAGS.workdir)
         return
     from qmri_jax import predict, sharding, train  # noqa: F401 (imports set absl verbosity)
-    if FLAGS["verbosity"].using_default_value:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every file rename at INFO
+    if not FLAGS["verbosity"].present:  # Orbax and TFDS log every file operation at INFO
+        logging.set_verbosity(logging.WARNING)
+        for name in ("absl", "jax", "orbax", "tensorflow_datasets"):
+            pylogging.getLogger(name).setLevel(pylogging.WARNING)
     sharding.initialize_distributed()
     if mode == "train":
         from qmri_jax import train
