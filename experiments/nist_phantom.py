@@ -90,9 +90,6 @@ def _crlb_per_roi(res, name, labels):
 
 def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
         checkpoint: str | None = None) -> dict:
-    if checkpoint is not None:
-        raise SystemExit("--checkpoint: learned models land with the training issues; "
-                         "only the voxelwise fit is available in this version")
     data = pathlib.Path(data)
     out = pathlib.Path(out)
     ref = load_reference(data, temperature)
@@ -122,6 +119,10 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
     t1_crlb = _crlb_per_roi(t1, "T1", t1_labels)
     t1_clip = _clipped_per_roi(valid, t1_labels)
     write_fit_outputs(out / "maps", t1, vir.affine, vir.protocol, prefix="vir")
+    learned = None
+    if checkpoint is not None:
+        learned = learned_t1(checkpoint, vir, mask, out)
+        learned_est = roi_medians(learned["T1"], t1_labels)
 
     # ---- T2 from multi-echo spin echo.
     mse = read_dicom_series(_series_dirs(data, "mse"), kind="se", name="mse")
@@ -157,9 +158,24 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
         b = 100 * (e / r - 1)
         flag = "" if k in T1_JUDGED else "  (outside fittable range)"
         print(f"{k:>6} {r:>9.1f} {e:>9.1f} {b:>+8.1f} {t1_crlb[k]:>8.1f} {t1_clip[k]:>8}{flag}")
-        results["spheres"].append({"array": "T1", "index": k, "reference_ms": r, "estimate_ms": e,
-                                   "bias_percent": b, "crlb_sd_ms": t1_crlb[k],
-                                   "clipped_samples_excluded": t1_clip[k], "judged": k in T1_JUDGED})
+        row = {"array": "T1", "index": k, "reference_ms": r, "estimate_ms": e,
+               "bias_percent": b, "crlb_sd_ms": t1_crlb[k],
+               "clipped_samples_excluded": t1_clip[k], "judged": k in T1_JUDGED}
+        if learned is not None:
+            le = learned_est.get(k, float("nan"))
+            row.update({"learned_ms": le, "learned_bias_percent": 100 * (le / r - 1)})
+        results["spheres"].append(row)
+    if learned is not None:
+        print(f"T1 from the trained model {checkpoint} ({learned['kind']}) beside the fit:")
+        print(f"{'sphere':>6} {'ref ms':>9} {'fit %':>8} {'learned ms':>11} {'bias %':>8}"
+              + (f" {'post. sd':>9}" if "T1_std" in learned else ""))
+        for row in [x for x in results["spheres"] if x["array"] == "T1"]:
+            sd = roi_medians(learned["T1_std"], t1_labels).get(row["index"], float("nan")) \
+                if "T1_std" in learned else None
+            print(f"{row['index']:>6} {row['reference_ms']:>9.1f} {row['bias_percent']:>+8.1f} "
+                  f"{row['learned_ms']:>11.1f} {row['learned_bias_percent']:>+8.1f}"
+                  + (f" {sd:>9.1f}" if sd is not None else ""))
+        results["learned"] = {"checkpoint": str(checkpoint), "kind": learned["kind"]}
     print(f"T2 (MSE, {len(mse.protocol)} echoes, first echo excluded, sigma {fits['mono_offset'].sigma:.1f})")
     print(f"{'sphere':>6} {'ref ms':>9} {'mono+C':>9} {'bias %':>8} {'mono ML':>9} {'bias %':>8} "
           f"{'EPG':>9} {'bias %':>8} {'refoc':>6} {'CRLB sd':>8} {'clipped':>8}")
@@ -202,6 +218,52 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
     write_json(out / "results.json", results)
     print(f"wrote {out / 'results.json'}, maps in {out / 'maps'}, figures {out}/t1_map.png t2_map.png")
     return results
+
+
+def learned_t1(workdir, vir, mask, out) -> dict:
+    """T1 (and posterior std for a DDPM) from a model trained with ``qmri_jax.main`` on the VIR
+    protocol, applied to the real VIR images normalised like its training data."""
+    import json
+
+    import jax
+    import ml_collections
+
+    from qmri_jax import predict as predict_lib, train as train_lib
+    from qmri_jax.data.acquisition import normalise_images
+
+    workdir = pathlib.Path(workdir)
+    cfg_path = workdir / "config.json"
+    if not cfg_path.is_file():
+        raise SystemExit(f"--checkpoint {workdir}: no config.json (expected a qmri_jax.main workdir)")
+    config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
+    trained = json.loads((workdir / "protocol.json").read_text())
+    predict_lib.check_protocol(trained, vir.protocol, vir.images.shape[-1], str(workdir))
+    images = vir.images[:, :, 0].astype(np.float32)  # [X, Y, N]
+    images = normalise_images(images, mask, config.data.normalisation)
+    factor = 2 ** (len(config.ddpm.features if config.task == "ddpm" else
+                       config.model.get("features", (1,))) - 1)
+    x = predict_lib._pad_to(images[None], max(factor, 1), (1, 2))[0]
+    nx, ny = images.shape[:2]
+    task = train_lib.create_task(config)
+    tx = train_lib.create_optimizer(config.train, config.train.num_steps)
+    import jax.numpy as jnp
+    state = task.create_state(jax.random.key(0), tx, jnp.zeros((1, 8 * factor, 8 * factor,
+                                                                 images.shape[-1])))
+    latest, best = train_lib.ckpt_lib.create_managers(str(workdir))
+    restored = train_lib.ckpt_lib.restore_latest(latest, state)
+    if restored is None:
+        raise SystemExit(f"--checkpoint {workdir}: no checkpoint found")
+    state = restored[0]
+    names = list(config.targets)
+    if config.task == "ddpm":
+        mean, std = task.sample_split(state, {"images": x})
+        t1 = np.where(mask, mean[0, :nx, :ny, names.index("T1")], np.nan)
+        sd = np.where(mask, std[0, :nx, :ny, names.index("T1")], np.nan)
+        return {"T1": t1, "T1_std": sd, "kind": "ddpm posterior mean of "
+                f"{config.ddpm.num_samples} draws"}
+    pred = train_lib.predict_split(task.predict, state, {"images": x}, config, batch_size=1)
+    return {"T1": np.where(mask, pred[0, :nx, :ny, names.index("T1")], np.nan),
+            "kind": config.model.name}
 
 
 def main(argv=None):
