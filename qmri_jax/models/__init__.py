@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from qmri_jax.models.resnets import HighResNet, ResNet
+from qmri_jax.models.rim import RIM
 from qmri_jax.models.unets import UAttenNet, UNet, UNetQiu, UResNet
 
-__all__ = ["UNet", "UResNet", "UAttenNet", "UNetQiu", "HighResNet", "ResNet", "create_model",
+__all__ = ["UNet", "UResNet", "UAttenNet", "UNetQiu", "HighResNet", "ResNet", "RIM", "create_model",
            "MODELS"]
 
 MODELS = {"unet": UNet, "uresnet": UResNet, "uattennet": UAttenNet, "unet_qiu": UNetQiu,
-          "highresnet": HighResNet, "resnet": ResNet}
+          "highresnet": HighResNet, "resnet": ResNet, "rim": RIM}
 
 
 def create_model(name: str, out_scale, **kwargs):

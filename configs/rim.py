@@ -1,0 +1,32 @@
+"""Recurrent inference machine (model-based learned baseline) for T1 / PD / k from the NIST VIR
+protocol, on the same data as configs/ddpm.py.
+
+Run: python -m qmri_jax.main --config=configs/rim.py --workdir=/tmp/qmri_rim
+GPU preset: --config=configs/rim.py:paper
+"""
+
+import ml_collections
+
+from configs import ddpm
+
+
+def get_config(preset: str = ""):
+    config = ddpm.get_config("paper" if preset == "paper" else "")
+    config.task = "regression"
+    config.model = ml_collections.ConfigDict({
+        "name": "rim", "protocol": config.data.protocol, "targets": tuple(config.targets),
+        "features": 32, "num_iterations": 6})
+    config.train.loss = "nmae"
+    config.train.num_steps = 400
+    config.train.batch_size = 8
+    config.train.learning_rate = 1e-3
+    config.train.ema_decay = 0.0
+    config.train.eval_every = 200
+    config.train.checkpoint_every = 200
+    if preset == "paper":
+        config.model.features = 64
+        config.model.num_iterations = 8
+        config.train.num_steps = 30000
+    elif preset:
+        raise ValueError(f"configs/rim.py: unknown preset {preset!r} (available: paper)")
+    return config
