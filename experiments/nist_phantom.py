@@ -240,6 +240,15 @@ def learned_t1(workdir, vir, mask, out) -> dict:
     predict_lib.check_protocol(trained, vir.protocol, vir.images.shape[-1], str(workdir))
     images = vir.images[:, :, 0].astype(np.float32)  # [X, Y, N]
     images = normalise_images(images, mask, config.data.normalisation)
+    # Apply the network at the voxel size it was trained at (block averaging; the maps are brought
+    # back to the scan grid by repetition): its receptive field and the bottleneck attention's
+    # memory stay what they were in training.
+    pixel_mm = float(np.linalg.norm(vir.affine[:3, 0]))
+    f = max(1, int(round(config.data.resolution_mm / max(pixel_mm, 1e-3))))
+    native = images.shape[:2]
+    if f > 1:
+        cx, cy = (native[0] // f) * f, (native[1] // f) * f
+        images = images[:cx, :cy].reshape(cx // f, f, cy // f, f, -1).mean(axis=(1, 3))
     factor = 2 ** (len(config.ddpm.features if config.task == "ddpm" else
                        config.model.get("features", (1,))) - 1)
     x = predict_lib._pad_to(images[None], max(factor, 1), (1, 2))[0]
@@ -255,15 +264,22 @@ def learned_t1(workdir, vir, mask, out) -> dict:
         raise SystemExit(f"--checkpoint {workdir}: no checkpoint found")
     state = restored[0]
     names = list(config.targets)
+
+    def back(a):  # [nx, ny] at the network's grid -> the scan grid (edge rows repeated)
+        a = np.repeat(np.repeat(a[:nx, :ny], f, 0), f, 1)
+        a = np.pad(a, [(0, max(0, native[0] - a.shape[0])), (0, max(0, native[1] - a.shape[1]))],
+                   mode="edge")
+        return a[:native[0], :native[1]]
+
     if config.task == "ddpm":
         mean, std = task.sample_split(state, {"images": x})
-        t1 = np.where(mask, mean[0, :nx, :ny, names.index("T1")], np.nan)
-        sd = np.where(mask, std[0, :nx, :ny, names.index("T1")], np.nan)
-        return {"T1": t1, "T1_std": sd, "kind": "ddpm posterior mean of "
-                f"{config.ddpm.num_samples} draws"}
+        t1 = np.where(mask, back(mean[0, ..., names.index("T1")]), np.nan)
+        sd = np.where(mask, back(std[0, ..., names.index("T1")]), np.nan)
+        return {"T1": t1, "T1_std": sd, "kind": f"ddpm posterior mean of "
+                f"{config.ddpm.num_samples} draws at {f * pixel_mm:.1f} mm"}
     pred = train_lib.predict_split(task.predict, state, {"images": x}, config, batch_size=1)
-    return {"T1": np.where(mask, pred[0, :nx, :ny, names.index("T1")], np.nan),
-            "kind": config.model.name}
+    return {"T1": np.where(mask, back(pred[0, ..., names.index("T1")]), np.nan),
+            "kind": f"{config.model.name} at {f * pixel_mm:.1f} mm"}
 
 
 def main(argv=None):

@@ -71,7 +71,8 @@ def check_protocol(trained: dict, series_protocol, n_images: int, source: str,
         return
     got = series_protocol.to_dict()["images"]
     for w, g in zip(want, got):
-        for key in ("tr_ms", "te_ms", "ti_ms", "flip_deg"):
+        keys = ("tr_ms", "te_ms", "ti_ms") + (("flip_deg",) if w["kind"] == "spgr" else ())
+        for key in keys:  # the flip angle enters only the SPGR signal equation
             if abs(w[key] - g[key]) > 0.01 * max(abs(w[key]), 1.0):
                 raise ValueError(
                     f"{source}: contrast {w['name']!r} has {key}={g[key]:g}, the model was trained "

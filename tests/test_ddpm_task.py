@@ -98,3 +98,25 @@ def test_posterior_std_shrinks_with_more_information():
         lambda k: samplers.ddim_sample(oracle, sch, x0.shape, k, 10, 1.0), jax.random.key(0), 5)
     np.testing.assert_allclose(out["mean"], x0, atol=1e-4)
     np.testing.assert_allclose(out["std"], 0.0, atol=1e-4)
+
+
+def test_trained_ddpm_applies_to_real_phantom_scans(vir_data, tmp_path, nist_dir):
+    """experiments/nist_phantom.py --checkpoint: a (tiny) DDPM workdir on the real VIR DICOMs."""
+    from experiments import nist_phantom
+    from qmri_jax.io.dicom import read_dicom_series
+    wd = str(tmp_path / "w")
+    cfg = tiny_ddpm(2)
+    with cfg.unlocked():
+        cfg.eval.figures = False
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        train.train_and_evaluate(cfg, wd, data=vir_data)
+        vir = read_dicom_series(nist_phantom._series_dirs(nist_dir, "vir"), kind="ir", name="vir")
+        labels = np.asarray(np.load(nist_dir / "rois.npz")["t1_labels"]).T
+        out = nist_phantom.learned_t1(wd, vir, labels > 0, tmp_path)
+    finally:
+        jax.config.update("jax_disable_most_optimizations", False)
+    assert out["T1"].shape == labels.shape and "T1_std" in out
+    inside = labels > 0
+    assert np.all(np.isfinite(out["T1"][inside])) and np.all(out["T1"][inside] > 0)
+    assert np.all(np.isnan(out["T1"][~inside]))
