@@ -33,13 +33,17 @@ def get_config(preset: str = ""):
 
     config.ddpm.features = (32, 64, 64)
     config.ddpm.num_steps = 1000
+    # v-prediction: at high noise the network predicts the maps from the images directly, which
+    # a short CPU run learns far better than eps (whose x0 = (x_t - sqrt(1-abar) eps)/sqrt(abar)
+    # amplifies eps errors 1/sqrt(abar)-fold). The paper preset uses the published eps objective.
+    config.ddpm.prediction = "v"
     config.ddpm.sample_steps = 50
     config.ddpm.num_samples = 10
     config.ddpm.eval_slices = 16
     config.ddpm.eval_batch = 8
 
     config.train.batch_size = 16
-    config.train.num_steps = 1200
+    config.train.num_steps = 800
     config.train.learning_rate = 1e-3
     config.train.warmup_steps = 50
     config.train.ema_decay = 0.995
@@ -52,6 +56,7 @@ def get_config(preset: str = ""):
         config.data.slices_per_subject = 40
         config.ddpm.features = (128, 256, 256)
         config.ddpm.attention_levels = (1, 2)
+        config.ddpm.prediction = "eps"
         config.train.batch_size = 16
         config.train.num_steps = 100000
         config.train.learning_rate = 1e-4
