@@ -50,13 +50,6 @@ def tiny_data():
     return out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compile():
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", False)
-
-
 def _one_step(cfg, data, mesh):
     model = train.build_model(cfg)
     tx = train.create_optimizer(cfg.train, cfg.train.num_steps)
