@@ -225,7 +225,6 @@ def learned_t1(workdir, vir, mask, out) -> dict:
     protocol, applied to the real VIR images normalised like its training data."""
     import json
 
-    import jax
     import ml_collections
 
     from qmri_jax import predict as predict_lib, train as train_lib
@@ -249,20 +248,16 @@ def learned_t1(workdir, vir, mask, out) -> dict:
     if f > 1:
         cx, cy = (native[0] // f) * f, (native[1] // f) * f
         images = images[:cx, :cy].reshape(cx // f, f, cy // f, f, -1).mean(axis=(1, 3))
-    factor = 2 ** (len(config.ddpm.features if config.task == "ddpm" else
-                       config.model.get("features", (1,))) - 1)
+    feats = config.ddpm.features if config.task == "ddpm" else config.model.get("features", 1)
+    factor = 2 ** (len(feats) - 1) if isinstance(feats, (list, tuple)) else 1  # U-Net downsamplings
     x = predict_lib._pad_to(images[None], max(factor, 1), (1, 2))[0]
     nx, ny = images.shape[:2]
-    task = train_lib.create_task(config)
-    tx = train_lib.create_optimizer(config.train, config.train.num_steps)
-    import jax.numpy as jnp
-    state = task.create_state(jax.random.key(0), tx, jnp.zeros((1, 8 * factor, 8 * factor,
-                                                                 images.shape[-1])))
-    latest, best = train_lib.ckpt_lib.create_managers(str(workdir))
-    restored = train_lib.ckpt_lib.restore_latest(latest, state)
-    if restored is None:
-        raise SystemExit(f"--checkpoint {workdir}: no checkpoint found")
-    state = restored[0]
+    try:
+        task, state = predict_lib.load_trained(config, str(workdir), (8 * factor, 8 * factor,
+                                                                       images.shape[-1]),
+                                               prefer_best=False)
+    except FileNotFoundError:
+        raise SystemExit(f"--checkpoint {workdir}: no checkpoint found") from None
     names = list(config.targets)
 
     def back(a):  # [nx, ny] at the network's grid -> the scan grid (edge rows repeated)

@@ -28,22 +28,23 @@ __all__ = ["load_trained", "evaluate_checkpoint", "predict_files", "predict_volu
            "sliding_window_predict", "check_protocol"]
 
 
-def load_trained(config, workdir: str, image_shape):
-    """``(model, state)`` restored from ``workdir`` (best-on-validation if present, else latest).
+def load_trained(config, workdir: str, image_shape, prefer_best: bool = True):
+    """``(task, state)`` restored from ``workdir``: best-on-validation if present and
+    ``prefer_best``, else the latest step. ``task`` is :func:`qmri_jax.train.create_task`'s
+    (``task.model`` for regression, ``task.net`` for the DDPM).
 
     Raises:
       FileNotFoundError: no checkpoint in ``workdir``.
       qmri_jax.checkpoint.CheckpointError: a checkpoint is present but truncated/corrupt.
     """
-    model = train_lib.build_model(config)
+    task = train_lib.create_task(config)
     tx = train_lib.create_optimizer(config.train, config.train.num_steps)
-    sample = jnp.zeros((1, *image_shape), jnp.float32)
-    state = train_lib.create_train_state(jax.random.key(0), model, tx, sample)
+    state = task.create_state(jax.random.key(0), tx, jnp.zeros((1, *image_shape), jnp.float32))
     latest, best = ckpt_lib.create_managers(workdir)
-    for mngr in (best, latest):
+    for mngr in ((best, latest) if prefer_best else (latest,)):
         restored = ckpt_lib.restore_latest(mngr, state)
         if restored is not None:
-            return model, restored[0]
+            return task, restored[0]
     raise FileNotFoundError(f"{workdir}: no checkpoint under checkpoints/ or checkpoints_best/; "
                             "train first (--mode=train)")
 
@@ -52,9 +53,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
     """Evaluate the workdir's checkpoint on the test split; writes ``workdir/eval``."""
     from qmri_jax.evaluation import report
     data = train_lib.load_data(config, workdir)
-    model, state = load_trained(config, workdir, data["test"]["images"].shape[1:])
-    pred = train_lib.predict_split(jax.jit(train_lib.make_predict_fn(model)), state,
-                                   data["test"], config)
+    task, state = load_trained(config, workdir, data["test"]["images"].shape[1:])
+    pred = train_lib.predict_split(task.predict, state, data["test"], config)
     return report.write_report(os.path.join(workdir, "eval"), pred, data["test"], config.targets,
                                figures=config.eval.figures)
 
@@ -161,8 +161,9 @@ def predict_files(config, workdir: str) -> str:
     from qmri_jax.fitting.maps import auto_mask
     brain = auto_mask(series.images)
     images = normalise_images(series.images.astype(np.float32), brain, config.data.normalisation)
-    model, state = load_trained(config, workdir, (16, 16, images.shape[-1]))
-    params = state.ema_params if config.train.ema_decay > 0 else state.params
+    task, state = load_trained(config, workdir, (16, 16, images.shape[-1]))
+    model = task.model
+    params = train_lib.eval_params(state, config)
     fn = jax.jit(lambda x: train_lib.make_predict_fn(model)(params, state.batch_stats, x))
     maps = predict_volume(fn, images)
     out = config.predict.output or os.path.join(workdir, "predict")

@@ -10,7 +10,6 @@ ends with bit-identical parameters.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from qmri_jax import checkpoint as ckpt_lib
 from qmri_jax import losses as losses_lib
 from qmri_jax import sharding as sharding_lib
 from qmri_jax.models import create_model
+from qmri_jax.physics.protocol import get_protocol
 
 __all__ = ["TrainState", "create_optimizer", "create_train_state", "make_train_step",
            "make_predict_fn", "train_and_evaluate", "load_data", "NonFiniteError"]
@@ -110,18 +110,26 @@ def make_train_step(model, tx, loss_fn, target_scale, ema_decay: float = 0.0):
             return loss_fn(pred / scale, batch["targets"] / scale, batch["mask"]), new_stats
 
         (loss, new_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = params if ema_decay <= 0 else jax.tree.map(
-            lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, params)
-        gnorm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
-        metrics = {"loss": loss, "grad_norm": gnorm,
-                   "finite": jnp.isfinite(loss) & jnp.isfinite(gnorm)}
-        new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
-                                  opt_state=opt_state, ema_params=ema)
-        return new_state, metrics
+        return apply_gradients(state, grads, loss, tx, ema_decay, new_stats)
 
     return train_step
+
+
+def apply_gradients(state: TrainState, grads, loss, tx, ema_decay: float, batch_stats=None):
+    """One optimiser update with EMA, shared by every task's step: ``(state, metrics)`` with
+    ``loss``, ``grad_norm`` and ``finite`` (both finite; checked by the NaN guard)."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = params if ema_decay <= 0 else jax.tree.map(
+        lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, params)
+    gnorm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+    metrics = {"loss": loss, "grad_norm": gnorm,
+               "finite": jnp.isfinite(loss) & jnp.isfinite(gnorm)}
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              ema_params=ema,
+                              batch_stats=state.batch_stats if batch_stats is None
+                              else batch_stats)
+    return new_state, metrics
 
 
 def make_predict_fn(model):
@@ -170,8 +178,7 @@ def load_data(config, workdir: str) -> dict:
     if config.data.on_the_fly:
         out["train_fn"] = lambda epoch: _as_batch_arrays(
             datasets.epoch_arrays(dcfg, "train", epoch), config.targets)
-    out["protocol"] = __import__("qmri_jax.physics.protocol", fromlist=["get_protocol"]
-                                 ).get_protocol(dcfg.protocol).to_dict()
+    out["protocol"] = get_protocol(dcfg.protocol).to_dict()
     return out
 
 
@@ -353,7 +360,8 @@ def create_task(config):
     raise ValueError(f"config.task={task!r}: expected 'regression' or 'ddpm'")
 
 
-def _eval_params(state, config):
+def eval_params(state, config):
+    """The parameters used for evaluation and sampling: the EMA when ``train.ema_decay > 0``."""
     return state.ema_params if config.train.ema_decay > 0 else state.params
 
 
@@ -362,7 +370,7 @@ def predict_split(predict, state, arrays, config, mesh=None, batch_size=None):
     bs = batch_size or config.train.batch_size
     n = len(arrays["images"])
     out = []
-    params = _eval_params(state, config)
+    params = eval_params(state, config)
     for i in range(0, n, bs):
         x = arrays["images"][i:i + bs]
         pad = bs - len(x)

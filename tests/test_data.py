@@ -145,7 +145,7 @@ def test_dataset_splits_disjoint_and_byte_identical(tmp_path):
     cfg = datasets.DataConfig(num_subjects=4, slices_per_subject=2, snr=30.0, seed=5,
                               pathology_fraction=0.5, geometric_fraction=0.25)
     b1 = datasets.build(cfg, str(tmp_path / "a"))
-    b2 = datasets.build(cfg, str(tmp_path / "b"))
+    datasets.build(cfg, str(tmp_path / "b"))
     d1, d2 = _digest(str(tmp_path / "a")), _digest(str(tmp_path / "b"))
     assert len(d1) == 3 and d1 == d2
     seen = {}

@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qmri_jax import diffusion
 from qmri_jax.diffusion import process, samplers, schedules
 
 MU, S = 0.3, 0.2

@@ -13,6 +13,7 @@ DDPM, reports the voxelwise mean as the estimate and the std as the uncertainty,
 from __future__ import annotations
 
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +81,7 @@ class DdpmTask:
                           opt_state=tx.init(params), ema_params=jax.tree.map(jnp.copy, params))
 
     def make_train_step(self, tx):
-        import optax
+        from qmri_jax.train import apply_gradients
         net, sch, pred, names = self.net, self.schedule, self.prediction, self.names
         ema_decay = self.config.train.ema_decay
 
@@ -92,15 +93,7 @@ class DdpmTask:
                 return process.diffusion_loss(fn, sch, x0, key, prediction=pred)
 
             loss, grads = jax.value_and_grad(loss_of)(state.params)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            ema = params if ema_decay <= 0 else jax.tree.map(
-                lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, params)
-            gnorm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
-            return (state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  ema_params=ema),
-                    {"loss": loss, "grad_norm": gnorm,
-                     "finite": jnp.isfinite(loss) & jnp.isfinite(gnorm)})
+            return apply_gradients(state, grads, loss, tx, ema_decay)
 
         return train_step
 
@@ -116,7 +109,8 @@ class DdpmTask:
             fn, self.schedule, x0, k, prediction=self.prediction))(jax.random.key(123)))
 
     def _params(self, state):
-        return state.ema_params if self.config.train.ema_decay > 0 else state.params
+        from qmri_jax.train import eval_params
+        return eval_params(state, self.config)
 
     # ---- sampling ----
     def make_sampler(self, sampler: str, steps: int, eta: float, num_samples: int):
@@ -239,7 +233,7 @@ def plot_uncertainty(out_dir, mean, std, arrays, names):
         ax.set_title(f"{n} calibration", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    _atomic(__import__("pathlib").Path(out_dir) / "uncertainty.png",
+    _atomic(pathlib.Path(out_dir) / "uncertainty.png",
             lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
 

@@ -10,6 +10,7 @@ difference / % error per map, box plots of % error per tissue, Bland-Altman plot
 from __future__ import annotations
 
 import os
+import pathlib
 
 import numpy as np
 
@@ -88,7 +89,7 @@ def plot_report(out_dir, pred, arrays, targets, metrics):
     from qmri_jax.io.nifti import _atomic
 
     def save(fig, name):
-        _atomic(__import__("pathlib").Path(out_dir) / name,
+        _atomic(pathlib.Path(out_dir) / name,
                 lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
         plt.close(fig)
 

@@ -14,7 +14,6 @@ import math
 from typing import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from qmri_jax.models.layers import UpConv2x
