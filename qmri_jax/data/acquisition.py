@@ -9,8 +9,8 @@ Pipeline per subject (all optional but the signal equation):
 4. thick slices: the signal averaged over ``slice_thickness_vox`` voxels through-plane (axis 2);
 5. complex Gaussian noise of std ``sigma = 1 / snr`` per channel and magnitude output (Rician).
    SNR is relative to a fully relaxed PD = 1 signal (CSF-like), so WM at long TR has SNR ~0.7 snr;
-6. intensity normalisation per image over the volume: ``"rescale"`` to [0.01, 1] (min-max),
-   ``"p95"`` division by the in-brain 95th percentile, or ``"none"``.
+6. intensity normalisation over the volume: ``"rescale"`` each image to [0.01, 1] (min-max),
+   ``"p95"`` the whole series divided by one in-brain 95th percentile, or ``"none"``.
 
 Thick slices average the (magnitude for IR kinds) noise-free images, an approximation near an IR null.
 Spin-echo images assume ideal 90/180 degree pulses (B1 enters them only through the receive field).
@@ -76,13 +76,16 @@ def smooth_bias_field(rng: np.random.Generator, shape, voxel_mm: float, log_std:
 
 
 def normalise_images(images: np.ndarray, brain: np.ndarray, method: str) -> np.ndarray:
-    """Per-image intensity normalisation over all spatial axes.
+    """Intensity normalisation over all spatial axes.
 
     Args:
       images: ``[..., N]``.
       brain: ``[...]`` bool mask (used by ``"p95"``).
-      method: ``"rescale"`` (min-max to [0.01, 1]), ``"p95"`` (divide by the in-brain 95th
-        percentile) or ``"none"``.
+      method: ``"rescale"``: each image min-max to [0.01, 1] on its own (the convention for
+        separately acquired contrasts); ``"p95"``: the whole series divided by ONE number, the
+        in-brain 95th percentile of the voxelwise series maximum, so the ratios between the
+        images (which carry T1 in an inversion-time series) are kept while the scanner's arbitrary
+        scale cancels; ``"none"``.
     """
     if method == "none":
         return images
@@ -94,8 +97,8 @@ def normalise_images(images: np.ndarray, brain: np.ndarray, method: str) -> np.n
     if method == "p95":
         if not brain.any():
             raise ValueError("normalisation 'p95' needs a non-empty brain mask")
-        p95 = np.percentile(images[brain], 95, axis=0)
-        return (images / np.maximum(p95, 1e-12)).astype(np.float32)
+        p95 = np.percentile(np.max(images[brain], axis=-1), 95)
+        return (images / max(float(p95), 1e-12)).astype(np.float32)
     raise ValueError(f"normalisation={method!r}: expected one of {NORMALISATIONS}")
 
 

@@ -207,8 +207,9 @@ def _builder_classes():
     import tensorflow_datasets as tfds
 
     class _QmriBase(tfds.core.GeneratorBasedBuilder):
-        VERSION = tfds.core.Version("1.0.0")
-        RELEASE_NOTES = {"1.0.0": "MNI152 anatomy, literature tissue table, pathology, acquisition."}
+        VERSION = tfds.core.Version("1.1.0")
+        RELEASE_NOTES = {"1.0.0": "MNI152 anatomy, literature tissue table, pathology, acquisition.",
+                         "1.1.0": "'p95' normalisation: one factor per series (was per image)."}
         DIMS = 2
 
         def __init__(self, *, qmri_config: DataConfig, **kwargs):
