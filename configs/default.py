@@ -81,7 +81,7 @@ def get_config():
     config.ddpm.features = (32, 64, 64)
     config.ddpm.blocks_per_level = 1
     config.ddpm.attention_levels = ()
-    config.ddpm.emb_dim = 128
+    config.ddpm.emb_dim = 0  # time-embedding width; 0: 4 x features[0] (MONAI)
     config.ddpm.schedule = "linear"
     config.ddpm.num_steps = 1000  # diffusion steps T
     config.ddpm.prediction = "eps"  # eps | v

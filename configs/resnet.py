@@ -2,6 +2,8 @@
 
 Run: python -m qmri_jax.main --config=configs/resnet.py --workdir=/tmp/qmri_resnet
 GPU preset: --config=configs/resnet.py:paper
+NIST VIR preset (T1 / PD / k on configs/ddpm.py's data, the DDPM's ResNet baseline for
+experiments/nist_phantom.py): --config=configs/resnet.py:nist_vir
 """
 
 import ml_collections
@@ -10,6 +12,19 @@ from configs import default, presets
 
 
 def get_config(preset: str = ""):
+    if preset == "nist_vir":
+        from configs import ddpm
+        config = ddpm.get_config()
+        config.task = "regression"
+        config.model = ml_collections.ConfigDict({"name": "resnet", "features": 32,
+                                                  "num_blocks": 4, "norm": "batch"})
+        config.train.loss = "nmae"
+        config.train.num_steps = 600
+        config.train.batch_size = 8
+        config.train.ema_decay = 0.0
+        config.train.eval_every = 200
+        config.train.checkpoint_every = 200
+        return config
     config = default.get_config()
     config.mode = "train"
     config.model = ml_collections.ConfigDict({"name": "resnet", "features": 32, "num_blocks": 4,

@@ -89,7 +89,7 @@ def _crlb_per_roi(res, name, labels):
 
 
 def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
-        checkpoint: str | None = None) -> dict:
+        checkpoint=None) -> dict:
     data = pathlib.Path(data)
     out = pathlib.Path(out)
     ref = load_reference(data, temperature)
@@ -119,10 +119,10 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
     t1_crlb = _crlb_per_roi(t1, "T1", t1_labels)
     t1_clip = _clipped_per_roi(valid, t1_labels)
     write_fit_outputs(out / "maps", t1, vir.affine, vir.protocol, prefix="vir")
-    learned = None
-    if checkpoint is not None:
-        learned = learned_t1(checkpoint, vir, mask, out)
-        learned_est = roi_medians(learned["T1"], t1_labels)
+    checkpoints = [checkpoint] if isinstance(checkpoint, (str, pathlib.Path)) else list(checkpoint or [])
+    learned = [learned_t1(c, vir, mask, out) for c in checkpoints]
+    learned_est = [roi_medians(m["T1"], t1_labels) for m in learned]
+    learned_sd = [roi_medians(m["T1_std"], t1_labels) if "T1_std" in m else None for m in learned]
 
     # ---- T2 from multi-echo spin echo.
     mse = read_dicom_series(_series_dirs(data, "mse"), kind="se", name="mse")
@@ -161,21 +161,36 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
         row = {"array": "T1", "index": k, "reference_ms": r, "estimate_ms": e,
                "bias_percent": b, "crlb_sd_ms": t1_crlb[k],
                "clipped_samples_excluded": t1_clip[k], "judged": k in T1_JUDGED}
-        if learned is not None:
-            le = learned_est.get(k, float("nan"))
-            row.update({"learned_ms": le, "learned_bias_percent": 100 * (le / r - 1)})
+        row["learned"] = []
+        for j, est in enumerate(learned_est):
+            le = est.get(k, float("nan"))
+            entry = {"checkpoint": str(checkpoints[j]), "estimate_ms": le,
+                     "bias_percent": 100 * (le / r - 1)}
+            if learned_sd[j] is not None:
+                entry["posterior_sd_ms"] = learned_sd[j].get(k, float("nan"))
+            row["learned"].append(entry)
         results["spheres"].append(row)
-    if learned is not None:
-        print(f"T1 from the trained model {checkpoint} ({learned['kind']}) beside the fit:")
-        print(f"{'sphere':>6} {'ref ms':>9} {'fit %':>8} {'learned ms':>11} {'bias %':>8}"
-              + (f" {'post. sd':>9}" if "T1_std" in learned else ""))
+    if learned:
+        print("T1 from trained models beside the fit (bias %; posterior sd in ms for a DDPM):")
+        for j, m in enumerate(learned):
+            print(f"  model {j + 1}: {checkpoints[j]} ({m['kind']})")
+        print(f"{'sphere':>6} {'ref ms':>9} {'fit %':>8}"
+              + "".join(f" {'model ' + str(j + 1) + ' %':>10}" + (f" {'sd ms':>7}" if learned_sd[j] is not None else "")
+                        for j in range(len(learned))))
         for row in [x for x in results["spheres"] if x["array"] == "T1"]:
-            sd = roi_medians(learned["T1_std"], t1_labels).get(row["index"], float("nan")) \
-                if "T1_std" in learned else None
-            print(f"{row['index']:>6} {row['reference_ms']:>9.1f} {row['bias_percent']:>+8.1f} "
-                  f"{row['learned_ms']:>11.1f} {row['learned_bias_percent']:>+8.1f}"
-                  + (f" {sd:>9.1f}" if sd is not None else ""))
-        results["learned"] = {"checkpoint": str(checkpoint), "kind": learned["kind"]}
+            line = f"{row['index']:>6} {row['reference_ms']:>9.1f} {row['bias_percent']:>+8.1f}"
+            for e in row["learned"]:
+                line += f" {e['bias_percent']:>+10.1f}"
+                if "posterior_sd_ms" in e:
+                    line += f" {e['posterior_sd_ms']:>7.1f}"
+            print(line + ("" if row["judged"] else "  (not judged)"))
+        for j, m in enumerate(learned):
+            judged = [abs(x["learned"][j]["bias_percent"]) for x in results["spheres"]
+                      if x["array"] == "T1" and x["judged"]]
+            print(f"  model {j + 1}: max |bias| over judged spheres {max(judged):.1f}%, "
+                  f"median {float(np.median(judged)):.1f}%")
+        results["learned"] = [{"checkpoint": str(c), "kind": m["kind"]}
+                              for c, m in zip(checkpoints, learned)]
     print(f"T2 (MSE, {len(mse.protocol)} echoes, first echo excluded, sigma {fits['mono_offset'].sigma:.1f})")
     print(f"{'sphere':>6} {'ref ms':>9} {'mono+C':>9} {'bias %':>8} {'mono ML':>9} {'bias %':>8} "
           f"{'EPG':>9} {'bias %':>8} {'refoc':>6} {'CRLB sd':>8} {'clipped':>8}")
@@ -283,7 +298,9 @@ def main(argv=None):
     parser.add_argument("--out", required=True, type=pathlib.Path, help="output folder")
     parser.add_argument("--temperature", type=float, default=None,
                         help="phantom temperature in C (picks the reference row; default 20 C)")
-    parser.add_argument("--checkpoint", default=None, help="a trained model to evaluate beside the fit")
+    parser.add_argument("--checkpoint", action="append", default=None,
+                        help="a trained qmri_jax.main workdir (DDPM, RIM, ResNet, ...) to evaluate "
+                             "beside the fit; repeat for several")
     args = parser.parse_args(argv)
     run(args.data, args.out, args.temperature, args.checkpoint)
 

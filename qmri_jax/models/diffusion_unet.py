@@ -4,8 +4,10 @@
 -> [B, H, W, C_map]``: the noisy maps and the weighted images are concatenated on the channel axis;
 ``t`` enters through a sinusoidal embedding and an MLP added to every residual block; an optional
 protocol vector (e.g. TR/TE/TI in seconds) is embedded the same way so one network serves several
-protocols. Residual blocks use GroupNorm and SiLU (Ho et al. 2020); self-attention at the levels
-listed in ``attention_levels``, always in the bottleneck as in MONAI's ``DiffusionModelUNet``.
+protocols. The layout is Ho et al. (2020)'s, as in MONAI's ``DiffusionModelUNet``: GroupNorm/SiLU
+residual blocks, stride-2 convolutions down, nearest-neighbour up-sampling plus a convolution up,
+every intermediate activation of the way down fed to one residual block of the way up,
+self-attention at the levels listed in ``attention_levels`` and always in the bottleneck.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from qmri_jax.models.layers import UpConv2x
 
 __all__ = ["DiffusionUNet", "timestep_embedding"]
 
@@ -57,15 +58,30 @@ class SelfAttention(nn.Module):
         return x + y.reshape(b, h, w, c)
 
 
+def _down2x(x, features):
+    """Stride-2 3x3 convolution (the DDPM / MONAI down-sampler)."""
+    return nn.Conv(features, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))(x)
+
+
+def _up2x(x, features):
+    """Nearest-neighbour 2x up-sampling then a 3x3 convolution (the DDPM / MONAI up-sampler)."""
+    b, h, w, c = x.shape
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+    return nn.Conv(features, (3, 3))(x)
+
+
 class DiffusionUNet(nn.Module):
     """Attributes: ``features`` per level (e.g. ``(128, 256, 256)``), ``out_channels``,
-    ``blocks_per_level``, ``attention_levels`` (indices), ``emb_dim``."""
+    ``blocks_per_level`` (residual blocks per level on the way down; the way up has one more, each
+    consuming one stored activation as in Ho et al. 2020 and MONAI's ``DiffusionModelUNet``),
+    ``attention_levels`` (indices), ``emb_dim`` (time-embedding width; 0: 4 x
+    ``features[0]``, the sinusoid itself ``features[0]`` wide, as MONAI)."""
 
     features: Sequence[int] = (32, 64, 64)
     out_channels: int = 3
     blocks_per_level: int = 1
     attention_levels: Sequence[int] = ()
-    emb_dim: int = 128
+    emb_dim: int = 0
 
     @nn.compact
     def __call__(self, x_t, t, condition, protocol=None):
@@ -73,31 +89,32 @@ class DiffusionUNet(nn.Module):
         if any(s % factor for s in x_t.shape[1:3]):
             raise ValueError(f"DiffusionUNet: spatial shape {x_t.shape[1:3]} must divide by "
                              f"{factor}")
-        emb = timestep_embedding(t, self.emb_dim)
-        emb = nn.Dense(self.emb_dim)(nn.silu(nn.Dense(self.emb_dim)(emb)))
+        emb_dim = self.emb_dim or 4 * self.features[0]
+        emb = timestep_embedding(t, self.features[0])
+        emb = nn.Dense(emb_dim)(nn.silu(nn.Dense(emb_dim)(emb)))
         if protocol is not None:
-            emb = emb + nn.Dense(self.emb_dim)(nn.silu(nn.Dense(self.emb_dim)(protocol)))
+            emb = emb + nn.Dense(emb_dim)(nn.silu(nn.Dense(emb_dim)(protocol)))
         x = nn.Conv(self.features[0], (3, 3))(jnp.concatenate([x_t, condition], axis=-1))
-        skips = []
+        skips = [x]
+        last = len(self.features) - 1
         for i, f in enumerate(self.features):
             for _ in range(self.blocks_per_level):
                 x = ResBlock(f)(x, emb)
                 if i in self.attention_levels:
                     x = SelfAttention()(x)
-            skips.append(x)
-            if i < len(self.features) - 1:
-                b, h, w, c = x.shape
-                x = x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+                skips.append(x)
+            if i < last:
+                x = _down2x(x, f)
+                skips.append(x)
         x = ResBlock(self.features[-1])(x, emb)
         x = SelfAttention()(x)
         x = ResBlock(self.features[-1])(x, emb)
         for i in reversed(range(len(self.features))):
-            if i < len(self.features) - 1:
-                x = UpConv2x(self.features[i])(x)
-            x = jnp.concatenate([x, skips[i]], axis=-1)
-            for _ in range(self.blocks_per_level):
-                x = ResBlock(self.features[i])(x, emb)
+            for _ in range(self.blocks_per_level + 1):
+                x = ResBlock(self.features[i])(jnp.concatenate([x, skips.pop()], axis=-1), emb)
                 if i in self.attention_levels:
                     x = SelfAttention()(x)
+            if i > 0:
+                x = _up2x(x, self.features[i])
         x = nn.silu(_gn(x))
         return nn.Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros)(x)
