@@ -84,10 +84,12 @@ def get_config():
     config.ddpm.emb_dim = 0  # time-embedding width; 0: 4 x features[0] (MONAI)
     config.ddpm.schedule = "linear"
     config.ddpm.num_steps = 1000  # diffusion steps T
-    config.ddpm.prediction = "eps"  # eps | v
+    config.ddpm.prediction = "eps"  # eps | v | x0
+    config.ddpm.snr_cap = 0.0  # 0: plain MSE of the target; g >= 1: x0 error weighted min(1+SNR, g)
     config.ddpm.sampler = "ddim"  # ddim | ddpm
     config.ddpm.sample_steps = 50
     config.ddpm.eta = 0.0
+    config.ddpm.ddim_spacing = "uniform"  # uniform | quadratic (dense near t = 0)
     config.ddpm.num_samples = 10  # posterior draws per slice
     config.ddpm.eval_slices = 16  # test-split slices sampled at the end of training
     config.ddpm.eval_batch = 4

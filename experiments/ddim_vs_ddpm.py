@@ -25,6 +25,7 @@ def run(workdir, slices, num_samples, ddim_steps, out):
     import ml_collections
 
     from qmri_jax import predict, train
+    from qmri_jax.diffusion.task import uncertainty_metrics
     from qmri_jax.evaluation import report
     from qmri_jax.io import write_json
 
@@ -37,6 +38,7 @@ def run(workdir, slices, num_samples, ddim_steps, out):
         raise SystemExit(f"--workdir {workdir}: config.task is {config.task!r}, expected 'ddpm'")
     with config.unlocked():
         config.ddpm.eval_slices = slices
+        config.ddpm.eval_batch = min(int(config.ddpm.eval_batch), slices)  # no padded slices
     data = train.load_data(config, str(workdir))
     task, state = predict.load_trained(config, str(workdir), data["test"]["images"].shape[1:])
     sub = task.eval_subset(data["test"])
@@ -50,13 +52,16 @@ def run(workdir, slices, num_samples, ddim_steps, out):
                                       num_samples=num_samples, key=0)
         wall = time.perf_counter() - t
         m = report.evaluate_maps(mean, sub, names)
+        unc = uncertainty_metrics(mean, std, sub, names)
         results["samplers"][f"{kind}{steps}"] = {
-            "kind": kind, "steps": steps, "wall_s": wall,
+            "kind": kind, "steps": steps, "wall_s": wall, "uncertainty": unc,
             **{n: {"median_abs_pct": m[n]["median_abs_pct"], "mean_abs_pct": m[n]["mean_abs_pct"],
                    "median_std": float(np.median(std[..., c][sub["mask"].astype(bool)]))}
                for c, n in enumerate(names)}}
         print(f"{kind}-{steps}: {wall:.1f} s, median |%| "
-              + ", ".join(f"{n} {m[n]['median_abs_pct']:.2f}" for n in names), flush=True)
+              + ", ".join(f"{n} {m[n]['median_abs_pct']:.2f}" for n in names)
+              + f"; {names[0]} Spearman(std, |err|) {unc['spearman_std_abs_err']:.3f}, "
+              f"coverage {unc['coverage_2sigma']:.3f}", flush=True)
     a, b = (results["samplers"][f"{k}{s}"] for k, s in runs)
     results["difference_pp"] = {n: a[n]["median_abs_pct"] - b[n]["median_abs_pct"] for n in names}
     print("DDIM - DDPM (percentage points): "

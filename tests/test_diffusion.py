@@ -44,6 +44,8 @@ def test_forward_process_moments_and_conversions():
     v = np.sqrt(ab) * noise - np.sqrt(1 - ab) * x0
     np.testing.assert_allclose(process.predict_x0(sch, xt, t, v, "v"), x0, atol=1e-4)
     np.testing.assert_allclose(process.predict_eps(sch, xt, t, v, "v"), noise, atol=1e-4)
+    np.testing.assert_allclose(process.predict_x0(sch, xt, t, x0, "x0"), x0, atol=1e-6)
+    np.testing.assert_allclose(process.predict_eps(sch, xt, t, x0, "x0"), noise, atol=1e-4)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim0", "ddim1"])
@@ -95,6 +97,40 @@ def test_diffusion_loss_is_zero_for_the_true_noise_predictor():
     assert float(process.diffusion_loss(oracle, sch, x0, key)) == pytest.approx(0.0, abs=1e-6)
     zero = float(process.diffusion_loss(lambda x, t: jnp.zeros_like(x), sch, x0, key))
     assert zero == pytest.approx(float(jnp.mean(noise**2)), rel=1e-5)
+    # x0 objective: an x0 oracle has zero loss, the zero predictor has loss E[x0^2]
+    assert float(process.diffusion_loss(lambda x, t: x0, sch, x0, key, prediction="x0")) == 0.0
+    zero = float(process.diffusion_loss(lambda x, t: jnp.zeros_like(x), sch, x0, key,
+                                        prediction="x0"))
+    assert zero == pytest.approx(float(jnp.mean(x0**2)), rel=1e-5)
+
+
+def test_snr_capped_loss_spans_x0_and_v_losses():
+    """min(1 + SNR, g)-weighted x0 error: g = 1 is the x0 loss, g -> inf the v loss (any
+    parameterisation), and a finite cap lies between them."""
+    sch = schedules.linear_schedule(100)
+    x0 = jax.random.normal(jax.random.key(0), (16, 4, 4, 2))
+    key = jax.random.key(5)
+    net = lambda x, t: 0.3 * x + 0.1  # noqa: E731  (any imperfect predictor)
+    for pred in ("eps", "v", "x0"):
+        plain_v = float(process.diffusion_loss(lambda x, t: _as_v(sch, x, t, net(x, t), pred),
+                                               sch, x0, key, prediction="v"))
+        inf_cap = float(process.diffusion_loss(net, sch, x0, key, prediction=pred, snr_cap=1e12))
+        assert inf_cap == pytest.approx(plain_v, rel=1e-4)
+    assert float(process.diffusion_loss(net, sch, x0, key, prediction="x0", snr_cap=1.0)) == \
+        pytest.approx(float(process.diffusion_loss(net, sch, x0, key, prediction="x0")), rel=1e-6)
+    losses = [float(process.diffusion_loss(net, sch, x0, key, prediction="x0", snr_cap=g))
+              for g in (1.0, 5.0, 1e12)]
+    assert losses[0] < losses[1] < losses[2]
+    with pytest.raises(ValueError, match="snr_cap"):
+        process.diffusion_loss(net, sch, x0, key, prediction="x0", snr_cap=0.5)
+
+
+def _as_v(sch, x_t, t, out, prediction):
+    """The v implied by a network output of the given parameterisation."""
+    ab = sch.alpha_bars[t].reshape(-1, 1, 1, 1)
+    x0 = process.predict_x0(sch, x_t, t, out, prediction)
+    eps = process.predict_eps(sch, x_t, t, out, prediction)
+    return jnp.sqrt(ab) * eps - jnp.sqrt(1 - ab) * x0
 
 
 def test_diffusion_unet_shapes_and_zero_init_head():
@@ -115,3 +151,14 @@ def test_diffusion_unet_shapes_and_zero_init_head():
         assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g))
     finally:
         jax.config.update("jax_disable_most_optimizations", False)
+
+
+def test_ddim_timesteps_spacings():
+    u = samplers.ddim_timesteps(1000, 50)
+    q = samplers.ddim_timesteps(1000, 50, "quadratic")
+    for ts in (u, q):
+        assert len(ts) == 50 and ts[0] == 999 and ts[-1] == 0 and np.all(np.diff(ts) < 0)
+    assert list(q[-4:]) == [4, 2, 1, 0] and u[-2] == 20  # quadratic is dense near t = 0
+    assert list(samplers.ddim_timesteps(10, 10, "quadratic")) == list(range(9, -1, -1))
+    with pytest.raises(ValueError, match="spacing"):
+        samplers.ddim_timesteps(1000, 50, "cubic")

@@ -70,6 +70,7 @@ class DdpmTask:
                                  attention_levels=tuple(d.attention_levels), emb_dim=d.emb_dim)
         self.schedule = schedules.get_schedule(d.schedule, d.num_steps)
         self.prediction = d.prediction
+        self.snr_cap = float(d.snr_cap) if d.get("snr_cap", 0) else None
 
     # ---- training ----
     def create_state(self, key, tx, sample_images):
@@ -84,13 +85,14 @@ class DdpmTask:
         from qmri_jax.train import apply_gradients
         net, sch, pred, names = self.net, self.schedule, self.prediction, self.names
         ema_decay = self.config.train.ema_decay
+        cap = self.snr_cap
 
         def train_step(state, batch, key):
             x0 = scale_maps(batch["targets"], batch["mask"], names)
 
             def loss_of(params):
                 fn = lambda x_t, t: net.apply({"params": params}, x_t, t, batch["images"])  # noqa: E731
-                return process.diffusion_loss(fn, sch, x0, key, prediction=pred)
+                return process.diffusion_loss(fn, sch, x0, key, prediction=pred, snr_cap=cap)
 
             loss, grads = jax.value_and_grad(loss_of)(state.params)
             return apply_gradients(state, grads, loss, tx, ema_decay)
@@ -98,7 +100,7 @@ class DdpmTask:
         return train_step
 
     def validation_loss(self, state, arrays) -> float:
-        """The eps-MSE on (up to) 32 validation slices at fixed noise draws."""
+        """The training loss on (up to) 32 validation slices at fixed noise draws."""
         n = min(32, len(arrays["images"]))
         x0 = scale_maps(jnp.asarray(arrays["targets"][:n]), jnp.asarray(arrays["mask"][:n]),
                         self.names)
@@ -106,7 +108,8 @@ class DdpmTask:
         fn = lambda x_t, t: self.net.apply({"params": params}, x_t, t,  # noqa: E731
                                            jnp.asarray(arrays["images"][:n]))
         return float(jax.jit(lambda k: process.diffusion_loss(
-            fn, self.schedule, x0, k, prediction=self.prediction))(jax.random.key(123)))
+            fn, self.schedule, x0, k, prediction=self.prediction, snr_cap=self.snr_cap))(
+                jax.random.key(123)))
 
     def _params(self, state):
         from qmri_jax.train import eval_params
@@ -117,6 +120,7 @@ class DdpmTask:
         """``sample(params, images [B, H, W, C_img], key) -> {"mean", "std", "samples"}`` in
         physical units, each ``[B, H, W, C]`` (samples ``[K, B, H, W, C]``); pure, unwrapped."""
         net, sch, pred, names = self.net, self.schedule, self.prediction, self.names
+        spacing = self.config.ddpm.get("ddim_spacing", "uniform")
 
         def sample(params, images, key):
             shape = (*images.shape[:-1], len(names))
@@ -126,7 +130,8 @@ class DdpmTask:
                 if sampler == "ddpm":
                     x = samplers.ddpm_sample(fn, sch, shape, k, prediction=pred)
                 else:
-                    x = samplers.ddim_sample(fn, sch, shape, k, steps, eta, prediction=pred)
+                    x = samplers.ddim_sample(fn, sch, shape, k, steps, eta, prediction=pred,
+                                             spacing=spacing)
                 return unscale_maps(x, names)
 
             draws = jax.vmap(one)(jax.random.split(key, num_samples))
@@ -165,7 +170,8 @@ class DdpmTask:
         unc = uncertainty_metrics(mean, std, sub, self.names)
         d = self.config.ddpm
         extra = {"uncertainty": unc, "sampler": {"kind": d.sampler, "steps": d.sample_steps,
-                                                 "eta": d.eta, "num_samples": d.num_samples},
+                                                 "eta": d.eta, "num_samples": d.num_samples,
+                                                 "ddim_spacing": d.get("ddim_spacing", "uniform")},
                  "num_slices": int(len(sub["images"]))}
         metrics = report.write_report(out_dir, mean, sub, self.names,
                                       figures=self.config.eval.figures, extra=extra)
