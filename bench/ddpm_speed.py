@@ -5,7 +5,8 @@ Both networks: the same architecture (Ho et al. 2020's layout, as MONAI's: strid
 nearest + conv up, one more residual block per level on the way up, time embedding 4 x
 features[0]; the two parameter counts are printed and must agree), 2D, 10 input channels (3 noisy
 maps + 7 condition images), 3 outputs, levels (128, 256, 256), one residual block per level,
-GroupNorm 32, no attention on the levels and one self-attention block in the bottleneck; T = 1000 linear schedule, eps-MSE loss, Adam. Measured:
+GroupNorm 32, no attention on the levels and one self-attention block in the bottleneck;
+T = 1000 linear schedule, eps-MSE loss, Adam. Measured:
 one training step on a batch of 8 (median of ``--steps``), DDIM with 50 steps for one sample, and
 this project's K = 10 posterior draws vmapped (one batch of 10) against 10 sequential calls.
 

@@ -119,7 +119,8 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
     t1_crlb = _crlb_per_roi(t1, "T1", t1_labels)
     t1_clip = _clipped_per_roi(valid, t1_labels)
     write_fit_outputs(out / "maps", t1, vir.affine, vir.protocol, prefix="vir")
-    checkpoints = [checkpoint] if isinstance(checkpoint, (str, pathlib.Path)) else list(checkpoint or [])
+    single = isinstance(checkpoint, (str, pathlib.Path))
+    checkpoints = [checkpoint] if single else list(checkpoint or [])
     learned = [learned_t1(c, vir, mask, out) for c in checkpoints]
     learned_est = [roi_medians(m["T1"], t1_labels) for m in learned]
     learned_sd = [roi_medians(m["T1_std"], t1_labels) if "T1_std" in m else None for m in learned]
@@ -174,9 +175,10 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
         print("T1 from trained models beside the fit (bias %; posterior sd in ms for a DDPM):")
         for j, m in enumerate(learned):
             print(f"  model {j + 1}: {checkpoints[j]} ({m['kind']})")
-        print(f"{'sphere':>6} {'ref ms':>9} {'fit %':>8}"
-              + "".join(f" {'model ' + str(j + 1) + ' %':>10}" + (f" {'sd ms':>7}" if learned_sd[j] is not None else "")
-                        for j in range(len(learned))))
+        head = f"{'sphere':>6} {'ref ms':>9} {'fit %':>8}"
+        for j, sd in enumerate(learned_sd):
+            head += f" {'model ' + str(j + 1) + ' %':>10}" + (f" {'sd ms':>7}" if sd is not None else "")
+        print(head)
         for row in [x for x in results["spheres"] if x["array"] == "T1"]:
             line = f"{row['index']:>6} {row['reference_ms']:>9.1f} {row['bias_percent']:>+8.1f}"
             for e in row["learned"]:

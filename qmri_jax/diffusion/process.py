@@ -80,8 +80,6 @@ def diffusion_loss(net_fn, schedule: Schedule, x0, key, mask=None, prediction: s
     x_t = q_sample(schedule, x0, t, noise)
     out = net_fn(x_t, t)
     if snr_cap is not None:
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction={prediction!r}: expected one of {PREDICTIONS}")
         if snr_cap < 1:
             raise ValueError(f"snr_cap={snr_cap}: expected >= 1 (1 is the x0 loss)")
         ab = _bcast(schedule.alpha_bars[t], x0)

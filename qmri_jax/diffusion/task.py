@@ -70,7 +70,7 @@ class DdpmTask:
                                  attention_levels=tuple(d.attention_levels), emb_dim=d.emb_dim)
         self.schedule = schedules.get_schedule(d.schedule, d.num_steps)
         self.prediction = d.prediction
-        self.snr_cap = float(d.snr_cap) if d.get("snr_cap", 0) else None
+        self.snr_cap = float(d.snr_cap) if d.snr_cap else None
 
     # ---- training ----
     def create_state(self, key, tx, sample_images):
@@ -120,7 +120,7 @@ class DdpmTask:
         """``sample(params, images [B, H, W, C_img], key) -> {"mean", "std", "samples"}`` in
         physical units, each ``[B, H, W, C]`` (samples ``[K, B, H, W, C]``); pure, unwrapped."""
         net, sch, pred, names = self.net, self.schedule, self.prediction, self.names
-        spacing = self.config.ddpm.get("ddim_spacing", "uniform")
+        spacing = self.config.ddpm.ddim_spacing
 
         def sample(params, images, key):
             shape = (*images.shape[:-1], len(names))
@@ -171,7 +171,7 @@ class DdpmTask:
         d = self.config.ddpm
         extra = {"uncertainty": unc, "sampler": {"kind": d.sampler, "steps": d.sample_steps,
                                                  "eta": d.eta, "num_samples": d.num_samples,
-                                                 "ddim_spacing": d.get("ddim_spacing", "uniform")},
+                                                 "ddim_spacing": d.ddim_spacing},
                  "num_slices": int(len(sub["images"]))}
         metrics = report.write_report(out_dir, mean, sub, self.names,
                                       figures=self.config.eval.figures, extra=extra)

@@ -18,7 +18,6 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-
 __all__ = ["DiffusionUNet", "timestep_embedding"]
 
 
