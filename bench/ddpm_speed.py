@@ -146,6 +146,11 @@ def peer(args, feats):
     return train_s, ddim_s, nparams
 
 
+def _tuning():
+    import qmri_jax
+    return qmri_jax.XLA_CPU_TUNING
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=64)
@@ -168,7 +173,7 @@ def main():
     print(json.dumps({"project_train_step_s": pt, "peer_train_step_s": qt, "train_ratio": qt / pt,
                       "project_ddim50_s": pd, "peer_ddim50_s": qd, "sample_ratio": qd / pd,
                       "vmapped_k10_s": vm, "sequential_k10_s": seq,
-                      "vmap_over_sequential": vm / seq, "device": device,
+                      "vmap_over_sequential": vm / seq, "device": device, "xla_cpu_tuning": _tuning(),
                       "project_params": pn, "peer_params": qn, "size": args.size,
                       "batch": args.batch}))
 

@@ -94,6 +94,11 @@ def time_peer(batch, steps, h, w):
     return statistics.median(times), nparams
 
 
+def _tuning():
+    import qmri_jax
+    return qmri_jax.XLA_CPU_TUNING
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=10)
@@ -112,7 +117,7 @@ def main():
     ratio = q_t / p_t
     print(f"ratio (project steps/s / peer steps/s): {ratio:.2f}x")
     print(json.dumps({"project_steps_per_s": 1 / p_t, "peer_steps_per_s": 1 / q_t,
-                      "ratio": ratio, "device": device, "batch": args.batch,
+                      "ratio": ratio, "device": device, "xla_cpu_tuning": _tuning(), "batch": args.batch,
                       "image": [args.height, args.width], "project_params": p_n,
                       "peer_params": q_n}))
 

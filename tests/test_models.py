@@ -155,6 +155,31 @@ def test_reshape_pooling_equals_reduce_window():
     np.testing.assert_allclose(_pool2x(x, "avg"), nn.avg_pool(x, (2, 2), (2, 2)), rtol=1e-6)
 
 
+@pytest.mark.parametrize("shape,groups", [((2, 6, 5, 16), 4), ((2, 3, 4, 5, 8), 8), ((3, 4, 4, 6), 1)])
+def test_group_norm_equals_flax_values_and_gradients(shape, groups):
+    """Same output, parameter names and gradients as flax.linen.GroupNorm, also for inputs with a
+    large common offset (where E[x^2] - E[x]^2 loses digits, as Flax's default does)."""
+    import flax.linen as nn
+    from qmri_jax.models.layers import GroupNorm
+    x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), shape)
+    ours, ref = GroupNorm(groups), nn.GroupNorm(num_groups=groups)
+    v = ref.init(jax.random.key(1), x)
+    v = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(2), a.shape), v)
+    assert jax.tree.structure(ours.init(jax.random.key(1), x)) == jax.tree.structure(v)
+    np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), atol=2e-5)
+    w = jax.random.normal(jax.random.key(3), shape)
+
+    def loss(mod):
+        return lambda v, x: jnp.sum(jnp.tanh(mod.apply(v, x)) * w)
+
+    g_ours = jax.grad(loss(ours), argnums=(0, 1))(v, x)
+    g_ref = jax.grad(loss(ref), argnums=(0, 1))(v, x)
+    for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="do not divide"):
+        GroupNorm(5).init(jax.random.key(0), x)
+
+
 def test_rim_shapes_gradients_and_data_term():
     from qmri_jax.models.rim import profiled_nll
     from qmri_jax.physics.protocol import get_protocol, simulate

@@ -18,6 +18,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from qmri_jax.models.layers import GroupNorm
+
 __all__ = ["DiffusionUNet", "timestep_embedding"]
 
 
@@ -30,7 +32,7 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0):
 
 
 def _gn(x):
-    return nn.GroupNorm(num_groups=min(32, x.shape[-1] // 4 or 1))(x)
+    return GroupNorm(num_groups=min(32, x.shape[-1] // 4 or 1))(x)
 
 
 class ResBlock(nn.Module):
