@@ -93,6 +93,10 @@ def get_config():
     config.ddpm.num_samples = 10  # posterior draws per slice
     config.ddpm.eval_slices = 16  # test-split slices sampled at the end of training
     config.ddpm.eval_batch = 4
+    # Validation slices sampled to fit one std scale per map (sigma scaling, Laves et al. 2020) so
+    # that mean +- 2 * scale * std covers 95% of validation voxels; 0: no calibration.
+    config.ddpm.calibration_slices = 8
+    config.ddpm.calibration_coverage = 0.95
 
     config.eval = ml_collections.ConfigDict()
     config.eval.figures = True

@@ -54,9 +54,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
     from qmri_jax.evaluation import report
     data = train_lib.load_data(config, workdir)
     task, state = load_trained(config, workdir, data["test"]["images"].shape[1:])
-    pred = train_lib.predict_split(task.predict, state, data["test"], config)
-    return report.write_report(os.path.join(workdir, "eval"), pred, data["test"], config.targets,
-                               figures=config.eval.figures)
+    return task.evaluate(state, data["test"], os.path.join(workdir, "eval"),
+                         calibration=data.get("validation"))
 
 
 def check_protocol(trained: dict, series_protocol, n_images: int, source: str,

@@ -319,7 +319,8 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None, data: d
     logger.close()
     if stop_at is not None and step < tc.num_steps and not extra["stopped"]:
         return state, None
-    metrics = task.evaluate(state, data["test"], os.path.join(workdir, "eval"))
+    metrics = task.evaluate(state, data["test"], os.path.join(workdir, "eval"),
+                            calibration=data.get("validation"))
     return state, metrics
 
 
@@ -342,7 +343,8 @@ class RegressionTask:
     def validation_loss(self, state, arrays) -> float:
         return evaluate_loss(self.predict, state, arrays, self.loss_fn, self.config)
 
-    def evaluate(self, state, arrays, out_dir) -> dict:
+    def evaluate(self, state, arrays, out_dir, calibration=None) -> dict:
+        """Test-split report; ``calibration`` (validation arrays) is unused: point estimates."""
         from qmri_jax.evaluation import report
         pred = predict_split(self.predict, state, arrays, self.config)
         return report.write_report(out_dir, pred, arrays, self.config.targets,

@@ -51,6 +51,7 @@ def tiny_ddpm(num_steps=3):
         cfg.ddpm.num_samples = 3
         cfg.ddpm.eval_slices = 2
         cfg.ddpm.eval_batch = 2
+        cfg.ddpm.calibration_slices = 2
         cfg.train.batch_size = 4
         cfg.train.num_steps = num_steps
         cfg.train.log_every = 1
@@ -71,9 +72,11 @@ def test_ddpm_trains_samples_reports_and_resumes(vir_data, tmp_path):
         unc = m["uncertainty"]
         assert -1 <= unc["spearman_std_abs_err"] <= 1 and 0 <= unc["coverage_2sigma"] <= 1
         on_disk = json.load(open(os.path.join(wd, "eval", "metrics.json")))
-        assert set(on_disk["uncertainty"]) >= {"spearman_std_abs_err", "coverage_2sigma"}
-        for f in ("ddpm_T1map.nii.gz", "ddpm_desc-std_T1map.nii.gz", "uncertainty.png",
-                  "maps.png"):
+        assert set(on_disk["uncertainty"]) >= {"spearman_std_abs_err", "coverage_2sigma",
+                                                "coverage_2sigma_calibrated", "std_scale"}
+        assert on_disk["uncertainty"]["calibration_slices"] == 2 and unc["std_scale"] > 0
+        for f in ("ddpm_T1map.nii.gz", "ddpm_desc-std_T1map.nii.gz",
+                  "ddpm_desc-stdcal_T1map.nii.gz", "uncertainty.png", "maps.png"):
             assert os.path.exists(os.path.join(wd, "eval", f)), f
         state, _ = train.train_and_evaluate(tiny_ddpm(5), wd, data=vir_data)
         assert int(state.step) == 5  # continued from step 3, not from scratch
@@ -82,6 +85,36 @@ def test_ddpm_trains_samples_reports_and_resumes(vir_data, tmp_path):
         assert steps == [1, 2, 3, 4, 5]
     finally:
         jax.config.update("jax_disable_most_optimizations", False)
+
+
+def _fake_posterior(rng, n, sigma, reported):
+    """Truth, a mean off by N(0, sigma) and a reported std ``reported * sigma`` on a [n, 8, 8]
+    brain (relative units)."""
+    truth = rng.uniform(500, 1500, size=(n, 8, 8, 1))
+    sd = sigma * truth
+    mean = truth + rng.normal(size=truth.shape) * sd
+    return mean, reported * sd, {"targets": truth, "mask": np.ones((n, 8, 8)),
+                                 "images": np.zeros((n, 8, 8, 2))}
+
+
+@pytest.mark.parametrize("reported", [1 / 50, 1.0, 4.0])
+def test_std_scale_recovers_the_miscalibration_on_held_out_data(reported):
+    """Posterior std off by a known factor: the fitted scale undoes it (1.96 / 2 / factor for a
+    Gaussian) and held-out coverage of mean +- 2 scaled std is the requested 95%."""
+    from qmri_jax.diffusion.task import fit_std_scale, uncertainty_metrics
+    rng = np.random.default_rng(0)
+    mean, std, val = _fake_posterior(rng, 400, 0.05, reported)
+    cal = fit_std_scale(mean, std, val, ("T1",), 0.95)
+    np.testing.assert_allclose(cal["T1"]["std_scale"], 1.96 / 2 / reported, rtol=0.03)
+    mean, std, test = _fake_posterior(rng, 400, 0.05, reported)
+    unc = uncertainty_metrics(mean, std, test, ("T1",), cal)
+    raw = {1 / 50: 0.032, 1.0: 0.954, 4.0: 1.0}[reported]  # P(|z| <= 2 * reported)
+    assert abs(unc["coverage_2sigma"] - raw) < 0.01
+    assert abs(unc["coverage_2sigma_calibrated"] - 0.95) < 0.01
+    assert unc["std_scale"] == cal["T1"]["std_scale"]
+    assert "coverage_2sigma_calibrated" not in uncertainty_metrics(mean, std, test, ("T1",))
+    with pytest.raises(ValueError, match="calibration_coverage"):
+        fit_std_scale(mean, std, val, ("T1",), 1.5)
 
 
 def test_posterior_std_shrinks_with_more_information():

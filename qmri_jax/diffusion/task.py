@@ -8,6 +8,14 @@ percentile, so a scanner's arbitrary intensity scale cancels), concatenated to t
 Evaluation draws ``num_samples`` posterior samples per slice (one ``vmap`` over keys) with DDIM or
 DDPM, reports the voxelwise mean as the estimate and the std as the uncertainty, and writes
 ``metrics.json`` (the supervised schema plus ``uncertainty``), figures and NIfTI mean/std maps.
+
+Calibration: a short run's posterior is often too narrow (draws that agree more than the estimate
+agrees with the truth). Before the test split, ``ddpm.calibration_slices`` validation slices are
+sampled the same way and one factor per map is fitted (sigma scaling, Laves et al., MICCAI 2020):
+``scale = quantile_q(|err| / std) / 2`` so that ``mean +- 2 * scale * std`` covers the fraction
+``q = ddpm.calibration_coverage`` of validation brain voxels. The test split's report gives the raw
+posterior's coverage and Spearman correlation and the calibrated coverage (held-out: the factor
+never sees the test split); the NIfTI maps include both std maps.
 """
 
 from __future__ import annotations
@@ -163,11 +171,26 @@ class DdpmTask:
         idx = np.unique(np.linspace(0, n - 1, k).round().astype(int))
         return {key: np.asarray(v)[idx] for key, v in arrays.items()}
 
-    def evaluate(self, state, arrays, out_dir) -> dict:
+    def calibrate(self, state, arrays) -> dict:
+        """Per map, the std scale fitted on ``calibration_slices`` slices of ``arrays``
+        (validation) and its validation coverage; ``{}`` when calibration is off."""
+        d = self.config.ddpm
+        if not d.calibration_slices or arrays is None or not len(arrays["images"]):
+            return {}
+        n = len(arrays["images"])
+        idx = np.unique(np.linspace(0, n - 1, min(d.calibration_slices, n)).round().astype(int))
+        sub = {key: np.asarray(v)[idx] for key, v in arrays.items()}
+        mean, std = self.sample_split(state, sub, key=1)
+        return fit_std_scale(mean, std, sub, self.names, d.calibration_coverage)
+
+    def evaluate(self, state, arrays, out_dir, calibration=None) -> dict:
+        """Sample the test split, write the report; ``calibration``: validation arrays for the
+        std scale (:meth:`calibrate`)."""
         from qmri_jax.evaluation import report
+        cal = self.calibrate(state, calibration)
         sub = self.eval_subset(arrays)
         mean, std = self.sample_split(state, sub)
-        unc = uncertainty_metrics(mean, std, sub, self.names)
+        unc = uncertainty_metrics(mean, std, sub, self.names, cal)
         d = self.config.ddpm
         extra = {"uncertainty": unc, "sampler": {"kind": d.sampler, "steps": d.sample_steps,
                                                  "eta": d.eta, "num_samples": d.num_samples,
@@ -177,15 +200,43 @@ class DdpmTask:
                                       figures=self.config.eval.figures, extra=extra)
         if self.config.eval.figures:
             plot_uncertainty(out_dir, mean, std, sub, self.names)
-        write_maps(out_dir, mean, std, self.names, self.config.data.resolution_mm)
-        print(f"uncertainty (T1): Spearman(std, |err|) {unc['spearman_std_abs_err']:.3f}, "
+        scales = np.asarray([cal[n]["std_scale"] if cal else 1.0 for n in self.names])
+        write_maps(out_dir, mean, std, self.names, self.config.data.resolution_mm,
+                   std_cal=std * scales if cal else None)
+        print(f"uncertainty ({unc['map']}): Spearman(std, |err|) {unc['spearman_std_abs_err']:.3f}, "
               f"coverage of mean +- 2 std {unc['coverage_2sigma']:.3f}")
+        if cal:
+            c = unc["by_map"][unc["map"]]
+            print(f"  calibrated on {cal[unc['map']]['slices']} validation slices: std x "
+                  f"{c['std_scale']:.3g}, test coverage of mean +- 2 scaled std "
+                  f"{c['coverage_2sigma_calibrated']:.3f} (target {d.calibration_coverage})")
         print(f"outputs: {out_dir} (metrics.json, figures, NIfTI mean/std maps)")
         return metrics
 
 
-def uncertainty_metrics(mean, std, arrays, names) -> dict:
-    """Per map: Spearman correlation of std and |error|, coverage of mean +- 2 std (brain)."""
+def fit_std_scale(mean, std, arrays, names, coverage: float = 0.95) -> dict:
+    """Per map ``{"std_scale", "coverage_2sigma_raw", "slices"}``: the factor ``s`` with
+    ``mean +- 2 s std`` covering the fraction ``coverage`` of the brain voxels of ``arrays``
+    (``s = quantile(|err| / std, coverage) / 2``; std floored at 1e-6 of the map's median)."""
+    if not 0 < coverage < 1:
+        raise ValueError(f"ddpm.calibration_coverage={coverage}: expected a fraction in (0, 1)")
+    brain = arrays["mask"].astype(bool)
+    out = {}
+    for c, n in enumerate(names):
+        err = np.abs(mean[..., c] - arrays["targets"][..., c])[brain]
+        s = std[..., c][brain]
+        floor = 1e-6 * max(float(np.median(np.abs(arrays["targets"][..., c][brain]))), 1e-12)
+        z = err / np.maximum(s, floor)
+        out[n] = {"std_scale": float(np.quantile(z, coverage) / 2),
+                  "coverage_2sigma_raw": float(np.mean(err <= 2 * s)),
+                  "slices": int(len(arrays["images"]))}
+    return out
+
+
+def uncertainty_metrics(mean, std, arrays, names, calibration: dict | None = None) -> dict:
+    """Per map: Spearman correlation of std and |error|, coverage of mean +- 2 std (brain), and
+    with ``calibration`` (:func:`fit_std_scale` on other data) the coverage of mean +- 2 scaled std.
+    The top-level keys are those of the first map (T1)."""
     from scipy.stats import spearmanr
     brain = arrays["mask"].astype(bool)
     by = {}
@@ -195,9 +246,18 @@ def uncertainty_metrics(mean, std, arrays, names) -> dict:
         rho = float(spearmanr(s, err).statistic) if len(err) > 2 else float("nan")
         by[n] = {"spearman_std_abs_err": rho, "coverage_2sigma": float(np.mean(err <= 2 * s)),
                  "median_std": float(np.median(s))}
+        if calibration:
+            k = calibration[n]["std_scale"]
+            by[n].update(std_scale=k, coverage_2sigma_calibrated=float(np.mean(err <= 2 * k * s)),
+                         calibration_coverage_raw=calibration[n]["coverage_2sigma_raw"])
     first = by[names[0]]
-    return {"spearman_std_abs_err": first["spearman_std_abs_err"],
-            "coverage_2sigma": first["coverage_2sigma"], "map": names[0], "by_map": by}
+    out = {"spearman_std_abs_err": first["spearman_std_abs_err"],
+           "coverage_2sigma": first["coverage_2sigma"], "map": names[0], "by_map": by}
+    if calibration:
+        out.update(coverage_2sigma_calibrated=first["coverage_2sigma_calibrated"],
+                   std_scale=first["std_scale"],
+                   calibration_slices=calibration[names[0]]["slices"])
+    return out
 
 
 def plot_uncertainty(out_dir, mean, std, arrays, names):
@@ -244,8 +304,9 @@ def plot_uncertainty(out_dir, mean, std, arrays, names):
     plt.close(fig)
 
 
-def write_maps(out_dir, mean, std, names, voxel_mm):
-    """NIfTI stacks ``[H, W, num_slices]`` of the posterior mean and std per map."""
+def write_maps(out_dir, mean, std, names, voxel_mm, std_cal=None):
+    """NIfTI stacks ``[H, W, num_slices]`` of the posterior mean and std per map (and the
+    calibrated std, ``desc-stdcal``, when given)."""
     from qmri_jax.io.nifti import bids_map_name, write_nifti
     aff = np.diag([float(voxel_mm)] * 3 + [1.0])
     for c, n in enumerate(names):
@@ -253,3 +314,6 @@ def write_maps(out_dir, mean, std, names, voxel_mm):
                     np.moveaxis(mean[..., c], 0, -1).astype(np.float32), aff)
         write_nifti(os.path.join(out_dir, bids_map_name(n, prefix="ddpm", desc="std")),
                     np.moveaxis(std[..., c], 0, -1).astype(np.float32), aff)
+        if std_cal is not None:
+            write_nifti(os.path.join(out_dir, bids_map_name(n, prefix="ddpm", desc="stdcal")),
+                        np.moveaxis(std_cal[..., c], 0, -1).astype(np.float32), aff)
