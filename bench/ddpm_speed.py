@@ -173,7 +173,8 @@ def main():
     print(json.dumps({"project_train_step_s": pt, "peer_train_step_s": qt, "train_ratio": qt / pt,
                       "project_ddim50_s": pd, "peer_ddim50_s": qd, "sample_ratio": qd / pd,
                       "vmapped_k10_s": vm, "sequential_k10_s": seq,
-                      "vmap_over_sequential": vm / seq, "device": device, "xla_cpu_tuning": _tuning(),
+                      "vmap_over_sequential": vm / seq, "device": device,
+                      "xla_cpu_tuning": _tuning(),
                       "project_params": pn, "peer_params": qn, "size": args.size,
                       "batch": args.batch}))
 

@@ -3,11 +3,13 @@
 Both networks: 2D, 4 input contrasts -> 3 maps, five levels of two conv3x3-BatchNorm-ReLU blocks
 with features (16, 32, 64, 128, 256), 2x2 max pooling, 2x2 transposed-conv up-sampling with skip
 concatenation; Adam (lr 1e-3), masked MAE loss; batch 8 of 96 x 112 (the default 2 mm dataset's
-slice size). Timings are the median of ``--steps`` steps after 3 warm-up steps (compilation
-excluded); the project runs on one device (the default), torch on all CPU threads.
+slice size). Both are built and warmed up (3 steps, compilation excluded), then timed in
+``--rounds`` alternating rounds of ``--steps`` steps each (project, peer, project, ...), so that a
+load change on a shared machine hits both; each figure is the median over all its timed steps.
+The project runs on one device (the default), torch on all CPU threads.
 
   pip install -e ".[bench]"     # torch==2.13.0 (CPU build on disk here) and monai
-  python bench/train_speed.py [--steps 10] [--batch 8]
+  python bench/train_speed.py [--steps 10] [--rounds 3] [--batch 8]
 
 The last line is one JSON object: project_steps_per_s, peer_steps_per_s, ratio, device.
 """
@@ -28,7 +30,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 FEATURES = (16, 32, 64, 128, 256)
 
 
-def time_project(batch, steps, h, w):
+def build_project(batch, h, w):
+    """Returns (one_step, num_params, platform): ``one_step()`` runs and waits for one step."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -47,19 +50,19 @@ def time_project(batch, steps, h, w):
                    donate_argnums=0)
     batch_d = {"images": x, "targets": y, "mask": m}
     key = jax.random.key(1)
-    for _ in range(3):
-        state, met = step(state, batch_d, key)
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        state, met = step(state, batch_d, key)
+    holder = {"state": state}
+
+    def one():
+        holder["state"], met = step(holder["state"], batch_d, key)
         jax.block_until_ready(met["loss"])
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), nparams, jax.devices()[0].platform
+
+    for _ in range(3):
+        one()
+    return one, nparams, jax.devices()[0].platform
 
 
-def time_peer(batch, steps, h, w):
+def build_peer(batch, h, w):
+    """Returns (one_step, num_params) for MONAI's BasicUNet."""
     import torch
     from monai.networks.nets import BasicUNet
 
@@ -86,12 +89,16 @@ def time_peer(batch, steps, h, w):
 
     for _ in range(3):
         one()
-    times = []
-    for _ in range(steps):
+    return one, nparams
+
+
+def timed(fn, n):
+    out = []
+    for _ in range(n):
         t = time.perf_counter()
-        one()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), nparams
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
 
 
 def _tuning():
@@ -102,23 +109,32 @@ def _tuning():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--height", type=int, default=96)
     ap.add_argument("--width", type=int, default=112)
     args = ap.parse_args()
-    p_t, p_n, device = time_project(args.batch, args.steps, args.height, args.width)
-    print(f"qmri_jax UNet   : {p_n:,} params, {p_t * 1000:.0f} ms/step, {1 / p_t:.2f} steps/s")
+    p_step, p_n, device = build_project(args.batch, args.height, args.width)
     try:
-        q_t, q_n = time_peer(args.batch, args.steps, args.height, args.width)
+        q_step, q_n = build_peer(args.batch, args.height, args.width)
     except ImportError as e:
         print(f"peer unavailable ({e}); install the bench extra: pip install -e '.[bench]'")
-        q_t, q_n = float("nan"), 0
+        q_step, q_n = None, 0
+    p_times, q_times = [], []
+    for _ in range(args.rounds):
+        p_times += timed(p_step, args.steps)
+        if q_step is not None:
+            q_times += timed(q_step, args.steps)
+    p_t = statistics.median(p_times)
+    q_t = statistics.median(q_times) if q_times else float("nan")
+    print(f"qmri_jax UNet   : {p_n:,} params, {p_t * 1000:.0f} ms/step, {1 / p_t:.2f} steps/s")
     print(f"MONAI BasicUNet : {q_n:,} params, {q_t * 1000:.0f} ms/step, {1 / q_t:.2f} steps/s")
     ratio = q_t / p_t
     print(f"ratio (project steps/s / peer steps/s): {ratio:.2f}x")
     print(json.dumps({"project_steps_per_s": 1 / p_t, "peer_steps_per_s": 1 / q_t,
-                      "ratio": ratio, "device": device, "xla_cpu_tuning": _tuning(), "batch": args.batch,
-                      "image": [args.height, args.width], "project_params": p_n,
+                      "ratio": ratio, "device": device, "xla_cpu_tuning": _tuning(),
+                      "batch": args.batch,
+                      "image": [args.height, args.width], "timed_steps_each": len(p_times), "project_params": p_n,
                       "peer_params": q_n}))
 
 
