@@ -72,6 +72,9 @@ def get_config():
     config.train.checkpoint_every = 200
     config.train.early_stopping_patience = 0  # evaluations without improvement; 0 = off
     config.train.smoothing = 0.6  # EMA factor of the validation loss for early stopping
+    # Wall-clock budget of one run (minutes; 0 = none): training stops there, saves a checkpoint and
+    # evaluates as if finished; running the same workdir again continues towards num_steps.
+    config.train.time_limit_minutes = 0.0
     config.train.progress_bar = True
 
     config.task = "regression"  # "regression" (U-Nets, HighResNet, ResNet) or "ddpm"

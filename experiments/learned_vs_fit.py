@@ -5,6 +5,7 @@ The four-contrast brain protocol (T1w SE, T2w SE, PDw SE, FLAIR) has one image p
 (``--snr``), voxel by voxel, with the same masks and metrics as ``WORKDIR/eval/metrics.json``.
 
   python -m experiments.learned_vs_fit --config configs/uattennet.py --out DIR [--snr 30]
+      [--set data.num_subjects=24 ...]   (the trained run's data overrides: same test split)
 
 Writes ``DIR/metrics.json`` (same schema) and prints the median |% error| per map; when
 ``--workdir`` names a trained run it prints that run's numbers beside.
@@ -21,10 +22,31 @@ import numpy as np
 
 
 def _load_config(path):
+    """``configs/x.py`` or ``configs/x.py:preset`` (as ``qmri_jax.main --config``)."""
+    path, _, preset = str(path).partition(":")
     spec = importlib.util.spec_from_file_location("cfg", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.get_config()
+    return mod.get_config(preset) if preset else mod.get_config()
+
+
+def _apply_override(cfg, item: str):
+    """``data.num_subjects=24`` -> cfg.data.num_subjects = 24 (value parsed as a Python literal)."""
+    import ast
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. data.num_subjects=24")
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    node = cfg
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node[p]
+    if parts[-1] not in node:
+        raise SystemExit(f"--set {item!r}: the config has no field {key!r}")
+    node[parts[-1]] = type(node[parts[-1]])(parsed) if isinstance(node[parts[-1]], float) else parsed
 
 
 def run(config, out_dir, workdir=None):
@@ -63,9 +85,14 @@ def main():
     ap.add_argument("--snr", type=float, default=None)
     ap.add_argument("--data-dir", default="")
     ap.add_argument("--workdir", default=None, help="a trained run to print beside")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override as in qmri_jax.main (--set data.num_subjects=24); "
+                         "repeat; use the trained run's data settings so the test split matches")
     args = ap.parse_args()
     cfg = _load_config(args.config)
     with cfg.unlocked():
+        for item in args.set:
+            _apply_override(cfg, item)
         if args.snr is not None:
             cfg.data.snr = args.snr
         if args.data_dir:

@@ -186,6 +186,14 @@ def load_data(config, workdir: str) -> dict:
 # The loop
 
 
+def _on_all_processes(flag: bool) -> bool:
+    """Process 0's ``flag`` on every process (itself where there is one process)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
+
+
 def _write_json(path, obj):
     from qmri_jax.io.nifti import write_json
     write_json(path, obj)
@@ -280,8 +288,10 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None, data: d
     bar = tqdm(total=tc.num_steps, initial=start, desc="train", dynamic_ncols=True,
                disable=jax.process_index() != 0 or not tc.progress_bar)
     t0, last_good = time.time(), start
+    limit_s = 60.0 * float(tc.get("time_limit_minutes", 0.0) or 0.0)
+    timed_out = False
     step = start
-    while step < end and not extra["stopped"]:
+    while step < end and not extra["stopped"] and not timed_out:
         batch = train_loader.batch_at(step)
         state, metrics = step_fn(state, batch, jax.random.fold_in(key, step))
         step += 1
@@ -312,7 +322,14 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None, data: d
                     print(f"early stopping at step {step}: smoothed validation loss has not "
                           f"improved for {extra['bad_evals']} evaluations")
             logger.write(step, val_loss=val, val_loss_smoothed=sm)
-        if step % tc.checkpoint_every == 0 or step == end or extra["stopped"]:
+        if limit_s and step < end and (jax.process_count() == 1 or step % tc.log_every == 0):
+            # Every process must take the same decision: with several, process 0's clock decides,
+            # at steps all of them reach (log_every).
+            timed_out = _on_all_processes(time.time() - t0 >= limit_s)
+            if timed_out:
+                print(f"time limit: stopping at step {step} after {tc.time_limit_minutes:g} min "
+                      f"(train.time_limit_minutes); resume the workdir to continue")
+        if step % tc.checkpoint_every == 0 or step == end or extra["stopped"] or timed_out:
             ckpt_lib.save(latest, step, state, extra)
             last_good = step
     bar.close()

@@ -124,6 +124,20 @@ def test_truncated_checkpoint_is_reported_not_reinitialised(tiny_data, tmp_path)
         train.train_and_evaluate(tiny_config(num_steps=4), wd, data=tiny_data)
 
 
+def test_time_limit_stops_saves_evaluates_and_resumes(tiny_data, tmp_path, capsys):
+    # A budget of ~0 s: the first step runs, then the run stops, checkpoints that step and
+    # still writes the test-split evaluation; the same workdir then continues to num_steps.
+    cfg = tiny_config(time_limit_minutes=1e-9)
+    wd = str(tmp_path / "w")
+    state, metrics = train.train_and_evaluate(cfg, wd, data=tiny_data)
+    assert int(state.step) == 1 and metrics is not None
+    assert "time limit: stopping at step 1" in capsys.readouterr().out
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["1"]
+    assert os.path.isfile(os.path.join(wd, "eval", "metrics.json"))
+    resumed, _ = train.train_and_evaluate(tiny_config(), wd, data=tiny_data)
+    assert int(resumed.step) == 4
+
+
 def test_nan_guard_stops_with_clear_message(tiny_data, tmp_path):
     bad = dict(tiny_data)
     tr = dict(bad["train"])
