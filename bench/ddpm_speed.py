@@ -85,17 +85,18 @@ def project(args, feats):
 
     one = jax.jit(sample_one)
     out = {}
-    ddim_s = _median_time(lambda: out.__setitem__("x", one(jax.random.key(2), cond[:1])), 1,
+    reps = args.sample_repeats
+    ddim_s = _median_time(lambda: out.__setitem__("x", one(jax.random.key(2), cond[:1])), reps,
                           lambda: jax.block_until_ready(out["x"]))
     keys = jax.random.split(jax.random.key(3), 10)
     vm = jax.jit(jax.vmap(sample_one, in_axes=(0, None)))
-    vm_s = _median_time(lambda: out.__setitem__("v", vm(keys, cond[:1])), 1,
+    vm_s = _median_time(lambda: out.__setitem__("v", vm(keys, cond[:1])), reps,
                         lambda: jax.block_until_ready(out["v"]))
 
     def sequential():
         out["s"] = [one(k, cond[:1]) for k in keys]
 
-    seq_s = _median_time(sequential, 1, lambda: jax.block_until_ready(out["s"]))
+    seq_s = _median_time(sequential, reps, lambda: jax.block_until_ready(out["s"]))
     return train_s, ddim_s, vm_s, seq_s, nparams, jax.devices()[0].platform
 
 
@@ -142,7 +143,7 @@ def peer(args, feats):
             x, _ = ddim.step(eps, t, x)
         return x
 
-    ddim_s = _median_time(sample, 1, sync)
+    ddim_s = _median_time(sample, args.sample_repeats, sync)
     return train_s, ddim_s, nparams
 
 
@@ -156,6 +157,8 @@ def main():
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--sample-repeats", type=int, default=1,
+                    help="timed repeats of each sampling measurement (median; 1 on CPU, more on GPU)")
     ap.add_argument("--features", default="128,256,256")
     args = ap.parse_args()
     feats = tuple(int(f) for f in args.features.split(","))

@@ -100,6 +100,11 @@ def get_config():
     # that mean +- 2 * scale * std covers 95% of validation voxels; 0: no calibration.
     config.ddpm.calibration_slices = 8
     config.ddpm.calibration_coverage = 0.95
+    # Training-time saturation: with this probability a slice's images are clipped at a level
+    # drawn from saturation_range (units of the in-brain p95) and renormalised, as a 12-bit scanner
+    # that clips bright voxels at 4095 would deliver them (data.acquisition.saturate).
+    config.ddpm.saturation_augment = 0.0
+    config.ddpm.saturation_range = (0.5, 1.5)
 
     config.eval = ml_collections.ConfigDict()
     config.eval.figures = True

@@ -106,6 +106,23 @@ def test_magnitude_noise_matches_rician_moments(snr):
         assert img.mean() > nu * 1.02
 
 
+def test_saturate_equals_clipping_then_p95_normalisation():
+    # A series clipped by the scanner (12-bit DICOM) and then p95-normalised is what saturate()
+    # makes of the unclipped normalised series, at level = clip / unclipped p95.
+    rng = np.random.default_rng(1)
+    raw = rng.uniform(100.0, 4000.0, (16, 16, 2, 5))
+    brain = np.zeros((16, 16, 2), bool)
+    brain[2:14, 3:13] = True
+    p95 = np.percentile(raw[brain].max(-1), 95)
+    norm = acquisition.normalise_images(raw, brain, "p95")
+    for clip in (0.6 * p95, 0.9 * p95, 2.0 * raw.max()):
+        real = acquisition.normalise_images(np.minimum(raw, clip), brain, "p95")
+        np.testing.assert_allclose(acquisition.saturate(norm, clip / p95), real, rtol=1e-5)
+    lvl = jax.numpy.asarray([[[[0.7]]]])
+    out = acquisition.saturate(jax.numpy.asarray(norm[None]), lvl)
+    assert isinstance(out, jax.Array) and float(out.max()) == pytest.approx(1.0)
+
+
 def test_normalisations_and_bias_fields():
     rng = np.random.default_rng(0)
     x = rng.uniform(0.1, 3.0, (20, 20, 4, 3)).astype(np.float32)

@@ -87,6 +87,36 @@ def test_ddpm_trains_samples_reports_and_resumes(vir_data, tmp_path):
         jax.config.update("jax_disable_most_optimizations", False)
 
 
+def test_saturation_augment_trains_on_clipped_images(vir_data):
+    # With probability 1 and a fixed level, a train step equals the plain step on images that
+    # were clipped and renormalised beforehand (same noise key after the augmentation's split).
+    from qmri_jax.data.acquisition import saturate
+    from qmri_jax.train import create_optimizer
+
+    plain = tiny_ddpm()
+    aug = tiny_ddpm()
+    with aug.unlocked():
+        aug.ddpm.saturation_augment = 1.0
+        aug.ddpm.saturation_range = (0.6, 0.6)
+    tr = vir_data["train"]
+    batch = {k: jnp.asarray(tr[k][:4]) for k in ("images", "targets", "mask")}
+    key = jax.random.key(7)
+    outs = []
+    for cfg, b, k in ((aug, batch, key),
+                      (plain, dict(batch, images=saturate(batch["images"], 0.6)),
+                       jax.random.split(key, 3)[0])):
+        task = ddpm_task.DdpmTask(cfg)
+        tx = create_optimizer(cfg.train, cfg.train.num_steps)
+        state = task.create_state(jax.random.key(0), tx, batch["images"][:1])
+        outs.append(jax.jit(task.make_train_step(tx))(state, b, k)[1]["loss"])
+    np.testing.assert_allclose(float(outs[0]), float(outs[1]), rtol=1e-5)
+    assert float(jnp.max(saturate(batch["images"], 0.6))) <= 1.0 + 1e-6
+    with aug.unlocked():
+        aug.ddpm.saturation_augment = 1.5
+    with pytest.raises(ValueError, match="saturation_augment"):
+        ddpm_task.DdpmTask(aug)
+
+
 def _fake_posterior(rng, n, sigma, reported):
     """Truth, a mean off by N(0, sigma) and a reported std ``reported * sigma`` on a [n, 8, 8]
     brain (relative units)."""

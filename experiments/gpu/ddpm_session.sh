@@ -52,9 +52,11 @@ print({k: len(v["images"]) for k, v in d.items() if isinstance(v, dict) and "ima
 PY
 vir_pid=$!
 
-stamp "benches"
-python3 bench/train_speed.py --steps 50 --rounds 3 2>&1 | grep -v Warning | tee "$OUT/train_speed.log" | tail -4
-python3 bench/ddpm_speed.py --steps 10 2>&1 | grep -v Warning | tee "$OUT/ddpm_speed.log" | tail -4
+if [ -z "${SKIP_BENCH:-}" ]; then
+  stamp "benches"
+  python3 bench/train_speed.py --steps 50 --rounds 3 2>&1 | grep -v Warning | tee "$OUT/train_speed.log" | tail -4
+  python3 bench/ddpm_speed.py --steps 10 2>&1 | grep -v Warning | tee "$OUT/ddpm_speed.log" | tail -4
+fi
 wait $vir_pid; stamp "vir data: $(tail -1 $OUT/vir_data.log)"
 
 stamp "DDPM trainings (${TRAIN_MIN} min each, concurrently)"
@@ -80,4 +82,4 @@ python3 -m experiments.nist_phantom --data "$PHANTOM" --out "$RUNS/nist" \
 grep -A14 "trained models beside" "$OUT/nist.log"; grep "max |bias|" "$OUT/nist.log"
 cp "$RUNS/nist/results.json" "$OUT/nist_results.json" 2>/dev/null
 stamp "fits running: $(jobs -r | wc -l)"
-tail -3 "$OUT"/fit_snr*.log
+for f in "$OUT"/fit_snr*.log; do tail -n 3 "$f"; done

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
 from qmri_jax.physics.protocol import Protocol, simulate
 
-__all__ = ["AcquisitionConfig", "acquire", "normalise_images", "smooth_bias_field", "NORMALISATIONS"]
+__all__ = ["AcquisitionConfig", "acquire", "normalise_images", "saturate", "smooth_bias_field",
+           "NORMALISATIONS"]
 
 NORMALISATIONS = ("rescale", "p95", "none")
 
@@ -100,6 +103,19 @@ def normalise_images(images: np.ndarray, brain: np.ndarray, method: str) -> np.n
         p95 = np.percentile(np.max(images[brain], axis=-1), 95)
         return (images / max(float(p95), 1e-12)).astype(np.float32)
     raise ValueError(f"normalisation={method!r}: expected one of {NORMALISATIONS}")
+
+
+def saturate(images, level):
+    """A ``"p95"``-normalised series as it would look had the scanner clipped it at ``level``
+    (in units of the unclipped in-brain 95th percentile; real DICOM is often 12-bit and clips
+    bright voxels at 4095, as in the NIST phantom scans): ``min(x, level) / min(level, 1)``.
+
+    After clipping, ``normalise_images(..., "p95")`` divides by ``level`` when at least 5% of the
+    in-brain series maxima exceed it (``level < 1``) and by the unclipped value (1) otherwise.
+    Works on numpy and JAX arrays; ``level`` broadcasts against ``images`` (``[B, 1, 1, 1]``).
+    """
+    lib = jnp if isinstance(images, jax.Array) or isinstance(level, jax.Array) else np
+    return lib.minimum(images, level) / lib.minimum(level, 1.0)
 
 
 def acquire(rng: np.random.Generator, maps: dict, protocol: Protocol, brain: np.ndarray,

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qmri_jax.data.acquisition import saturate
 from qmri_jax.diffusion import process, samplers, schedules
 from qmri_jax.models.diffusion_unet import DiffusionUNet
 
@@ -79,6 +80,15 @@ class DdpmTask:
         self.schedule = schedules.get_schedule(d.schedule, d.num_steps)
         self.prediction = d.prediction
         self.snr_cap = float(d.snr_cap) if d.snr_cap else None
+        self.saturation = float(d.get("saturation_augment", 0.0) or 0.0)
+        self.saturation_range = tuple(d.get("saturation_range", (0.5, 1.5)))
+        if not 0.0 <= self.saturation <= 1.0:
+            raise ValueError(f"config.ddpm.saturation_augment={self.saturation}: expected a "
+                             "probability in [0, 1]")
+        lo, hi = self.saturation_range
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"config.ddpm.saturation_range={self.saturation_range}: expected "
+                             "(low, high) with 0 < low <= high")
 
     # ---- training ----
     def create_state(self, key, tx, sample_images):
@@ -94,12 +104,20 @@ class DdpmTask:
         net, sch, pred, names = self.net, self.schedule, self.prediction, self.names
         ema_decay = self.config.train.ema_decay
         cap = self.snr_cap
+        sat, (sat_lo, sat_hi) = self.saturation, self.saturation_range
 
         def train_step(state, batch, key):
             x0 = scale_maps(batch["targets"], batch["mask"], names)
+            images = batch["images"]
+            if sat > 0:  # scanner saturation (12-bit DICOM) on a random part of the batch
+                key, k_on, k_level = jax.random.split(key, 3)
+                shape = (images.shape[0],) + (1,) * (images.ndim - 1)
+                level = jax.random.uniform(k_level, shape, minval=sat_lo, maxval=sat_hi)
+                on = jax.random.bernoulli(k_on, sat, shape)
+                images = jnp.where(on, saturate(images, level), images)
 
             def loss_of(params):
-                fn = lambda x_t, t: net.apply({"params": params}, x_t, t, batch["images"])  # noqa: E731
+                fn = lambda x_t, t: net.apply({"params": params}, x_t, t, images)  # noqa: E731
                 return process.diffusion_loss(fn, sch, x0, key, prediction=pred, snr_cap=cap)
 
             loss, grads = jax.value_and_grad(loss_of)(state.params)
