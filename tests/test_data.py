@@ -123,6 +123,38 @@ def test_saturate_equals_clipping_then_p95_normalisation():
     assert isinstance(out, jax.Array) and float(out.max()) == pytest.approx(1.0)
 
 
+def test_k_spread_scales_the_inversion_efficiency_per_subject():
+    maps = {"T1": np.full((6, 6, 2), 300.0), "T2": np.full((6, 6, 2), 80.0),
+            "PD": np.ones((6, 6, 2))}
+    brain = np.ones((6, 6, 2), bool)
+    prot = get_protocol("nist_vir")
+    base_cfg = acquisition.AcquisitionConfig(transmit_bias=0.05)
+    _, base = acquisition.acquire(np.random.default_rng(3), maps, prot, brain, base_cfg, 4.0)
+    ks = []
+    for seed in range(8):
+        cfg = acquisition.AcquisitionConfig(transmit_bias=0.05, k_spread=0.15)
+        img, f = acquisition.acquire(np.random.default_rng(seed), maps, prot, brain, cfg, 4.0)
+        _, f0 = acquisition.acquire(np.random.default_rng(seed), maps, prot, brain, base_cfg, 4.0)
+        ratio = f["k"] / f0["k"]  # one factor per subject, in [0.85, 1.15]
+        np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-6)
+        assert 0.85 <= ratio.flat[0] <= 1.15
+        ks.append(float(f["k"].max()))
+        # the images are the signal equation at that k
+        ref = np.asarray(prot_simulate(maps, f["k"], prot))
+        np.testing.assert_allclose(img, ref, rtol=1e-5, atol=1e-6)
+    assert max(ks) > 1.0 and float(base["k"].max()) <= 1.0
+    with pytest.raises(ValueError, match="k_spread"):
+        acquisition.AcquisitionConfig(k_spread=1.5)
+    # datasets without it keep their names (and caches)
+    assert "k_spread" not in datasets.DataConfig().to_dict()
+    assert datasets.DataConfig(k_spread=0.1).name != datasets.DataConfig().name
+
+
+def prot_simulate(maps, k, prot):
+    from qmri_jax.physics.protocol import simulate
+    return simulate({**maps, "k": k, "B1": np.ones_like(k)}, prot)
+
+
 def test_normalisations_and_bias_fields():
     rng = np.random.default_rng(0)
     x = rng.uniform(0.1, 3.0, (20, 20, 4, 3)).astype(np.float32)

@@ -18,11 +18,11 @@ from qmri_jax.physics.protocol import get_protocol
 
 def test_scaling_round_trip_and_range():
     names = ("T1", "PD", "k")
-    t = jnp.asarray([[20.0, 0.5, 0.9], [3000.0, 1.0, 1.0]])
-    x = ddpm_task.scale_maps(t, jnp.ones((2,)), names)
+    t = jnp.asarray([[20.0, 0.5, 0.9], [3000.0, 1.0, 1.0], [150.0, 0.7, 1.15]])
+    x = ddpm_task.scale_maps(t, jnp.ones((3,)), names)
     assert float(x.min()) >= -1 and float(x.max()) <= 1
     np.testing.assert_allclose(ddpm_task.unscale_maps(x, names), t, rtol=1e-5)
-    bg = ddpm_task.scale_maps(t, jnp.zeros((2,)), names)
+    bg = ddpm_task.scale_maps(t, jnp.zeros((3,)), names)
     np.testing.assert_array_equal(bg, -1.0)
 
 

@@ -69,6 +69,7 @@ class DataConfig:
     snr: float = float("inf")
     receive_bias: float = 0.0
     transmit_bias: float = 0.0
+    k_spread: float = 0.0
     slice_thickness_vox: int = 1
     normalisation: str = "none"
     split_fractions: tuple = (0.8, 0.1, 0.1)
@@ -86,12 +87,15 @@ class DataConfig:
     def acquisition(self) -> acquisition.AcquisitionConfig:
         return acquisition.AcquisitionConfig(
             snr=self.snr, receive_bias=self.receive_bias, transmit_bias=self.transmit_bias,
+            k_spread=self.k_spread,
             slice_thickness_vox=self.slice_thickness_vox, normalisation=self.normalisation)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["split_fractions"] = list(self.split_fractions)
         d["snr"] = "inf" if not np.isfinite(self.snr) else float(self.snr)
+        if not self.k_spread:  # added later: keep the names (caches) of the datasets without it
+            del d["k_spread"]
         return d
 
     @property
