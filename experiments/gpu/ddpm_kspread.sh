@@ -4,16 +4,7 @@
 # real phantom. Budget version: 60 subjects, 2000 steps.
 #
 #   OUT=/tmp/gpu PHANTOM=../shared/nist_phantom/A bash experiments/gpu/ddpm_kspread.sh
-set -uo pipefail
-ROOT=$(pwd)
-OUT=${OUT:-/tmp/gpu_out}
-QDATA=${QDATA:-$ROOT/.gpu/qdata}
-PHANTOM=${PHANTOM:-$ROOT/.gpu/nist_A}
-RUNS=${RUNS:-$ROOT/.gpu/runs}
-export PYTHONUNBUFFERED=1 PYTHONPATH=$ROOT:${PYTHONPATH:-}
-mkdir -p "$OUT" "$QDATA" "$RUNS"
-t0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+source "$(dirname "$0")/common.sh"
 python3 -m qmri_jax.main --config=configs/ddpm.py:paper --workdir="$RUNS/ddpm_kspread" \
   --config.data.data_dir="$QDATA" --config.data.resolution_mm=4 --config.data.num_subjects=60 \
   --config.data.slices_per_subject=20 --config.data.k_spread=0.15 \

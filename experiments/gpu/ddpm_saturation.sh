@@ -5,17 +5,8 @@
 # the real phantom; also bench/ddpm_speed.py with repeated sampling timings.
 #
 #   OUT=/tmp/gpu PHANTOM=../shared/nist_phantom/A bash experiments/gpu/ddpm_saturation.sh
-set -uo pipefail
-ROOT=$(pwd)
-OUT=${OUT:-/tmp/gpu_out}
-QDATA=${QDATA:-$ROOT/.gpu/qdata}
-PHANTOM=${PHANTOM:-$ROOT/.gpu/nist_A}
+source "$(dirname "$0")/common.sh"
 TRAIN_MIN=${TRAIN_MIN:-4}
-RUNS=${RUNS:-$ROOT/.gpu/runs}
-export PYTHONUNBUFFERED=1 PYTHONPATH=$ROOT:${PYTHONPATH:-}
-mkdir -p "$OUT" "$QDATA" "$RUNS"
-t0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 
 for g in 0.3 0.6; do
   python3 - "$QDATA" $g <<'PY' > "$OUT/vir_data_g$g.log" 2>&1 &

@@ -11,18 +11,9 @@
 # Env: OUT (results), QDATA (dataset cache, default .gpu/qdata), PHANTOM (a scan session with
 # dicom/vir, dicom/mse, reference.csv, rois.npz), TRAIN_MIN (training budget per model, minutes),
 # UNET_SUBJECTS (subjects of the four-contrast datasets).
-set -uo pipefail
-ROOT=$(pwd)
-OUT=${OUT:-/tmp/gpu_out}
-QDATA=${QDATA:-$ROOT/.gpu/qdata}
-PHANTOM=${PHANTOM:-$ROOT/.gpu/nist_A}
+source "$(dirname "$0")/common.sh"
 TRAIN_MIN=${TRAIN_MIN:-4}
 UNET_SUBJECTS=${UNET_SUBJECTS:-32}
-RUNS=${RUNS:-$ROOT/.gpu/runs}
-export PYTHONUNBUFFERED=1 PYTHONPATH=$ROOT:${PYTHONPATH:-}
-mkdir -p "$OUT" "$QDATA" "$RUNS"
-t0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 
 python3 -c "import jax, flax, optax, orbax.checkpoint as o, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, jax.devices())"
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader

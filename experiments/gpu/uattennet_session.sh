@@ -6,17 +6,9 @@
 # stayed warm, else here).
 #
 #   OUT=/tmp/gpu bash experiments/gpu/uattennet_session.sh
-set -uo pipefail
-ROOT=$(pwd)
-OUT=${OUT:-/tmp/gpu_out}
-QDATA=${QDATA:-$ROOT/.gpu/qdata}
+source "$(dirname "$0")/common.sh"
 TRAIN_MIN=${TRAIN_MIN:-6}
 UNET_SUBJECTS=${UNET_SUBJECTS:-32}
-RUNS=${RUNS:-$ROOT/.gpu/runs}
-export PYTHONUNBUFFERED=1 PYTHONPATH=$ROOT:${PYTHONPATH:-}
-mkdir -p "$OUT" "$QDATA" "$RUNS"
-t0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 
 # The datasets and fits of the first session may still be running (setsid): wait for them.
 for i in $(seq 1 60); do pgrep -f experiments.learned_vs_fit > /dev/null || break; sleep 5; done
