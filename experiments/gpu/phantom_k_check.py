@@ -4,12 +4,17 @@ training data), with clipped (12-bit saturated) samples excluded or included.
 
   PYTHONPATH=. python experiments/gpu/phantom_k_check.py
 """
-import dataclasses, pathlib, numpy as np
+import dataclasses
+import pathlib
+
+import numpy as np
+
 from experiments import nist_phantom as n
+from qmri_jax.evaluation import roi_medians
 from qmri_jax.fitting import SolverOptions, fit_images
 from qmri_jax.fitting.models import get_model
-from qmri_jax.evaluation import roi_medians
-data = pathlib.Path("../shared/nist_phantom/A")
+
+data = pathlib.Path("../shared/nist_phantom/A")  # run from the repository root
 ref = n.load_reference(data, None)
 vir = n.read_dicom_series(n._series_dirs(data, "vir"), kind="ir", name="vir")
 lab = np.load(data / "rois.npz")["t1_labels"].T
