@@ -153,7 +153,8 @@ def data_config(config):
         num_subjects=d.num_subjects, geometric_fraction=d.geometric_fraction,
         pathology_fraction=d.pathology_fraction, slices_per_subject=d.slices_per_subject,
         snr=float(d.snr), receive_bias=d.receive_bias, transmit_bias=d.transmit_bias,
-        k_spread=float(d.get("k_spread", 0.0)), slice_thickness_vox=d.slice_thickness_vox, normalisation=d.normalisation, seed=d.seed)
+        k_spread=float(d.get("k_spread", 0.0)), slice_thickness_vox=d.slice_thickness_vox,
+        normalisation=d.normalisation, seed=d.seed)
 
 
 def _as_batch_arrays(arrays, targets, crop=None):

@@ -13,7 +13,7 @@ import pytest
 
 from qmri_jax.data import acquisition, anatomy, datasets, loader, subjects, tissues
 from qmri_jax.physics import noise
-from qmri_jax.physics.protocol import Protocol, get_protocol
+from qmri_jax.physics.protocol import Protocol, get_protocol, simulate
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_k_spread_scales_the_inversion_efficiency_per_subject():
         assert 0.85 <= ratio.flat[0] <= 1.15
         ks.append(float(f["k"].max()))
         # the images are the signal equation at that k
-        ref = np.asarray(prot_simulate(maps, f["k"], prot))
+        ref = np.asarray(simulate({**maps, "k": f["k"]}, prot))
         np.testing.assert_allclose(img, ref, rtol=1e-5, atol=1e-6)
     assert max(ks) > 1.0 and float(base["k"].max()) <= 1.0
     with pytest.raises(ValueError, match="k_spread"):
@@ -148,11 +148,6 @@ def test_k_spread_scales_the_inversion_efficiency_per_subject():
     # datasets without it keep their names (and caches)
     assert "k_spread" not in datasets.DataConfig().to_dict()
     assert datasets.DataConfig(k_spread=0.1).name != datasets.DataConfig().name
-
-
-def prot_simulate(maps, k, prot):
-    from qmri_jax.physics.protocol import simulate
-    return simulate({**maps, "k": k, "B1": np.ones_like(k)}, prot)
 
 
 def test_normalisations_and_bias_fields():

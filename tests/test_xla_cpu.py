@@ -3,7 +3,6 @@
 import importlib.metadata
 import os
 
-
 from qmri_jax import xla_cpu
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
@@ -118,10 +117,9 @@ def saturate(images, level):
 
     After clipping, ``normalise_images(..., "p95")`` divides by ``level`` when at least 5% of the
     in-brain series maxima exceed it (``level < 1``) and by the unclipped value (1) otherwise.
-    Works on numpy and JAX arrays; ``level`` broadcasts against ``images`` (``[B, 1, 1, 1]``).
+    ``level`` broadcasts against ``images`` (e.g. ``[B, 1, 1, 1]``); returns a JAX array.
     """
-    lib = jnp if isinstance(images, jax.Array) or isinstance(level, jax.Array) else np
-    return lib.minimum(images, level) / lib.minimum(level, 1.0)
+    return jnp.minimum(images, level) / jnp.minimum(level, 1.0)
 
 
 def acquire(rng: np.random.Generator, maps: dict, protocol: Protocol, brain: np.ndarray,
