@@ -147,12 +147,25 @@ def test_upconv_equals_flax_conv_transpose(nd):
     np.testing.assert_allclose(up.apply(v, x), ref, atol=1e-5)
 
 
-def test_reshape_pooling_equals_reduce_window():
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (2, 4, 6, 2, 3)])
+def test_reshape_pooling_equals_reduce_window(shape):
+    """Values and gradients equal reduce_window's, also where a window holds tied maxima (the
+    first in row-major order takes the cotangent, as select-and-scatter and PyTorch do)."""
     import flax.linen as nn
     from qmri_jax.models.unets import _pool2x
-    x = jax.random.normal(jax.random.key(0), (2, 8, 6, 3))
-    np.testing.assert_allclose(_pool2x(x, "max"), nn.max_pool(x, (2, 2), (2, 2)))
-    np.testing.assert_allclose(_pool2x(x, "avg"), nn.avg_pool(x, (2, 2), (2, 2)), rtol=1e-6)
+    nd = len(shape) - 2
+    w = (2,) * nd
+    x = jax.random.normal(jax.random.key(0), shape)
+    ties = jnp.round(jax.random.uniform(jax.random.key(1), shape) * 2)  # values 0, 1, 2: many ties
+    for inp in (x, ties):
+        np.testing.assert_allclose(_pool2x(inp, "max"), nn.max_pool(inp, w, w))
+        np.testing.assert_allclose(_pool2x(inp, "avg"), nn.avg_pool(inp, w, w), rtol=1e-6)
+        cot = jax.random.normal(jax.random.key(2), _pool2x(inp, "max").shape)
+        for kind, ref in (("max", nn.max_pool), ("avg", nn.avg_pool)):
+            got = jax.grad(lambda v, kind=kind: jnp.sum(_pool2x(v, kind) * cot))(inp)
+            want = jax.grad(lambda v, ref=ref: jnp.sum(ref(v, w, w) * cot))(inp)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert int(jnp.sum(jax.grad(lambda v: jnp.sum(_pool2x(v, "max")))(ties) != 0)) == cot.size
 
 
 @pytest.mark.parametrize("shape,groups", [((2, 6, 5, 16), 4), ((2, 3, 4, 5, 8), 8), ((3, 4, 4, 6), 1)])

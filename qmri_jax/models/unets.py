@@ -12,30 +12,81 @@ Outputs are positive, in physical units (``out_scale``).
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from qmri_jax.models.layers import AttentionGate, ConvBlock, PositiveHead, ResidualBlock, UpConv2x
 
 __all__ = ["UNet", "UResNet", "UAttenNet", "UNetQiu"]
 
 
-def _pool2x(x, kind):
-    """2x max/average pooling as a reshape + reduction: the same values as ``nn.max_pool`` /
-    ``nn.avg_pool`` with window = stride = 2, with a ~8x cheaper gradient on XLA:CPU than the
-    select-and-scatter of ``reduce_window`` (divisibility is checked by the caller)."""
-    nd = x.ndim - 2
+@jax.custom_vjp
+def _max_pool2x(x):
+    """2x max pooling (window = stride = 2 on every spatial axis) as a reshape + max.
+
+    Same values as ``nn.max_pool``, and the same gradient: each window's cotangent goes to its first
+    maximal element in row-major order, as XLA's select-and-scatter (and PyTorch) give it. The
+    custom VJP writes that gradient as one elementwise pass; JAX's own gradient of ``max`` splits
+    ties with a count reduction and a division, which XLA:CPU also fuses into the neighbouring
+    convolution's YNNPACK call, together ~3% of a U-Net training step on 2 cores."""
+    return _max_pool2x_fwd(x)[0]
+
+
+def _windows(x):
+    """``[B, *S, C] -> [B, S1/2, 2, S2/2, 2, ..., C]``."""
     shape = [x.shape[0]]
     for s in x.shape[1:-1]:
         shape += [s // 2, 2]
-    y = x.reshape(*shape, x.shape[-1])
-    axes = tuple(2 + 2 * i for i in range(nd))
+    return x.reshape(*shape, x.shape[-1])
+
+
+def _max_pool2x_fwd(x):
+    nd = x.ndim - 2
+    y = _windows(x).max(axis=tuple(2 + 2 * i for i in range(nd)))
+    return y, (x, y)
+
+
+def _max_pool2x_bwd(res, g):
+    x, y = res
+    nd = x.ndim - 2
+    xw = _windows(x)
+    expand = tuple(2 + 2 * i for i in range(nd))
+    yb, gb = jnp.expand_dims(y, expand), jnp.expand_dims(g, expand)
+    taken = jnp.zeros(yb.shape, bool)
+    parts = {}
+    for offsets in itertools.product((0, 1), repeat=nd):  # row-major order: the first max wins
+        idx = [slice(None)] * xw.ndim
+        for ax, o in zip(expand, offsets):
+            idx[ax] = slice(o, o + 1)
+        hit = (xw[tuple(idx)] == yb) & ~taken
+        taken = taken | hit
+        parts[offsets] = jnp.where(hit, gb, 0.0)
+
+    def assemble(prefix, level):  # concatenate the 2**nd pieces back along the window axes
+        if level == nd:
+            return parts[prefix]
+        return jnp.concatenate([assemble(prefix + (o,), level + 1) for o in (0, 1)],
+                               axis=expand[level])
+
+    return (assemble((), 0).reshape(x.shape),)
+
+
+_max_pool2x.defvjp(_max_pool2x_fwd, _max_pool2x_bwd)
+
+
+def _pool2x(x, kind):
+    """2x max/average pooling as a reshape + reduction: the same values (and, for max, the same
+    gradient) as ``nn.max_pool`` / ``nn.avg_pool`` with window = stride = 2, with a ~8x cheaper
+    gradient on XLA:CPU than the select-and-scatter of ``reduce_window`` (divisibility is checked
+    by the caller)."""
     if kind == "max":
-        return y.max(axis=axes)
+        return _max_pool2x(x)
     if kind == "avg":
-        return y.mean(axis=axes)
+        return _windows(x).mean(axis=tuple(2 + 2 * i for i in range(x.ndim - 2)))
     raise ValueError(f"pool={kind!r}: expected 'max' or 'avg'")
 
 
