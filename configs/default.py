@@ -108,6 +108,11 @@ def get_config():
     # that clips bright voxels at 4095 would deliver them (data.acquisition.saturate).
     config.ddpm.saturation_augment = 0.0
     config.ddpm.saturation_range = (0.5, 1.5)
+    # Training-time intensity scale: each slice's images and its PD target are multiplied by one
+    # factor drawn log-uniformly from (low, high), so that T1 has to be read from the shape of the
+    # signal curve and not from the normalised level (which depends on what the p95 is taken over:
+    # a brain's tissues in training, a phantom's spheres on a scan); () = off.
+    config.ddpm.intensity_augment = ()
 
     config.eval = ml_collections.ConfigDict()
     config.eval.figures = True

@@ -237,9 +237,14 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
     return results
 
 
-def learned_t1(workdir, vir, mask, out) -> dict:
+def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None) -> dict:
     """T1 (and posterior std for a DDPM) from a model trained with ``qmri_jax.main`` on the VIR
-    protocol, applied to the real VIR images normalised like its training data."""
+    protocol, applied to the real VIR images normalised like its training data.
+
+    ``norm_mask`` (default ``mask``) is where the normalisation's percentile is taken;
+    ``transform`` (``[X, Y, N] -> [X, Y, N]``, default none) is applied to the normalised images at
+    the scan's grid, before they are brought to the network's voxel size (used by
+    ``experiments.phantom_domain_gap``)."""
     import json
 
     import ml_collections
@@ -255,7 +260,10 @@ def learned_t1(workdir, vir, mask, out) -> dict:
     trained = json.loads((workdir / "protocol.json").read_text())
     predict_lib.check_protocol(trained, vir.protocol, vir.images.shape[-1], str(workdir))
     images = vir.images[:, :, 0].astype(np.float32)  # [X, Y, N]
-    images = normalise_images(images, mask, config.data.normalisation)
+    images = normalise_images(images, mask if norm_mask is None else norm_mask,
+                              config.data.normalisation)
+    if transform is not None:
+        images = np.asarray(transform(images), np.float32)
     # Apply the network at the voxel size it was trained at (block averaging; the maps are brought
     # back to the scan grid by repetition): its receptive field and the bottleneck attention's
     # memory stay what they were in training.

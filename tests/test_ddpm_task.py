@@ -117,6 +117,43 @@ def test_saturation_augment_trains_on_clipped_images(vir_data):
         ddpm_task.DdpmTask(aug)
 
 
+def test_intensity_augment_scales_images_and_pd(vir_data):
+    # A fixed factor (low == high) gives the plain step on images x s with PD x s (T1, k unchanged),
+    # with the noise key the augmentation's split leaves; a bad range or no PD target is refused.
+    from qmri_jax.train import create_optimizer
+
+    plain = tiny_ddpm()
+    aug = tiny_ddpm()
+    with aug.unlocked():
+        aug.ddpm.intensity_augment = (1.3, 1.3)
+    tr = vir_data["train"]
+    batch = {k: jnp.asarray(tr[k][:4]) for k in ("images", "targets", "mask")}
+    names = list(plain.targets)
+    factor = np.ones(len(names), np.float32)
+    factor[names.index("PD")] = 1.3
+    scaled = dict(batch, images=batch["images"] * 1.3, targets=batch["targets"] * factor)
+    key = jax.random.key(7)
+    losses = []
+    for cfg, b, k in ((aug, batch, key), (plain, scaled, jax.random.split(key)[0]),
+                      (plain, batch, jax.random.split(key)[0])):
+        task = ddpm_task.DdpmTask(cfg)
+        tx = create_optimizer(cfg.train, cfg.train.num_steps)
+        state = task.create_state(jax.random.key(0), tx, batch["images"][:1])
+        losses.append(float(jax.jit(task.make_train_step(tx))(state, b, k)[1]["loss"]))
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    assert abs(losses[0] - losses[2]) > 1e-4 * abs(losses[2])  # the augmentation changed the step
+    for bad in ((0.0, 1.0), (1.4, 0.7), (1.0,)):
+        with aug.unlocked():
+            aug.ddpm.intensity_augment = bad
+        with pytest.raises(ValueError, match="intensity_augment"):
+            ddpm_task.DdpmTask(aug)
+    with aug.unlocked():
+        aug.ddpm.intensity_augment = (0.7, 1.4)
+        aug.targets = ("T1", "k")
+    with pytest.raises(ValueError, match="no PD"):
+        ddpm_task.DdpmTask(aug)
+
+
 def _fake_posterior(rng, n, sigma, reported):
     """Truth, a mean off by N(0, sigma) and a reported std ``reported * sigma`` on a [n, 8, 8]
     brain (relative units)."""

@@ -89,6 +89,14 @@ class DdpmTask:
         if not 0.0 < lo <= hi:
             raise ValueError(f"config.ddpm.saturation_range={self.saturation_range}: expected "
                              "(low, high) with 0 < low <= high")
+        self.intensity = tuple(d.get("intensity_augment", ()) or ())
+        if self.intensity and (len(self.intensity) != 2
+                               or not 0.0 < self.intensity[0] <= self.intensity[1]):
+            raise ValueError(f"config.ddpm.intensity_augment={self.intensity}: expected () or "
+                             "(low, high) with 0 < low <= high")
+        if self.intensity and "PD" not in self.names:
+            raise ValueError("config.ddpm.intensity_augment scales PD with the images, but "
+                             f"config.targets={self.names} has no PD")
 
     # ---- training ----
     def create_state(self, key, tx, sample_images):
@@ -105,10 +113,18 @@ class DdpmTask:
         ema_decay = self.config.train.ema_decay
         cap = self.snr_cap
         sat, (sat_lo, sat_hi) = self.saturation, self.saturation_range
+        gain = self.intensity
 
         def train_step(state, batch, key):
-            x0 = scale_maps(batch["targets"], batch["mask"], names)
-            images = batch["images"]
+            images, targets = batch["images"], batch["targets"]
+            if gain:  # the normalised intensity scale varies between scans: images and PD x s
+                key, k_gain = jax.random.split(key)
+                shape = (images.shape[0],) + (1,) * (images.ndim - 1)
+                s = jnp.exp(jax.random.uniform(k_gain, shape, minval=np.log(gain[0]),
+                                               maxval=np.log(gain[1])))
+                images = images * s
+                targets = targets * jnp.where(jnp.arange(len(names)) == names.index("PD"), s, 1.0)
+            x0 = scale_maps(targets, batch["mask"], names)
             if sat > 0:  # scanner saturation (12-bit DICOM) on a random part of the batch
                 key, k_on, k_level = jax.random.split(key, 3)
                 shape = (images.shape[0],) + (1,) * (images.ndim - 1)
