@@ -25,11 +25,14 @@ import argparse
 import json
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from experiments.nist_phantom import T1_JUDGED, _series_dirs, learned_t1, load_reference
 from qmri_jax.evaluation import roi_medians
 from qmri_jax.io import read_dicom_series
+from qmri_jax.physics.noise import add_rician_noise
 
 
 def _object_mask(images: np.ndarray) -> np.ndarray:
@@ -40,11 +43,8 @@ def _object_mask(images: np.ndarray) -> np.ndarray:
 
 def _rician(snr: float, seed: int, sphere_mask: np.ndarray):
     def add(images):
-        rng = np.random.default_rng(seed)
         sigma = np.percentile(images[sphere_mask].max(axis=-1), 95) / snr
-        re = images + sigma * rng.standard_normal(images.shape)
-        im = sigma * rng.standard_normal(images.shape)
-        return np.sqrt(re ** 2 + im ** 2)
+        return np.asarray(add_rician_noise(jax.random.key(seed), jnp.asarray(images), sigma))
     return add
 
 

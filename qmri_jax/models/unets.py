@@ -44,17 +44,20 @@ def _windows(x):
     return x.reshape(*shape, x.shape[-1])
 
 
+def _window_axes(x):
+    """The within-window axes of ``_windows(x)``."""
+    return tuple(2 + 2 * i for i in range(x.ndim - 2))
+
+
 def _max_pool2x_fwd(x):
-    nd = x.ndim - 2
-    y = _windows(x).max(axis=tuple(2 + 2 * i for i in range(nd)))
+    y = _windows(x).max(axis=_window_axes(x))
     return y, (x, y)
 
 
 def _max_pool2x_bwd(res, g):
     x, y = res
     nd = x.ndim - 2
-    xw = _windows(x)
-    expand = tuple(2 + 2 * i for i in range(nd))
+    xw, expand = _windows(x), _window_axes(x)
     yb, gb = jnp.expand_dims(y, expand), jnp.expand_dims(g, expand)
     taken = jnp.zeros(yb.shape, bool)
     parts = {}
@@ -86,7 +89,7 @@ def _pool2x(x, kind):
     if kind == "max":
         return _max_pool2x(x)
     if kind == "avg":
-        return _windows(x).mean(axis=tuple(2 + 2 * i for i in range(x.ndim - 2)))
+        return _windows(x).mean(axis=_window_axes(x))
     raise ValueError(f"pool={kind!r}: expected 'max' or 'avg'")
 
 
