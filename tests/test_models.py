@@ -193,6 +193,53 @@ def test_group_norm_equals_flax_values_and_gradients(shape, groups):
         GroupNorm(5).init(jax.random.key(0), x)
 
 
+@pytest.mark.parametrize("shape,relu", [((4, 6, 5, 8), True), ((2, 3, 4, 5, 8), True),
+                                        ((3, 4, 4, 6), False)])
+def test_batch_norm_equals_flax_values_gradients_and_running_stats(shape, relu):
+    """Our BatchNorm (hand-written VJP, optionally fused with ReLU) against flax.linen.BatchNorm
+    (+ nn.relu): same variables, outputs in training and evaluation mode, running statistics after
+    a step, and gradients with respect to the input, scale and bias."""
+    import flax.linen as nn
+    from qmri_jax.models.layers import BatchNorm
+
+    class Ref(nn.Module):
+        @nn.compact
+        def __call__(self, x, train):
+            y = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+            return nn.relu(y) if relu else y
+
+    class Ours(nn.Module):
+        @nn.compact
+        def __call__(self, x, train):
+            return BatchNorm(momentum=0.9, relu=relu)(x, train)
+
+    x = 1.5 + 2.0 * jax.random.normal(jax.random.key(0), shape)
+    v = Ref().init(jax.random.key(1), x, False)
+    assert jax.tree.structure(Ours().init(jax.random.key(1), x, False)) == jax.tree.structure(v)
+    v = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(2), a.shape), v)
+    v["batch_stats"] = jax.tree.map(jnp.abs, v["batch_stats"])  # a valid running variance
+    for train in (False, True):
+        out_o, upd_o = Ours().apply(v, x, train, mutable=["batch_stats"])
+        out_r, upd_r = Ref().apply(v, x, train, mutable=["batch_stats"])
+        np.testing.assert_allclose(out_o, out_r, atol=2e-5)
+        for a, b in zip(jax.tree.leaves(upd_o), jax.tree.leaves(upd_r)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    w = jax.random.normal(jax.random.key(3), shape)
+
+    def loss(mod):
+        def f(params, x):
+            out, _ = mod.apply({"params": params, "batch_stats": v["batch_stats"]}, x, True,
+                               mutable=["batch_stats"])
+            return jnp.sum(jnp.sin(out) * w)
+        return f
+
+    g_ours = jax.grad(loss(Ours()), argnums=(0, 1))(v["params"], x)
+    g_ref = jax.grad(loss(Ref()), argnums=(0, 1))(v["params"], x)
+    for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert float(jnp.abs(g_ours[1]).max()) > 1e-2  # the check compares real, nonzero gradients
+
+
 def test_rim_shapes_gradients_and_data_term():
     from qmri_jax.models.rim import profiled_nll
     from qmri_jax.physics.protocol import get_protocol, simulate

