@@ -7,15 +7,20 @@ features[0]; the two parameter counts are printed and must agree), 2D, 10 input 
 maps + 7 condition images), 3 outputs, levels (128, 256, 256), one residual block per level,
 GroupNorm 32, no attention on the levels and one self-attention block in the bottleneck;
 T = 1000 linear schedule, eps-MSE loss, Adam. Measured:
-one training step on a batch of 8 (median of ``--steps``), DDIM with 50 steps for one sample, and
-this project's K = 10 posterior draws vmapped (one batch of 10) against 10 sequential calls.
+one training step on a batch of 8, DDIM with 50 steps for one sample, and this project's K = 10
+posterior draws vmapped (one batch of 10) against 10 sequential calls. Everything is built and
+warmed up first (compilation excluded); project and peer are then timed in ``--rounds``
+alternating rounds (project, peer, project, ...), so that a load change on a shared machine hits
+both, and each ratio is the median over rounds of the per-round ratio of the two round medians
+(which a load burst during one block moves less than one pair of timings does).
 
   pip install -e ".[bench]"
-  python bench/ddpm_speed.py [--size 64] [--batch 8] [--steps 3] [--features 128,256,256]
+  python bench/ddpm_speed.py [--size 64] [--batch 8] [--steps 3] [--rounds 3]
+                             [--sample-repeats 1] [--features 128,256,256]
 
 The last line is one JSON object: project_train_step_s, peer_train_step_s, train_ratio,
-project_ddim50_s, peer_ddim50_s, sample_ratio, vmapped_k10_s, sequential_k10_s,
-vmap_over_sequential, device.
+project_ddim50_s, peer_ddim50_s, sample_ratio (and the per-round ratios), vmapped_k10_s,
+sequential_k10_s, vmap_over_sequential, device.
 """
 
 from __future__ import annotations
@@ -32,19 +37,17 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
-def _median_time(fn, n, sync):
-    fn()
-    sync()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
+def _timer(fn, sync):
+    """``fn`` made into a zero-argument callable that runs it once and waits for the result."""
+    def run():
         fn()
         sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return run
 
 
 def project(args, feats):
+    """Returns ({name: timed callable}, num_params, platform): ``train`` (one step on a batch of
+    ``args.batch``), ``ddim50`` (one sample), ``vmapped_k10`` / ``sequential_k10`` (K = 10 draws)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -77,30 +80,31 @@ def project(args, feats):
     def run_train():
         state["p"], state["o"], state["l"] = train_step(state["p"], state["o"], jax.random.key(1))
 
-    train_s = _median_time(run_train, args.steps, lambda: jax.block_until_ready(state["l"]))
-
     def sample_one(k, c):
         return samplers.ddim_sample(lambda x, t: net.apply({"params": params}, x, t, c), sch,
                                     (c.shape[0], s, s, 3), k, 50)
 
     one = jax.jit(sample_one)
-    out = {}
-    reps = args.sample_repeats
-    ddim_s = _median_time(lambda: out.__setitem__("x", one(jax.random.key(2), cond[:1])), reps,
-                          lambda: jax.block_until_ready(out["x"]))
     keys = jax.random.split(jax.random.key(3), 10)
     vm = jax.jit(jax.vmap(sample_one, in_axes=(0, None)))
-    vm_s = _median_time(lambda: out.__setitem__("v", vm(keys, cond[:1])), reps,
-                        lambda: jax.block_until_ready(out["v"]))
+    out = {}
 
     def sequential():
         out["s"] = [one(k, cond[:1]) for k in keys]
 
-    seq_s = _median_time(sequential, reps, lambda: jax.block_until_ready(out["s"]))
-    return train_s, ddim_s, vm_s, seq_s, nparams, jax.devices()[0].platform
+    fns = {
+        "train": _timer(run_train, lambda: jax.block_until_ready(state["l"])),
+        "ddim50": _timer(lambda: out.__setitem__("x", one(jax.random.key(2), cond[:1])),
+                         lambda: jax.block_until_ready(out["x"])),
+        "vmapped_k10": _timer(lambda: out.__setitem__("v", vm(keys, cond[:1])),
+                              lambda: jax.block_until_ready(out["v"])),
+        "sequential_k10": _timer(sequential, lambda: jax.block_until_ready(out["s"])),
+    }
+    return fns, nparams, jax.devices()[0].platform
 
 
 def peer(args, feats):
+    """Returns ({"train", "ddim50"}: timed callables, num_params) for MONAI's DiffusionModelUNet."""
     import torch
     from monai.networks.nets import DiffusionModelUNet
     from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
@@ -131,7 +135,6 @@ def peer(args, feats):
         loss.backward()
         opt.step()
 
-    train_s = _median_time(train_step, args.steps, sync)
     ddim = DDIMScheduler(num_train_timesteps=1000)
     ddim.set_timesteps(50)
 
@@ -143,8 +146,36 @@ def peer(args, feats):
             x, _ = ddim.step(eps, t, x)
         return x
 
-    ddim_s = _median_time(sample, args.sample_repeats, sync)
-    return train_s, ddim_s, nparams
+    return {"train": _timer(train_step, sync), "ddim50": _timer(sample, sync)}, nparams
+
+
+def alternate(a, b, rounds, reps):
+    """Times ``a`` and ``b`` (warmed up once each) in ``rounds`` alternating rounds of ``reps``
+    calls (a, b, a, b, ...), so that a load change on a shared machine hits both. Returns
+    (median time of a, median time of b, per-round ratios b/a of the round medians); ``b`` may be
+    None (then its time and the ratios are nan / empty)."""
+    a()
+    if b is not None:
+        b()
+    ta, tb, ratios = [], [], []
+    for _ in range(rounds):
+        ra = [_once(a) for _ in range(reps)]
+        ta += ra
+        if b is not None:
+            rb = [_once(b) for _ in range(reps)]
+            tb += rb
+            ratios.append(statistics.median(rb) / statistics.median(ra))
+    return (statistics.median(ta), statistics.median(tb) if tb else float("nan"), ratios)
+
+
+def _once(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _ratio(ratios):
+    return statistics.median(ratios) if ratios else float("nan")
 
 
 def _tuning():
@@ -156,30 +187,44 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=3, help="timed training steps per round")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternating rounds (project, peer, ...) for the train and DDIM timings")
     ap.add_argument("--sample-repeats", type=int, default=1,
-                    help="timed repeats of each sampling measurement (median; 1 on CPU, more on GPU)")
+                    help="timed samples per round (1 on CPU, more on GPU)")
+    ap.add_argument("--k10-rounds", type=int, default=1,
+                    help="alternating rounds of vmapped / sequential K = 10 draws")
     ap.add_argument("--features", default="128,256,256")
     args = ap.parse_args()
     feats = tuple(int(f) for f in args.features.split(","))
-    pt, pd, vm, seq, pn, device = project(args, feats)
-    print(f"qmri_jax DiffusionUNet: {pn:,} params; train step {pt:.2f} s; DDIM-50 (1 sample) "
-          f"{pd:.2f} s; K=10 vmapped {vm:.1f} s vs 10 sequential {seq:.1f} s ({vm / seq:.2f}x)")
+    pf, pn, device = project(args, feats)
     try:
-        qt, qd, qn = peer(args, feats)
+        qf, qn = peer(args, feats)
     except ImportError as e:
         print(f"peer unavailable ({e}); pip install -e '.[bench]'")
-        qt = qd = float("nan")
-        qn = 0
+        qf, qn = {"train": None, "ddim50": None}, 0
+    pt, qt, train_r = alternate(pf["train"], qf["train"], args.rounds, args.steps)
+    pd, qd, ddim_r = alternate(pf["ddim50"], qf["ddim50"], args.rounds, args.sample_repeats)
+    vm, seq, k10_r = alternate(pf["vmapped_k10"], pf["sequential_k10"], args.k10_rounds,
+                               args.sample_repeats)
+    vm_over_seq = 1 / _ratio(k10_r)
+    print(f"qmri_jax DiffusionUNet: {pn:,} params; train step {pt:.2f} s; DDIM-50 (1 sample) "
+          f"{pd:.2f} s; K=10 vmapped {vm:.1f} s vs 10 sequential {seq:.1f} s "
+          f"({vm_over_seq:.2f}x)")
     print(f"MONAI DiffusionModelUNet: {qn:,} params; train step {qt:.2f} s; DDIM-50 {qd:.2f} s")
-    print(f"ratios (peer time / project time): train {qt / pt:.2f}x, DDIM-50 {qd / pd:.2f}x")
-    print(json.dumps({"project_train_step_s": pt, "peer_train_step_s": qt, "train_ratio": qt / pt,
-                      "project_ddim50_s": pd, "peer_ddim50_s": qd, "sample_ratio": qd / pd,
+    print("per-round ratios (peer / project time): train "
+          + " ".join(f"{r:.2f}" for r in train_r) + "; DDIM-50 " + " ".join(f"{r:.2f}" for r in ddim_r))
+    train_ratio, sample_ratio = _ratio(train_r), _ratio(ddim_r)
+    print(f"ratios (peer time / project time, median over rounds): train {train_ratio:.2f}x, "
+          f"DDIM-50 {sample_ratio:.2f}x")
+    print(json.dumps({"project_train_step_s": pt, "peer_train_step_s": qt, "train_ratio": train_ratio,
+                      "project_ddim50_s": pd, "peer_ddim50_s": qd, "sample_ratio": sample_ratio,
+                      "train_round_ratios": train_r, "sample_round_ratios": ddim_r,
                       "vmapped_k10_s": vm, "sequential_k10_s": seq,
-                      "vmap_over_sequential": vm / seq, "device": device,
+                      "vmap_over_sequential": vm_over_seq, "device": device,
                       "xla_cpu_tuning": _tuning(),
                       "project_params": pn, "peer_params": qn, "size": args.size,
-                      "batch": args.batch}))
+                      "batch": args.batch, "rounds": args.rounds}))
 
 
 if __name__ == "__main__":
