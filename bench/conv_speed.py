@@ -37,8 +37,6 @@ def project_fn(b, h, w, ci, co):
     import jax
     import jax.numpy as jnp
 
-    import qmri_jax  # noqa: F401  (applies the XLA:CPU setting before JAX starts)
-
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(size=(b, h, w, ci)), jnp.float32)
     k = jnp.asarray(rng.uniform(size=(3, 3, ci, co)), jnp.float32)
@@ -83,6 +81,8 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
     import jax
+
+    import qmri_jax  # applies the XLA:CPU convolution setting (before JAX starts its backend)
     layers = []
     for h, w, ci, co in SHAPES:
         p = project_fn(args.batch, h, w, ci, co)
@@ -115,6 +115,7 @@ def main():
           f"ratio {q_tot / p_tot:.2f}x (peer / project time)")
     print(json.dumps({"layers": layers, "project_total_ms": p_tot, "peer_total_ms": q_tot,
                       "ratio": q_tot / p_tot, "device": jax.devices()[0].platform,
+                      "xla_cpu_tuning": qmri_jax.XLA_CPU_TUNING,
                       "batch": args.batch}))
 
 

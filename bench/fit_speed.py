@@ -25,7 +25,7 @@ import warnings
 if "XLA_FLAGS" not in os.environ:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={os.cpu_count() or 1}"
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "bench" / "ir_voxels.npz"
 
@@ -38,6 +38,7 @@ def _errors(t1_est, t1_true):
 
 def run_project(d):
     import jax
+
     from qmri_jax.fitting import SolverOptions, fit_voxels, get_model
     from qmri_jax.physics import Protocol
 
