@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from _timing import alternate, median_ratio  # bench/, next to this script
 
 SHAPES = [(96, 112, 4, 16), (96, 112, 16, 16), (96, 112, 32, 16), (48, 56, 16, 32),
           (48, 56, 32, 32), (48, 56, 64, 32), (24, 28, 32, 64), (24, 28, 64, 64),
@@ -68,12 +68,6 @@ def peer_fn(b, h, w, ci, co):
     return run
 
 
-def _once(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=8)
@@ -91,21 +85,9 @@ def main():
         except ImportError as e:
             print(f"peer unavailable ({e}); install the bench extra: pip install -e '.[bench]'")
             q = None
-        p()
-        if q is not None:
-            q()
-        pt, qt, ratios = [], [], []
-        for _ in range(args.rounds):
-            rp = [_once(p) for _ in range(args.reps)]
-            pt += rp
-            if q is not None:
-                rq = [_once(q) for _ in range(args.reps)]
-                qt += rq
-                ratios.append(statistics.median(rq) / statistics.median(rp))
+        pt, qt, ratios = alternate(p, q, args.rounds, args.reps)
         row = {"h": h, "w": w, "c_in": ci, "c_out": co,
-               "project_ms": statistics.median(pt) * 1e3,
-               "peer_ms": statistics.median(qt) * 1e3 if qt else float("nan"),
-               "ratio": statistics.median(ratios) if ratios else float("nan")}
+               "project_ms": pt * 1e3, "peer_ms": qt * 1e3, "ratio": median_ratio(ratios)}
         layers.append(row)
         print(f"{h:3d} x {w:3d}, {ci:3d} -> {co:3d}: qmri_jax/XLA {row['project_ms']:6.2f} ms, "
               f"torch {row['peer_ms']:6.2f} ms, ratio {row['ratio']:.2f}x")

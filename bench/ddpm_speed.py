@@ -28,13 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from _timing import alternate, median_ratio  # bench/, next to this script
 
 
 def _timer(fn, sync):
@@ -149,35 +149,6 @@ def peer(args, feats):
     return {"train": _timer(train_step, sync), "ddim50": _timer(sample, sync)}, nparams
 
 
-def alternate(a, b, rounds, reps):
-    """Times ``a`` and ``b`` (warmed up once each) in ``rounds`` alternating rounds of ``reps``
-    calls (a, b, a, b, ...), so that a load change on a shared machine hits both. Returns
-    (median time of a, median time of b, per-round ratios b/a of the round medians); ``b`` may be
-    None (then its time and the ratios are nan / empty)."""
-    a()
-    if b is not None:
-        b()
-    ta, tb, ratios = [], [], []
-    for _ in range(rounds):
-        ra = [_once(a) for _ in range(reps)]
-        ta += ra
-        if b is not None:
-            rb = [_once(b) for _ in range(reps)]
-            tb += rb
-            ratios.append(statistics.median(rb) / statistics.median(ra))
-    return (statistics.median(ta), statistics.median(tb) if tb else float("nan"), ratios)
-
-
-def _once(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
-def _ratio(ratios):
-    return statistics.median(ratios) if ratios else float("nan")
-
-
 def _tuning():
     import qmri_jax
     return qmri_jax.XLA_CPU_TUNING
@@ -207,14 +178,14 @@ def main():
     pd, qd, ddim_r = alternate(pf["ddim50"], qf["ddim50"], args.rounds, args.sample_repeats)
     vm, seq, k10_r = alternate(pf["vmapped_k10"], pf["sequential_k10"], args.k10_rounds,
                                args.sample_repeats)
-    vm_over_seq = 1 / _ratio(k10_r)
+    vm_over_seq = 1 / median_ratio(k10_r)
     print(f"qmri_jax DiffusionUNet: {pn:,} params; train step {pt:.2f} s; DDIM-50 (1 sample) "
           f"{pd:.2f} s; K=10 vmapped {vm:.1f} s vs 10 sequential {seq:.1f} s "
           f"({vm_over_seq:.2f}x)")
     print(f"MONAI DiffusionModelUNet: {qn:,} params; train step {qt:.2f} s; DDIM-50 {qd:.2f} s")
     print("per-round ratios (peer / project time): train "
           + " ".join(f"{r:.2f}" for r in train_r) + "; DDIM-50 " + " ".join(f"{r:.2f}" for r in ddim_r))
-    train_ratio, sample_ratio = _ratio(train_r), _ratio(ddim_r)
+    train_ratio, sample_ratio = median_ratio(train_r), median_ratio(ddim_r)
     print(f"ratios (peer time / project time, median over rounds): train {train_ratio:.2f}x, "
           f"DDIM-50 {sample_ratio:.2f}x")
     print(json.dumps({"project_train_step_s": pt, "peer_train_step_s": qt, "train_ratio": train_ratio,

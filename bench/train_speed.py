@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from _timing import alternate, median_ratio  # bench/, next to this script
 
 FEATURES = (16, 32, 64, 128, 256)
 
@@ -94,15 +94,6 @@ def build_peer(batch, h, w):
     return one, nparams
 
 
-def timed(fn, n):
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
-
-
 def _tuning():
     import qmri_jax
     return qmri_jax.XLA_CPU_TUNING
@@ -122,25 +113,17 @@ def main():
     except ImportError as e:
         print(f"peer unavailable ({e}); install the bench extra: pip install -e '.[bench]'")
         q_step, q_n = None, 0
-    p_times, q_times, round_ratios = [], [], []
-    for _ in range(args.rounds):
-        p_round = timed(p_step, args.steps)
-        p_times += p_round
-        if q_step is not None:
-            q_round = timed(q_step, args.steps)
-            q_times += q_round
-            round_ratios.append(statistics.median(q_round) / statistics.median(p_round))
-    p_t = statistics.median(p_times)
-    q_t = statistics.median(q_times) if q_times else float("nan")
+    # both were warmed up (3 steps each) when built
+    p_t, q_t, round_ratios = alternate(p_step, q_step, args.rounds, args.steps, warmup=False)
     print(f"qmri_jax UNet   : {p_n:,} params, {p_t * 1000:.0f} ms/step, {1 / p_t:.2f} steps/s")
     print(f"MONAI BasicUNet : {q_n:,} params, {q_t * 1000:.0f} ms/step, {1 / q_t:.2f} steps/s")
-    ratio = statistics.median(round_ratios) if round_ratios else float("nan")
+    ratio = median_ratio(round_ratios)
     print("per-round ratios: " + " ".join(f"{r:.2f}" for r in round_ratios))
     print(f"ratio (project steps/s / peer steps/s, median over rounds): {ratio:.2f}x")
     print(json.dumps({"project_steps_per_s": 1 / p_t, "peer_steps_per_s": 1 / q_t,
                       "ratio": ratio, "round_ratios": round_ratios, "device": device, "xla_cpu_tuning": _tuning(),
                       "batch": args.batch,
-                      "image": [args.height, args.width], "timed_steps_each": len(p_times), "project_params": p_n,
+                      "image": [args.height, args.width], "timed_steps_each": args.rounds * args.steps, "project_params": p_n,
                       "peer_params": q_n}))
 
 
