@@ -40,6 +40,9 @@ def get_config():
     # Per-subject factor on the inversion efficiency k, uniform in [1 - s, 1 + s], not clipped at 1:
     # real IR-FSE data fit with k > 1 for short T1 (the NIST phantom: 1.03-1.10 below 350 ms).
     config.data.k_spread = 0.0
+    # Radii of the geometric subjects' ellipsoids as fractions of the slice size (low, high); a
+    # smaller low end gives objects as small as the NIST phantom's spheres (~4 voxels at 4 mm).
+    config.data.geometric_radius = (0.08, 0.3)
     config.data.slice_thickness_vox = 1
     config.data.normalisation = "none"
     config.data.seed = 0
@@ -113,6 +116,11 @@ def get_config():
     # signal curve and not from the normalised level (which depends on what the p95 is taken over:
     # a brain's tissues in training, a phantom's spheres on a scan); () = off.
     config.ddpm.intensity_augment = ()
+    # What the network is conditioned on: "images" (the normalised series as it is) or "shape":
+    # each voxel's series divided by its own maximum over the images (the recovery curve's shape,
+    # which carries T1 and k whatever the intensity scale and PD) plus that maximum as one more
+    # channel (which carries PD), so T1 need not be read from the normalised level.
+    config.ddpm.condition = "images"
 
     config.eval = ml_collections.ConfigDict()
     config.eval.figures = True

@@ -237,14 +237,15 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
     return results
 
 
-def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None) -> dict:
+def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm=None) -> dict:
     """T1 (and posterior std for a DDPM) from a model trained with ``qmri_jax.main`` on the VIR
     protocol, applied to the real VIR images normalised like its training data.
 
     ``norm_mask`` (default ``mask``) is where the normalisation's percentile is taken;
     ``transform`` (``[X, Y, N] -> [X, Y, N]``, default none) is applied to the normalised images at
     the scan's grid, before they are brought to the network's voxel size (used by
-    ``experiments.phantom_domain_gap``)."""
+    ``experiments.phantom_domain_gap``). ``apply_mm`` (default: the training voxel size) is the
+    voxel size the images are block-averaged to before the network sees them."""
     import json
 
     import ml_collections
@@ -268,7 +269,8 @@ def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None) -> dict:
     # back to the scan grid by repetition): its receptive field and the bottleneck attention's
     # memory stay what they were in training.
     pixel_mm = float(np.linalg.norm(vir.affine[:3, 0]))
-    f = max(1, int(round(config.data.resolution_mm / max(pixel_mm, 1e-3))))
+    target_mm = config.data.resolution_mm if apply_mm is None else float(apply_mm)
+    f = max(1, int(round(target_mm / max(pixel_mm, 1e-3))))
     native = images.shape[:2]
     if f > 1:
         cx, cy = (native[0] // f) * f, (native[1] // f) * f

@@ -89,6 +89,26 @@ def test_geometric_subject_ranges():
     assert s.brain.any() and np.all(s.maps["T1"][s.brain] >= 10)
 
 
+def test_geometric_radius_bounds_each_ellipsoid_and_names_the_dataset():
+    # One ellipsoid at a time: its extent along each axis is at most 2 * high * size + 1 voxels and
+    # at least 2 * low * size - 1 (the centre lies inside [0.2, 0.8] of the axis, so it never clips).
+    shape = (64, 48, 32)
+    for lo, hi in ((0.03, 0.05), (0.2, 0.25)):
+        for seed in range(5):
+            s = subjects.make_geometric_subject(np.random.default_rng(seed), shape, np.eye(4),
+                                                num_ellipsoids=(1, 2), radius=(lo, hi))
+            idx = np.nonzero(s.brain)
+            for ax, n in zip(idx, shape):
+                ext = ax.max() - ax.min() + 1
+                assert 2 * lo * n - 1 <= ext <= 2 * hi * n + 1, (lo, hi, ext)
+    # The default keeps the names (caches) of existing datasets; another range names a new one.
+    assert "geometric_radius" not in datasets.DataConfig().to_dict()
+    assert datasets.DataConfig(geometric_radius=(0.03, 0.3)).name != datasets.DataConfig().name
+    for bad in ((0.0, 0.3), (0.3, 0.1), (0.1, 0.6), (0.1,)):
+        with pytest.raises(ValueError, match="geometric_radius"):
+            datasets.DataConfig(geometric_radius=bad)
+
+
 @pytest.mark.parametrize("snr", [5.0, 50.0])
 def test_magnitude_noise_matches_rician_moments(snr):
     prot = Protocol.create("se", tr_ms=[3000.0], te_ms=[20.0])

@@ -154,6 +154,48 @@ def test_intensity_augment_scales_images_and_pd(vir_data):
         ddpm_task.DdpmTask(aug)
 
 
+def test_shape_condition_values_scale_invariance_and_task(vir_data):
+    # Closed form: each voxel's series over its own maximum, then the maximum; a zero series stays 0.
+    images = jnp.asarray([[0.2, 0.4, 0.8], [0.0, 0.0, 0.0], [3.0, 1.5, 0.75]])
+    np.testing.assert_allclose(ddpm_task.condition_images(images, "shape"),
+                               [[0.25, 0.5, 1.0, 0.8], [0, 0, 0, 0], [1.0, 0.5, 0.25, 3.0]],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(ddpm_task.condition_images(images, "images"), images)
+    # The shape channels do not move when the series is scaled; only the level channel does.
+    x = jnp.asarray(vir_data["train"]["images"][:2])
+    a = ddpm_task.condition_images(x, "shape")
+    b = ddpm_task.condition_images(1.37 * x, "shape")
+    np.testing.assert_allclose(a[..., :-1], b[..., :-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(1.37 * a[..., -1], b[..., -1], rtol=1e-6)
+    with pytest.raises(ValueError, match="condition"):
+        ddpm_task.condition_images(x, "level")
+
+    # The task feeds the network N + 1 condition channels, trains and samples with them.
+    from qmri_jax.train import create_optimizer
+    cfg = tiny_ddpm()
+    with cfg.unlocked():
+        cfg.ddpm.condition = "shape"
+    task = ddpm_task.DdpmTask(cfg)
+    tx = create_optimizer(cfg.train, cfg.train.num_steps)
+    tr = vir_data["train"]
+    batch = {k: jnp.asarray(tr[k][:4]) for k in ("images", "targets", "mask")}
+    n_img = batch["images"].shape[-1]
+    state = task.create_state(jax.random.key(0), tx, batch["images"][:1])
+    first = jax.tree.leaves(state.params["Conv_0"])
+    assert {leaf.shape for leaf in first} >= {(3, 3, len(cfg.targets) + n_img + 1,
+                                               cfg.ddpm.features[0])}
+    state, metrics = jax.jit(task.make_train_step(tx))(state, batch, jax.random.key(1))
+    assert np.isfinite(float(metrics["loss"]))
+    out = jax.jit(task.make_sampler("ddim", 4, 0.0, 2))(state.params, batch["images"][:2],
+                                                         jax.random.key(2))
+    assert out["mean"].shape == (2, *batch["images"].shape[1:3], len(cfg.targets))
+    assert np.all(np.isfinite(np.asarray(out["mean"])))
+    with cfg.unlocked():
+        cfg.ddpm.condition = "level"
+    with pytest.raises(ValueError, match="config.ddpm.condition"):
+        ddpm_task.DdpmTask(cfg)
+
+
 def _fake_posterior(rng, n, sigma, reported):
     """Truth, a mean off by N(0, sigma) and a reported std ``reported * sigma`` on a [n, 8, 8]
     brain (relative units)."""

@@ -55,6 +55,8 @@ class DataConfig:
         brain area is >= 40% of the largest).
       snr, receive_bias, transmit_bias, slice_thickness_vox, normalisation: see
         :class:`qmri_jax.data.acquisition.AcquisitionConfig`.
+      geometric_radius: ``(low, high)`` ellipsoid semi-axes of geometric subjects as fractions of
+        each axis's size.
       split_fractions: train / validation / test fractions of subjects.
       seed: master seed.
     """
@@ -70,6 +72,7 @@ class DataConfig:
     receive_bias: float = 0.0
     transmit_bias: float = 0.0
     k_spread: float = 0.0
+    geometric_radius: tuple = (0.08, 0.3)
     slice_thickness_vox: int = 1
     normalisation: str = "none"
     split_fractions: tuple = (0.8, 0.1, 0.1)
@@ -82,6 +85,10 @@ class DataConfig:
         if abs(sum(self.split_fractions) - 1) > 1e-6 or len(self.split_fractions) != 3:
             raise ValueError(f"split_fractions={self.split_fractions}: expected 3 fractions "
                              "summing to 1")
+        lo, hi = (tuple(self.geometric_radius) + (0.0, 0.0))[:2]
+        if len(self.geometric_radius) != 2 or not 0.0 < lo <= hi <= 0.5:
+            raise ValueError(f"geometric_radius={self.geometric_radius}: expected (low, high) "
+                             "fractions with 0 < low <= high <= 0.5")
         self.acquisition()  # validates the acquisition fields
 
     def acquisition(self) -> acquisition.AcquisitionConfig:
@@ -96,6 +103,10 @@ class DataConfig:
         d["snr"] = "inf" if not np.isfinite(self.snr) else float(self.snr)
         if not self.k_spread:  # added later: keep the names (caches) of the datasets without it
             del d["k_spread"]
+        if tuple(self.geometric_radius) == (0.08, 0.3):  # likewise
+            del d["geometric_radius"]
+        else:
+            d["geometric_radius"] = [float(r) for r in self.geometric_radius]
         return d
 
     @property
@@ -128,7 +139,8 @@ def _subject(config: DataConfig, index: int, epoch: int | None = None):
     # Deterministic assignment of subject type by index.
     u = np.random.default_rng([config.seed, index, 17]).uniform(size=2)
     if u[0] < config.geometric_fraction:
-        subj = subjects_lib.make_geometric_subject(rng, anat.shape, anat.affine)
+        subj = subjects_lib.make_geometric_subject(rng, anat.shape, anat.affine,
+                                                   radius=tuple(config.geometric_radius))
     else:
         pathology = None
         if u[1] < config.pathology_fraction:

@@ -245,7 +245,7 @@ def make_brain_subject(rng: np.random.Generator, anatomy: Anatomy, field: str = 
 
 
 def make_geometric_subject(rng: np.random.Generator, shape, affine, *, num_ellipsoids=(6, 14),
-                           ranges=tissue_lib.GEOMETRIC_RANGES) -> Subject:
+                           ranges=tissue_lib.GEOMETRIC_RANGES, radius=(0.08, 0.3)) -> Subject:
     """Random overlapping ellipsoids with log-uniform T1 and T2 (T2 <= T1) and uniform PD.
 
     Args:
@@ -254,6 +254,7 @@ def make_geometric_subject(rng: np.random.Generator, shape, affine, *, num_ellip
       affine: ``[4, 4]``.
       num_ellipsoids: ``(low, high)`` count range.
       ranges: ``{"T1": (lo, hi) ms, "T2": (lo, hi) ms, "PD": (lo, hi)}``.
+      radius: ``(low, high)`` semi-axis range as fractions of each axis's size.
 
     Returns:
       :class:`Subject` with empty tissue probabilities (brain = union of ellipsoids).
@@ -265,7 +266,7 @@ def make_geometric_subject(rng: np.random.Generator, shape, affine, *, num_ellip
     params = []
     for _ in range(n):
         c = [rng.uniform(0.2 * s, 0.8 * s) for s in shape]
-        r = [rng.uniform(0.08 * s, 0.3 * s) for s in shape]
+        r = [rng.uniform(radius[0] * s, radius[1] * s) for s in shape]
         inside = sum(((g - ci) / ri) ** 2 for g, ci, ri in zip(grid, c, r)) <= 1.0
         lo, hi = np.log(ranges["T1"])
         t1 = float(np.exp(rng.uniform(lo, hi)))

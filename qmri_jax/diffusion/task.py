@@ -31,7 +31,7 @@ from qmri_jax.data.acquisition import saturate
 from qmri_jax.diffusion import process, samplers, schedules
 from qmri_jax.models.diffusion_unet import DiffusionUNet
 
-__all__ = ["SCALING", "scale_maps", "unscale_maps", "DdpmTask"]
+__all__ = ["SCALING", "CONDITIONS", "scale_maps", "unscale_maps", "condition_images", "DdpmTask"]
 
 # target -> (kind, low, high): x in [low, high] maps to [-1, 1] (log or linear).
 SCALING = {"T1": ("log", 10.0, 6000.0), "T2": ("log", 5.0, 3000.0), "PD": ("linear", 0.0, 1.5),
@@ -49,6 +49,26 @@ def _inv(y, kind, lo, hi):
     if kind == "log":
         return jnp.exp((y + 1) / 2 * (np.log(hi) - np.log(lo)) + np.log(lo))
     return (y + 1) / 2 * (hi - lo) + lo
+
+
+CONDITIONS = ("images", "shape")
+_SHAPE_FLOOR = 1e-3  # voxel maxima below this (normalised units) are divided by it instead
+
+
+def condition_images(images, kind: str):
+    """The network's condition from normalised images ``[..., N]``.
+
+    ``"images"``: unchanged. ``"shape"``: ``[..., N + 1]``, each voxel's series divided by its own
+    maximum over the N images (floored at 1e-3), then that maximum as the last channel. The first N
+    channels do not change when the series is scaled, so T1 and k can be read from the shape of
+    the signal curve; PD is carried by the last.
+    """
+    if kind == "images":
+        return images
+    if kind == "shape":
+        peak = jnp.max(images, axis=-1, keepdims=True)
+        return jnp.concatenate([images / jnp.maximum(peak, _SHAPE_FLOOR), peak], axis=-1)
+    raise ValueError(f"config.ddpm.condition={kind!r}: expected one of {CONDITIONS}")
 
 
 def scale_maps(targets, mask, names):
@@ -94,6 +114,10 @@ class DdpmTask:
                                or not 0.0 < self.intensity[0] <= self.intensity[1]):
             raise ValueError(f"config.ddpm.intensity_augment={self.intensity}: expected () or "
                              "(low, high) with 0 < low <= high")
+        self.condition = str(d.get("condition", "images"))
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"config.ddpm.condition={self.condition!r}: expected one of "
+                             f"{CONDITIONS}")
         if self.intensity and "PD" not in self.names:
             raise ValueError("config.ddpm.intensity_augment scales PD with the images, but "
                              f"config.targets={self.names} has no PD")
@@ -103,7 +127,8 @@ class DdpmTask:
         from qmri_jax.train import TrainState
         b, h, w, _ = sample_images.shape
         x = jnp.zeros((b, h, w, len(self.names)))
-        params = self.net.init(key, x, jnp.zeros((b,), jnp.int32), sample_images)["params"]
+        params = self.net.init(key, x, jnp.zeros((b,), jnp.int32),
+                               condition_images(sample_images, self.condition))["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
                           opt_state=tx.init(params), ema_params=jax.tree.map(jnp.copy, params))
 
@@ -114,6 +139,7 @@ class DdpmTask:
         cap = self.snr_cap
         sat, (sat_lo, sat_hi) = self.saturation, self.saturation_range
         gain = self.intensity
+        cond = self.condition
 
         def train_step(state, batch, key):
             images, targets = batch["images"], batch["targets"]
@@ -132,8 +158,10 @@ class DdpmTask:
                 on = jax.random.bernoulli(k_on, sat, shape)
                 images = jnp.where(on, saturate(images, level), images)
 
+            c = condition_images(images, cond)
+
             def loss_of(params):
-                fn = lambda x_t, t: net.apply({"params": params}, x_t, t, images)  # noqa: E731
+                fn = lambda x_t, t: net.apply({"params": params}, x_t, t, c)  # noqa: E731
                 return process.diffusion_loss(fn, sch, x0, key, prediction=pred, snr_cap=cap)
 
             loss, grads = jax.value_and_grad(loss_of)(state.params)
@@ -147,8 +175,8 @@ class DdpmTask:
         x0 = scale_maps(jnp.asarray(arrays["targets"][:n]), jnp.asarray(arrays["mask"][:n]),
                         self.names)
         params = self._params(state)
-        fn = lambda x_t, t: self.net.apply({"params": params}, x_t, t,  # noqa: E731
-                                           jnp.asarray(arrays["images"][:n]))
+        c = condition_images(jnp.asarray(arrays["images"][:n]), self.condition)
+        fn = lambda x_t, t: self.net.apply({"params": params}, x_t, t, c)  # noqa: E731
         return float(jax.jit(lambda k: process.diffusion_loss(
             fn, self.schedule, x0, k, prediction=self.prediction, snr_cap=self.snr_cap))(
                 jax.random.key(123)))
@@ -163,10 +191,12 @@ class DdpmTask:
         physical units, each ``[B, H, W, C]`` (samples ``[K, B, H, W, C]``); pure, unwrapped."""
         net, sch, pred, names = self.net, self.schedule, self.prediction, self.names
         spacing = self.config.ddpm.ddim_spacing
+        cond = self.condition
 
         def sample(params, images, key):
             shape = (*images.shape[:-1], len(names))
-            fn = lambda x_t, t: net.apply({"params": params}, x_t, t, images)  # noqa: E731
+            c = condition_images(images, cond)
+            fn = lambda x_t, t: net.apply({"params": params}, x_t, t, c)  # noqa: E731
 
             def one(k):
                 if sampler == "ddpm":
