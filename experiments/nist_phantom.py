@@ -111,10 +111,9 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
     if t1_labels.shape != vir.images.shape[:2]:
         raise SystemExit(f"{rois_path}: t1_labels {rois['t1_labels'].shape} does not match the VIR "
                          f"images {vir.images.shape[1::-1]}")
-    img, valid = vir.images[:, :, 0], vir.valid[:, :, 0]
+    valid = vir.valid[:, :, 0]
     mask = t1_labels > 0
-    opts = SolverOptions(loss="rician", max_iter=30)
-    t1 = fit_images(img, vir.protocol, "ir", mask=mask, valid=valid, options=opts)
+    t1 = fit_vir(vir, mask)
     t1_est = roi_medians(t1.maps["T1"], t1_labels, keep=t1.converged)
     t1_crlb = _crlb_per_roi(t1, "T1", t1_labels)
     t1_clip = _clipped_per_roi(valid, t1_labels)
@@ -235,6 +234,13 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
     write_json(out / "results.json", results)
     print(f"wrote {out / 'results.json'}, maps in {out / 'maps'}, figures {out}/t1_map.png t2_map.png")
     return results
+
+
+def fit_vir(vir, mask):
+    """The voxelwise Rician fit of the ``ir`` model (PD, T1, k) to the VIR series inside ``mask``,
+    clipped samples excluded: the project's reference T1 on the phantom."""
+    return fit_images(vir.images[:, :, 0], vir.protocol, "ir", mask=mask, valid=vir.valid[:, :, 0],
+                      options=SolverOptions(loss="rician", max_iter=30))
 
 
 def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm=None) -> dict:

@@ -38,9 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.nist_phantom import T1_JUDGED, _series_dirs, learned_t1, load_reference
+from experiments.nist_phantom import T1_JUDGED, _series_dirs, fit_vir, learned_t1, load_reference
 from qmri_jax.evaluation import roi_medians
-from qmri_jax.fitting import SolverOptions, fit_images
 from qmri_jax.io import read_dicom_series
 from qmri_jax.physics.noise import add_rician_noise
 from qmri_jax.physics.protocol import simulate
@@ -59,14 +58,14 @@ def _rician(snr: float, seed: int, sphere_mask: np.ndarray):
     return add
 
 
-def _resimulate(vir, labels, spheres, reference, set_reference: bool):
+def _resimulate(vir, labels, spheres, reference, set_reference: bool, fit=None):
     """A transform of the normalised series: sphere-ROI voxels replaced by the signal model at the
     voxelwise Rician fit's PD, T1, k (T1 set to the reference with ``set_reference``), scaled like
-    the normalised scan (the ratio of normalised to raw intensity is one number per series)."""
+    the normalised scan (the ratio of normalised to raw intensity is one number per series).
+    ``fit``: :func:`experiments.nist_phantom.fit_vir` on ``labels > 0`` (computed if None)."""
     raw = vir.images[:, :, 0].astype(np.float32)
     mask = labels > 0
-    fit = fit_images(raw, vir.protocol, "ir", mask=mask, valid=vir.valid[:, :, 0],
-                     options=SolverOptions(loss="rician", max_iter=30))
+    fit = fit_vir(vir, mask) if fit is None else fit
     t1 = np.array(fit.maps["T1"], np.float32)
     if set_reference:
         for k, r in zip(spheres, reference):
@@ -102,10 +101,9 @@ def run(data, checkpoint, out=None, scales=(0.7, 0.85, 1.15, 1.4), snr=50.0, see
         probes += [(f"SNR {snr:g} (seed {i})", {"transform": _rician(snr, i, mask)})
                    for i in range(seeds)]
     if resimulate:
-        probes += [("re-simulated", {"transform": _resimulate(vir, labels, spheres, reference,
-                                                               False)}),
-                   ("re-simulated, ref T1", {"transform": _resimulate(vir, labels, spheres,
-                                                                       reference, True)})]
+        fit = fit_vir(vir, mask)
+        probes += [(name, {"transform": _resimulate(vir, labels, spheres, reference, at_ref, fit)})
+                   for name, at_ref in (("re-simulated", False), ("re-simulated, ref T1", True))]
     probes += [(f"at {mm:g} mm", {"apply_mm": mm}) for mm in apply_mm]
     rows = []
     print(f"{'probe':<22}" + "".join(f"{k:>7d}" for k in spheres) + "   max|bias|")

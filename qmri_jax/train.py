@@ -154,7 +154,7 @@ def data_config(config):
         pathology_fraction=d.pathology_fraction, slices_per_subject=d.slices_per_subject,
         snr=float(d.snr), receive_bias=d.receive_bias, transmit_bias=d.transmit_bias,
         k_spread=float(d.get("k_spread", 0.0)), slice_thickness_vox=d.slice_thickness_vox,
-        geometric_radius=tuple(d.get("geometric_radius", (0.08, 0.3))),
+        geometric_radius=tuple(d.get("geometric_radius", datasets.DataConfig.geometric_radius)),
         normalisation=d.normalisation, seed=d.seed)
 
 

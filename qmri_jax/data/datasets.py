@@ -72,7 +72,7 @@ class DataConfig:
     receive_bias: float = 0.0
     transmit_bias: float = 0.0
     k_spread: float = 0.0
-    geometric_radius: tuple = (0.08, 0.3)
+    geometric_radius: tuple = subjects_lib.GEOMETRIC_RADIUS
     slice_thickness_vox: int = 1
     normalisation: str = "none"
     split_fractions: tuple = (0.8, 0.1, 0.1)
@@ -85,8 +85,8 @@ class DataConfig:
         if abs(sum(self.split_fractions) - 1) > 1e-6 or len(self.split_fractions) != 3:
             raise ValueError(f"split_fractions={self.split_fractions}: expected 3 fractions "
                              "summing to 1")
-        lo, hi = (tuple(self.geometric_radius) + (0.0, 0.0))[:2]
-        if len(self.geometric_radius) != 2 or not 0.0 < lo <= hi <= 0.5:
+        radius = tuple(self.geometric_radius)
+        if len(radius) != 2 or not 0.0 < radius[0] <= radius[1] <= 0.5:
             raise ValueError(f"geometric_radius={self.geometric_radius}: expected (low, high) "
                              "fractions with 0 < low <= high <= 0.5")
         self.acquisition()  # validates the acquisition fields
@@ -103,7 +103,7 @@ class DataConfig:
         d["snr"] = "inf" if not np.isfinite(self.snr) else float(self.snr)
         if not self.k_spread:  # added later: keep the names (caches) of the datasets without it
             del d["k_spread"]
-        if tuple(self.geometric_radius) == (0.08, 0.3):  # likewise
+        if tuple(self.geometric_radius) == subjects_lib.GEOMETRIC_RADIUS:  # likewise
             del d["geometric_radius"]
         else:
             d["geometric_radius"] = [float(r) for r in self.geometric_radius]

@@ -23,7 +23,7 @@ from scipy import ndimage
 from qmri_jax.data import tissues as tissue_lib
 from qmri_jax.data.anatomy import Anatomy
 
-__all__ = ["Subject", "make_brain_subject", "make_geometric_subject", "random_warp",
+__all__ = ["Subject", "GEOMETRIC_RADIUS", "make_brain_subject", "make_geometric_subject", "random_warp",
            "jacobian_determinant", "MASK_NAMES", "MAP_NAMES"]
 
 MAP_NAMES = ("T1", "T2", "PD")
@@ -244,8 +244,13 @@ def make_brain_subject(rng: np.random.Generator, anatomy: Anatomy, field: str = 
     return Subject(maps=maps, prob=probs, brain=brain, affine=anatomy.affine, meta=meta)
 
 
+#: Default semi-axis range of a geometric subject's ellipsoids, as fractions of each axis's size.
+GEOMETRIC_RADIUS = (0.08, 0.3)
+
+
 def make_geometric_subject(rng: np.random.Generator, shape, affine, *, num_ellipsoids=(6, 14),
-                           ranges=tissue_lib.GEOMETRIC_RANGES, radius=(0.08, 0.3)) -> Subject:
+                           ranges=tissue_lib.GEOMETRIC_RANGES,
+                           radius=GEOMETRIC_RADIUS) -> Subject:
     """Random overlapping ellipsoids with log-uniform T1 and T2 (T2 <= T1) and uniform PD.
 
     Args:
