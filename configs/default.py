@@ -121,6 +121,10 @@ def get_config():
     # which carries T1 and k whatever the intensity scale and PD) plus that maximum as one more
     # channel (which carries PD), so T1 need not be read from the normalised level.
     config.ddpm.condition = "images"
+    # Computation dtype of the DDPM's network in training and sampling: "float32" or "bfloat16"
+    # (mixed precision: float32 parameters, optimiser and GroupNorm statistics; the convolutions,
+    # dense layers and attention in bfloat16). bfloat16 pays on GPUs and TPUs, not on the CPU.
+    config.ddpm.dtype = "float32"
 
     config.eval = ml_collections.ConfigDict()
     config.eval.figures = True

@@ -153,6 +153,67 @@ def test_diffusion_unet_shapes_and_zero_init_head():
         jax.config.update("jax_disable_most_optimizations", False)
 
 
+def test_upsample_conv_equals_nearest_upsampling_then_3x3_conv_values_and_gradients():
+    """The four 2x2 phase convolutions compute exactly conv3x3(nearest_up2x(x)) (zero padding
+    included: the borders are where a wrong phase offset would show), gradients too."""
+    from qmri_jax.models.diffusion_unet import upsample_conv
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 5, 7, 6)), jnp.float32)  # odd, unequal H and W
+    k = jnp.asarray(rng.normal(size=(3, 3, 6, 4)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(4,)), jnp.float32)
+
+    def reference(x, k, b):
+        up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return jax.lax.conv_general_dilated(up, k, (1, 1), ((1, 1), (1, 1)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            precision="highest") + b
+
+    with jax.default_matmul_precision("highest"):
+        y, r = upsample_conv(x, k, b), reference(x, k, b)
+        assert y.shape == (2, 10, 14, 4)
+        np.testing.assert_allclose(y, r, rtol=1e-5, atol=1e-5)
+        w = jnp.asarray(rng.normal(size=r.shape), jnp.float32)
+        g = jax.grad(lambda *a: jnp.sum(w * upsample_conv(*a)), (0, 1, 2))(x, k, b)
+        gr = jax.grad(lambda *a: jnp.sum(w * reference(*a)), (0, 1, 2))(x, k, b)
+    for a, e in zip(g, gr):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)
+
+
+def test_diffusion_unet_parameter_names_and_bfloat16_compute():
+    """The top-level convolutions keep Flax's automatic names (Conv_0 ... Conv_5 in call order,
+    the up-samplers included), so checkpoints trained before UpConv still load; dtype=bfloat16
+    keeps float32 parameters and output, runs every convolution in bfloat16 and stays close to
+    the float32 network."""
+    from qmri_jax.models.diffusion_unet import DiffusionUNet
+    net = DiffusionUNet(features=(8, 16, 32), out_channels=3, attention_levels=(1,))
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+    c = jax.random.uniform(jax.random.key(2), (2, 16, 16, 7))
+    t = jnp.array([3, 900])
+    params = jax.eval_shape(net.init, jax.random.key(0), x, t, c)["params"]
+    assert sorted(k for k in params if k.startswith("Conv")) == [f"Conv_{i}" for i in range(6)]
+    assert params["Conv_3"]["kernel"].shape == (3, 3, 32, 32)  # up-sampler of level 2
+    assert params["Conv_4"]["kernel"].shape == (3, 3, 16, 16)  # up-sampler of level 1
+    rng = np.random.default_rng(0)  # random weights (the output conv starts at zero)
+    params = jax.tree.map(lambda p: jnp.asarray(0.1 * rng.normal(size=p.shape), jnp.float32),
+                          params)
+    bf = net.clone(dtype=jnp.bfloat16)
+    p_bf = jax.eval_shape(bf.init, jax.random.key(0), x, t, c)["params"]
+    assert jax.tree.structure(p_bf) == jax.tree.structure(params)
+    assert {a.dtype for a in jax.tree.leaves(p_bf)} == {jnp.dtype(jnp.float32)}
+    jax.config.update("jax_disable_most_optimizations", True)  # compile time, not run time
+    try:
+        y32 = jax.jit(net.apply)({"params": params}, x, t, c)
+        y16 = jax.jit(bf.apply)({"params": params}, x, t, c)
+    finally:
+        jax.config.update("jax_disable_most_optimizations", False)
+    assert y16.dtype == jnp.float32
+    rel = float(jnp.abs(y16 - y32).mean() / jnp.abs(y32).mean())
+    assert 0 < rel < 0.05, rel
+    jaxpr = str(jax.make_jaxpr(lambda p: bf.apply({"params": p}, x, t, c))(params))
+    convs = [ln for ln in jaxpr.splitlines() if "conv_general_dilated" in ln]
+    assert convs and all("bf16[" in ln.split("=")[0] for ln in convs)
+
+
 def test_ddim_timesteps_spacings():
     u = samplers.ddim_timesteps(1000, 50)
     q = samplers.ddim_timesteps(1000, 50, "quadratic")

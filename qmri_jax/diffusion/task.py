@@ -94,9 +94,13 @@ class DdpmTask:
                 raise ValueError(f"config.targets: {t!r} has no DDPM scaling (known: "
                                  f"{sorted(SCALING)})")
         self.names = tuple(config.targets)
+        dtype = str(d.get("dtype", "float32"))
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"config.ddpm.dtype={dtype!r}: expected 'float32' or 'bfloat16'")
         self.net = DiffusionUNet(features=tuple(d.features), out_channels=len(self.names),
                                  blocks_per_level=d.blocks_per_level,
-                                 attention_levels=tuple(d.attention_levels), emb_dim=d.emb_dim)
+                                 attention_levels=tuple(d.attention_levels), emb_dim=d.emb_dim,
+                                 dtype=jnp.dtype(dtype))
         self.schedule = schedules.get_schedule(d.schedule, d.num_steps)
         self.prediction = d.prediction
         self.snr_cap = float(d.snr_cap) if d.snr_cap else None

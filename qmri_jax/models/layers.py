@@ -40,13 +40,14 @@ class GroupNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (c,))
         axes = tuple(range(1, x.ndim - 1))
         b, g = x.shape[0], self.num_groups
-        m1 = jnp.mean(x, axes).reshape(b, g, -1).mean(-1)  # [B, G]
-        m2 = jnp.mean(jnp.square(x), axes).reshape(b, g, -1).mean(-1)
+        xf = x.astype(jnp.float32)  # statistics in float32 also for bfloat16 activations
+        m1 = jnp.mean(xf, axes).reshape(b, g, -1).mean(-1)  # [B, G]
+        m2 = jnp.mean(jnp.square(xf), axes).reshape(b, g, -1).mean(-1)
         inv = jax.lax.rsqrt(jnp.maximum(m2 - jnp.square(m1), 0.0) + self.epsilon)
         a = jnp.repeat(inv, c // g, axis=1) * scale  # [B, C]
         shift = bias - jnp.repeat(m1, c // g, axis=1) * a
         bshape = (b,) + (1,) * (x.ndim - 2) + (c,)
-        return x * a.reshape(bshape) + shift.reshape(bshape)
+        return x * a.reshape(bshape).astype(x.dtype) + shift.reshape(bshape).astype(x.dtype)
 
 
 def _channel_stats(x):
