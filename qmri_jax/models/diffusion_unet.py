@@ -12,6 +12,7 @@ self-attention at the levels listed in ``attention_levels`` and always in the bo
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Sequence
 
@@ -143,7 +144,7 @@ class DiffusionUNet(nn.Module):
             emb = emb + nn.Dense(emb_dim, dtype=dt)(nn.silu(nn.Dense(emb_dim, dtype=dt)(protocol)))
         # The top-level convolutions keep the names Flax gave them when the up-sampler was an
         # nn.Conv (Conv_0, Conv_1, ... in call order), so checkpoints stay interchangeable.
-        n_conv = iter(range(1 << 30))
+        n_conv = itertools.count()
 
         def conv_name():
             return f"Conv_{next(n_conv)}"
