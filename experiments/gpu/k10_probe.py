@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from qmri_jax.diffusion import samplers, schedules  # noqa: E402
-from qmri_jax.models.diffusion_unet import DiffusionUNet  # noqa: E402
+from qmri_jax.diffusion import samplers, schedules
+from qmri_jax.models.diffusion_unet import DiffusionUNet
 
 
 def kernel_profile(fn, top=14):
@@ -56,7 +56,7 @@ def main():
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
-    s = int(os.environ.get("PROBE_S", 64))
+    s = int(os.environ.get("PROBE_S", "64"))
     feats = tuple(int(f) for f in os.environ.get("PROBE_F", "128,256,256").split(","))
     net = DiffusionUNet(features=feats, out_channels=3, blocks_per_level=1, attention_levels=(),
                         dtype=jnp.dtype(args.dtype))
