@@ -47,7 +47,9 @@ def _timer(fn, sync):
 
 def project(args, feats):
     """Returns ({name: timed callable}, num_params, platform): ``train`` (one step on a batch of
-    ``args.batch``), ``ddim50`` (one sample), ``vmapped_k10`` / ``sequential_k10`` (K = 10 draws)."""
+    ``args.batch``), ``ddim50`` (one sample), ``vmapped_k10`` / ``sequential_k10`` (K = 10 draws),
+    ``batch_k10`` (one sample of a batch of 10 copies of the condition). ``args``: ``size``,
+    ``batch``, ``dtype``."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -100,6 +102,10 @@ def project(args, feats):
         "vmapped_k10": _timer(lambda: out.__setitem__("v", vm(keys, cond[:1])),
                               lambda: jax.block_until_ready(out["v"])),
         "sequential_k10": _timer(sequential, lambda: jax.block_until_ready(out["s"])),
+        # the vmapped call's work as one plain batch of 10 (experiments/gpu/k10_probe.py)
+        "batch_k10": _timer(lambda: out.__setitem__("b", one(keys[0], jnp.tile(cond[:1],
+                                                                              (10, 1, 1, 1)))),
+                            lambda: jax.block_until_ready(out["b"])),
     }
     return fns, nparams, jax.devices()[0].platform
 

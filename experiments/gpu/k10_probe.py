@@ -1,11 +1,12 @@
-"""K = 10 posterior draws on one device: one DDIM-50 sample, the vmapped K = 10 call, the same as
-one batch of 10, and 10 sequential calls, for bench/ddpm_speed.py's network (levels 128/256/256,
-64 x 64, 7 condition images), each the median of ``reps`` timings in 3 rounds; optionally the
-device's busy time per kernel from a JAX profile (``--profile``).
+"""K = 10 posterior draws on one device: one DDIM-50 sample, the vmapped K = 10 call, the same
+work as one batch of 10, and 10 sequential calls, for bench/ddpm_speed.py's network and callables
+(``project``: levels 128/256/256, 64 x 64, 7 condition images), each the median of ``--reps``
+timings in 3 rounds; optionally the device's busy time per kernel from a JAX profile
+(``--profile``).
 
   python experiments/gpu/k10_probe.py [--dtype float32|bfloat16] [--reps 10] [--profile]
+                                      [--size 64] [--features 128,256,256]
 
-Environment PROBE_S / PROBE_F shrink it for a CPU smoke run (e.g. PROBE_S=16 PROBE_F=32,32,32).
 Last line of the timings: one JSON object (milliseconds).
 """
 
@@ -14,25 +15,26 @@ import collections
 import glob
 import json
 import os
+import statistics
 import sys
 import tempfile
-import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "bench")
+sys.path.insert(0, BENCH)
 
-from qmri_jax.diffusion import samplers, schedules
-from qmri_jax.models.diffusion_unet import DiffusionUNet
+from _timing import once  # bench/
+from ddpm_speed import project  # bench/
+
+NAMES = {"one": "ddim50", "vmapped": "vmapped_k10", "batch10": "batch_k10", "seq10": "sequential_k10"}
 
 
 def kernel_profile(fn, top=14):
     """Runs ``fn`` once under the JAX profiler; prints the GPU streams' busy time per kernel."""
     d = tempfile.mkdtemp()
     with jax.profiler.trace(d):
-        jax.block_until_ready(fn())
+        fn()
     data = jax.profiler.ProfileData.from_file(glob.glob(d + "/**/*.xplane.pb", recursive=True)[0])
     agg = collections.defaultdict(lambda: [0, 0.0])
     for plane in data.planes:
@@ -55,41 +57,20 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--features", default="128,256,256")
     args = ap.parse_args()
-    s = int(os.environ.get("PROBE_S", "64"))
-    feats = tuple(int(f) for f in os.environ.get("PROBE_F", "128,256,256").split(","))
-    net = DiffusionUNet(features=feats, out_channels=3, blocks_per_level=1, attention_levels=(),
-                        dtype=jnp.dtype(args.dtype))
-    sch = schedules.linear_schedule(1000)
-    cond = jnp.asarray(np.random.default_rng(0).uniform(size=(1, s, s, 7)), jnp.float32)
-    params = net.init(jax.random.key(0), jnp.zeros((1, s, s, 3)), jnp.zeros((1,), jnp.int32),
-                      cond)["params"]
-    params = jax.tree.map(lambda p: p + 0.01 * jax.random.normal(jax.random.key(5), p.shape), params)
-
-    def sample_one(k, c):
-        return samplers.ddim_sample(lambda x, t: net.apply({"params": params}, x, t, c), sch,
-                                    (c.shape[0], s, s, 3), k, 50)
-
-    one, batch = jax.jit(sample_one), jax.jit(sample_one)
-    vm = jax.jit(jax.vmap(sample_one, in_axes=(0, None)))
-    keys = jax.random.split(jax.random.key(3), 10)
-    bcond = jnp.tile(cond, (10, 1, 1, 1))
-    fns = {"one": lambda: one(keys[0], cond), "vmapped": lambda: vm(keys, cond),
-           "batch10": lambda: batch(keys[0], bcond),
-           "seq10": lambda: [one(k, cond) for k in keys]}
-    for f in fns.values():
-        jax.block_until_ready(f())
+    args.batch = 1  # project() also builds a training step; not timed here
+    fns, _, platform = project(args, tuple(int(f) for f in args.features.split(",")))
+    fns = {name: fns[key] for name, key in NAMES.items()}
+    for f in fns.values():  # compile
+        f()
     res = collections.defaultdict(list)
     for _ in range(3):
         for name, f in fns.items():
-            ts = []
-            for _ in range(args.reps):
-                t0 = time.perf_counter()
-                jax.block_until_ready(f())
-                ts.append(time.perf_counter() - t0)
-            res[name].append(float(np.median(ts)))
-    med = {k: float(np.median(v)) * 1e3 for k, v in res.items()}
-    print(json.dumps({"dtype": args.dtype, "device": jax.devices()[0].platform,
+            res[name].append(statistics.median(once(f) for _ in range(args.reps)))
+    med = {k: statistics.median(v) * 1e3 for k, v in res.items()}
+    print(json.dumps({"dtype": args.dtype, "device": platform,
                       **{k: round(v, 2) for k, v in med.items()},
                       "seq_over_vmapped": round(med["seq10"] / med["vmapped"], 2)}))
     if args.profile:
