@@ -116,11 +116,17 @@ def get_config():
     # signal curve and not from the normalised level (which depends on what the p95 is taken over:
     # a brain's tissues in training, a phantom's spheres on a scan); () = off.
     config.ddpm.intensity_augment = ()
-    # What the network is conditioned on: "images" (the normalised series as it is) or "shape":
+    # What the network is conditioned on: "images" (the normalised series as it is), "shape":
     # each voxel's series divided by its own maximum over the images (the recovery curve's shape,
     # which carries T1 and k whatever the intensity scale and PD) plus that maximum as one more
-    # channel (which carries PD), so T1 need not be read from the normalised level.
+    # channel (which carries PD), so T1 need not be read from the normalised level, or "fit": the
+    # images plus each voxel's least-squares IR fit (PD, T1, k; qmri_jax.fitting.fit_signals),
+    # computed in the step from the images alone (IR protocols: ir, flair, ir_fse images).
     config.ddpm.condition = "images"
+    # With condition "fit": diffuse the difference between the scaled maps and the voxelwise fit
+    # (the sampled residual is added back), so the network learns a correction of the physics
+    # estimate from the images around it rather than the maps from scratch.
+    config.ddpm.residual = False
     # Computation dtype of the DDPM's network in training and sampling: "float32" or "bfloat16"
     # (mixed precision: float32 parameters, optimiser and GroupNorm statistics; the convolutions,
     # dense layers and attention in bfloat16). bfloat16 pays on GPUs and TPUs, not on the CPU.

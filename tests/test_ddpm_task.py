@@ -13,7 +13,7 @@ from configs import ddpm as ddpm_config
 from qmri_jax import train
 from qmri_jax.data import datasets
 from qmri_jax.diffusion import task as ddpm_task
-from qmri_jax.physics.protocol import get_protocol
+from qmri_jax.physics.protocol import get_protocol, simulate
 
 
 def test_scaling_round_trip_and_range():
@@ -193,6 +193,89 @@ def test_shape_condition_values_scale_invariance_and_task(vir_data):
     with cfg.unlocked():
         cfg.ddpm.condition = "level"
     with pytest.raises(ValueError, match="config.ddpm.condition"):
+        ddpm_task.DdpmTask(cfg)
+
+
+def test_fit_condition_values_scale_equivariance_and_task(vir_data):
+    # Closed form: noiseless IR series of known maps -> the fitted channels are the scaled maps.
+    prot = get_protocol("nist_vir")
+    rng = np.random.default_rng(0)
+    truth = {"PD": rng.uniform(0.3, 1.2, (2, 5, 6)),
+             "T1": np.exp(rng.uniform(np.log(60.0), np.log(3000.0), (2, 5, 6))),
+             "T2": np.full((2, 5, 6), 80.0), "k": rng.uniform(0.85, 1.0, (2, 5, 6))}
+    images = simulate({n: jnp.asarray(v, jnp.float32) for n, v in truth.items()}, prot)
+    c = ddpm_task.condition_images(images, "fit", prot)
+    assert c.shape == (2, 5, 6, len(prot) + 3)
+    np.testing.assert_array_equal(c[..., :len(prot)], images)
+    fitted = ddpm_task.unscale_maps(c[..., len(prot):], ("PD", "T1", "k"))
+    te_weight = np.exp(-6.9 / 80.0)  # TE weighting is absorbed in PD
+    np.testing.assert_allclose(fitted[..., 0], truth["PD"] * te_weight, rtol=5e-3)
+    np.testing.assert_allclose(fitted[..., 1], truth["T1"], rtol=5e-3)
+    np.testing.assert_allclose(fitted[..., 2], truth["k"], atol=5e-3)
+    # Scaling the images leaves the T1 and k channels and moves PD with them (inside +-2).
+    x = jnp.asarray(vir_data["train"]["images"][:2])
+    a = ddpm_task.condition_images(x, "fit", prot)
+    b = ddpm_task.condition_images(0.8 * x, "fit", prot)
+    brain = np.asarray(vir_data["train"]["mask"][:2]) > 0
+    # (Each voxel is fitted in units of its own maximum, so only float32 rounding differs; after 5
+    # unconverged steps it moves a few ill-conditioned voxels by up to ~1e-2.)
+    diff = np.abs(np.asarray(a[..., -2:]) - np.asarray(b[..., -2:]))[brain]
+    assert np.quantile(diff, 0.99) < 1e-3 and diff.max() < 2e-2, (np.quantile(diff, 0.99),
+                                                                    diff.max())
+    pd_a = ddpm_task.unscale_maps(a[..., -3:], ("PD", "T1", "k"))[..., 0]
+    pd_b = ddpm_task.unscale_maps(b[..., -3:], ("PD", "T1", "k"))[..., 0]
+    rel = np.abs(np.asarray(pd_b)[brain] / (0.8 * np.asarray(pd_a)[brain]) - 1)
+    assert np.quantile(rel, 0.99) < 1e-3 and rel.max() < 2e-2, (np.quantile(rel, 0.99), rel.max())
+    assert float(jnp.abs(a[..., -3:]).max()) <= 2.0  # noise-only voxels' fits are held at +-2
+    with pytest.raises(ValueError, match="needs the acquisition protocol"):
+        ddpm_task.condition_images(x, "fit")
+
+    # The task conditions the network on N + 3 channels, trains and samples with them.
+    from qmri_jax.train import create_optimizer
+    cfg = tiny_ddpm()
+    with cfg.unlocked():
+        cfg.ddpm.condition = "fit"
+    task = ddpm_task.DdpmTask(cfg)
+    tx = create_optimizer(cfg.train, cfg.train.num_steps)
+    tr = vir_data["train"]
+    batch = {k: jnp.asarray(tr[k][:4]) for k in ("images", "targets", "mask")}
+    n_img = batch["images"].shape[-1]
+    state = task.create_state(jax.random.key(0), tx, batch["images"][:1])
+    first = jax.tree.leaves(state.params["Conv_0"])
+    assert {leaf.shape for leaf in first} >= {(3, 3, len(cfg.targets) + n_img + 3,
+                                               cfg.ddpm.features[0])}
+    state, metrics = jax.jit(task.make_train_step(tx))(state, batch, jax.random.key(1))
+    assert np.isfinite(float(metrics["loss"]))
+    out = jax.jit(task.make_sampler("ddim", 4, 0.0, 2))(state.params, batch["images"][:2],
+                                                         jax.random.key(2))
+    assert np.all(np.isfinite(np.asarray(out["mean"])))
+    # Residual: a network that predicts no correction (all parameters 0, x0 prediction) returns
+    # exactly the voxelwise fit, in every draw.
+    with cfg.unlocked():
+        cfg.ddpm.residual = True
+    task = ddpm_task.DdpmTask(cfg)
+    zero = jax.tree.map(jnp.zeros_like, state.params)
+    out = jax.jit(task.make_sampler("ddim", 4, 0.0, 2))(zero, batch["images"][:2],
+                                                         jax.random.key(3))
+    names = tuple(cfg.targets)
+    fitted = jax.jit(lambda x: ddpm_task.unscale_maps(  # jitted like the sampler: same rounding
+        ddpm_task.fit_base(ddpm_task.condition_images(x, "fit", prot), names), names))
+    rel = np.abs(np.asarray(out["mean"]) / np.asarray(fitted(batch["images"][:2])) - 1)
+    assert np.quantile(rel, 0.99) < 1e-5 and rel.max() < 2e-2, (np.quantile(rel, 0.99), rel.max())
+    np.testing.assert_allclose(out["std"], 0.0, atol=1e-6 * float(jnp.abs(out["mean"]).max()))
+    state, metrics = jax.jit(task.make_train_step(tx))(state, batch, jax.random.key(1))
+    assert np.isfinite(float(metrics["loss"]))
+    with cfg.unlocked():
+        cfg.ddpm.condition = "images"
+    with pytest.raises(ValueError, match="residual=True diffuses around the voxelwise fit"):
+        ddpm_task.DdpmTask(cfg)
+    # A protocol the IR model cannot fit is refused when the task is built.
+    with cfg.unlocked():
+        cfg.ddpm.condition = "fit"
+        cfg.ddpm.residual = False
+        cfg.data.protocol = "four_contrast_brain"
+    with pytest.raises(ValueError, match="condition='fit' with config.data.protocol="
+                                         "'four_contrast_brain'"):
         ddpm_task.DdpmTask(cfg)
 
 

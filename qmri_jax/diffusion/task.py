@@ -31,7 +31,8 @@ from qmri_jax.data.acquisition import saturate
 from qmri_jax.diffusion import process, samplers, schedules
 from qmri_jax.models.diffusion_unet import DiffusionUNet
 
-__all__ = ["SCALING", "CONDITIONS", "scale_maps", "unscale_maps", "condition_images", "DdpmTask"]
+__all__ = ["SCALING", "CONDITIONS", "scale_maps", "unscale_maps", "condition_images", "fit_base",
+           "DdpmTask"]
 
 # target -> (kind, low, high): x in [low, high] maps to [-1, 1] (log or linear).
 SCALING = {"T1": ("log", 10.0, 6000.0), "T2": ("log", 5.0, 3000.0), "PD": ("linear", 0.0, 1.5),
@@ -51,24 +52,52 @@ def _inv(y, kind, lo, hi):
     return (y + 1) / 2 * (hi - lo) + lo
 
 
-CONDITIONS = ("images", "shape")
+CONDITIONS = ("images", "shape", "fit")
 _SHAPE_FLOOR = 1e-3  # voxel maxima below this (normalised units) are divided by it instead
+FIT_MODEL = "ir"  # the voxelwise model behind condition "fit": PD, T1, k
+FIT_CHANNELS = ("PD", "T1", "k")  # their order after the images
+FIT_ITERATIONS = 5  # Levenberg-Marquardt steps after the dictionary search
+_FIT_CLIP = 2.0  # fitted channels beyond +-2 (e.g. PD of noise-only voxels) are held there
 
 
-def condition_images(images, kind: str):
+def condition_images(images, kind: str, protocol=None):
     """The network's condition from normalised images ``[..., N]``.
 
     ``"images"``: unchanged. ``"shape"``: ``[..., N + 1]``, each voxel's series divided by its own
     maximum over the N images (floored at 1e-3), then that maximum as the last channel. The first N
     channels do not change when the series is scaled, so T1 and k can be read from the shape of
     the signal curve; PD is carried by the last.
+
+    ``"fit"``: ``[..., N + 3]``, the images followed by each voxel's least-squares fit of the
+    ``ir`` model (:func:`qmri_jax.fitting.fit_signals`: dictionary search plus
+    ``FIT_ITERATIONS`` Levenberg-Marquardt steps; needs ``protocol``), its PD, T1 and k scaled like
+    the targets (:data:`SCALING`) and held within +-2. The fitted channels depend on each voxel's
+    own series only, never on the image around it, so a network can lean on them where the
+    picture is unlike its training data (a phantom's spheres instead of a brain).
     """
     if kind == "images":
         return images
     if kind == "shape":
         peak = jnp.max(images, axis=-1, keepdims=True)
         return jnp.concatenate([images / jnp.maximum(peak, _SHAPE_FLOOR), peak], axis=-1)
+    if kind == "fit":
+        from qmri_jax.fitting import fit_signals, get_model
+        if protocol is None:
+            raise ValueError("config.ddpm.condition='fit' needs the acquisition protocol")
+        est = fit_signals(get_model(FIT_MODEL), protocol, images, max_iter=FIT_ITERATIONS)
+        chans = [jnp.clip(_fwd(est[n], *SCALING[n]), -_FIT_CLIP, _FIT_CLIP)
+                 for n in FIT_CHANNELS]
+        return jnp.concatenate([images, jnp.stack(chans, axis=-1).astype(images.dtype)], axis=-1)
     raise ValueError(f"config.ddpm.condition={kind!r}: expected one of {CONDITIONS}")
+
+
+def fit_base(condition, names):
+    """The scaled maps ``[..., C]`` (``names`` order) that a ``"fit"`` condition carries in its
+    last three channels, held within [-1, 1]: the point a residual DDPM (``ddpm.residual``)
+    diffuses around."""
+    n_img = condition.shape[-1] - len(FIT_CHANNELS)
+    return jnp.stack([jnp.clip(condition[..., n_img + FIT_CHANNELS.index(n)], -1.0, 1.0)
+                      for n in names], axis=-1)
 
 
 def scale_maps(targets, mask, names):
@@ -122,6 +151,22 @@ class DdpmTask:
         if self.condition not in CONDITIONS:
             raise ValueError(f"config.ddpm.condition={self.condition!r}: expected one of "
                              f"{CONDITIONS}")
+        self.residual = bool(d.get("residual", False))
+        if self.residual and (self.condition != "fit"
+                              or not set(self.names) <= set(FIT_CHANNELS)):
+            raise ValueError(f"config.ddpm.residual=True diffuses around the voxelwise fit: it "
+                             f"needs config.ddpm.condition='fit' (got {self.condition!r}) and "
+                             f"targets among {FIT_CHANNELS} (got {self.names})")
+        self.protocol = None
+        if self.condition == "fit":
+            from qmri_jax.fitting import get_model
+            from qmri_jax.physics.protocol import get_protocol
+            self.protocol = get_protocol(config.data.protocol)
+            try:
+                get_model(FIT_MODEL).check(self.protocol)
+            except ValueError as e:
+                raise ValueError(f"config.ddpm.condition='fit' with config.data.protocol="
+                                 f"{config.data.protocol!r}: {e}") from None
         if self.intensity and "PD" not in self.names:
             raise ValueError("config.ddpm.intensity_augment scales PD with the images, but "
                              f"config.targets={self.names} has no PD")
@@ -131,8 +176,8 @@ class DdpmTask:
         from qmri_jax.train import TrainState
         b, h, w, _ = sample_images.shape
         x = jnp.zeros((b, h, w, len(self.names)))
-        params = self.net.init(key, x, jnp.zeros((b,), jnp.int32),
-                               condition_images(sample_images, self.condition))["params"]
+        c = condition_images(sample_images, self.condition, self.protocol)
+        params = self.net.init(key, x, jnp.zeros((b,), jnp.int32), c)["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
                           opt_state=tx.init(params), ema_params=jax.tree.map(jnp.copy, params))
 
@@ -143,7 +188,7 @@ class DdpmTask:
         cap = self.snr_cap
         sat, (sat_lo, sat_hi) = self.saturation, self.saturation_range
         gain = self.intensity
-        cond = self.condition
+        cond, protocol, residual = self.condition, self.protocol, self.residual
 
         def train_step(state, batch, key):
             images, targets = batch["images"], batch["targets"]
@@ -162,7 +207,9 @@ class DdpmTask:
                 on = jax.random.bernoulli(k_on, sat, shape)
                 images = jnp.where(on, saturate(images, level), images)
 
-            c = condition_images(images, cond)
+            c = condition_images(images, cond, protocol)
+            if residual:
+                x0 = x0 - fit_base(c, names)
 
             def loss_of(params):
                 fn = lambda x_t, t: net.apply({"params": params}, x_t, t, c)  # noqa: E731
@@ -179,7 +226,9 @@ class DdpmTask:
         x0 = scale_maps(jnp.asarray(arrays["targets"][:n]), jnp.asarray(arrays["mask"][:n]),
                         self.names)
         params = self._params(state)
-        c = condition_images(jnp.asarray(arrays["images"][:n]), self.condition)
+        c = condition_images(jnp.asarray(arrays["images"][:n]), self.condition, self.protocol)
+        if self.residual:
+            x0 = x0 - fit_base(c, self.names)
         fn = lambda x_t, t: self.net.apply({"params": params}, x_t, t, c)  # noqa: E731
         return float(jax.jit(lambda k: process.diffusion_loss(
             fn, self.schedule, x0, k, prediction=self.prediction, snr_cap=self.snr_cap))(
@@ -195,20 +244,22 @@ class DdpmTask:
         physical units, each ``[B, H, W, C]`` (samples ``[K, B, H, W, C]``); pure, unwrapped."""
         net, sch, pred, names = self.net, self.schedule, self.prediction, self.names
         spacing = self.config.ddpm.ddim_spacing
-        cond = self.condition
+        cond, protocol, residual = self.condition, self.protocol, self.residual
 
         def sample(params, images, key):
             shape = (*images.shape[:-1], len(names))
-            c = condition_images(images, cond)
+            c = condition_images(images, cond, protocol)
+            base = fit_base(c, names) if residual else 0.0
+            clip = 2.0 if residual else 1.0  # a residual of maps and base, each in [-1, 1]
             fn = lambda x_t, t: net.apply({"params": params}, x_t, t, c)  # noqa: E731
 
             def one(k):
                 if sampler == "ddpm":
-                    x = samplers.ddpm_sample(fn, sch, shape, k, prediction=pred)
+                    x = samplers.ddpm_sample(fn, sch, shape, k, prediction=pred, clip=clip)
                 else:
                     x = samplers.ddim_sample(fn, sch, shape, k, steps, eta, prediction=pred,
-                                             spacing=spacing)
-                return unscale_maps(x, names)
+                                             spacing=spacing, clip=clip)
+                return unscale_maps(x + base, names)
 
             draws = jax.vmap(one)(jax.random.split(key, num_samples))
             return {"mean": draws.mean(0), "std": draws.std(0), "samples": draws}

@@ -37,7 +37,7 @@ from qmri_jax.fitting.models import FitModel
 from qmri_jax.physics.noise import log_i0e_and_ratio
 from qmri_jax.physics.protocol import Protocol
 
-__all__ = ["FitResult", "fit_voxels", "SolverOptions"]
+__all__ = ["FitResult", "fit_voxels", "fit_signals", "SolverOptions"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,9 +240,9 @@ def _crlb_one(model, protocol, theta, w, sigma):
     return jnp.where(ok, var, jnp.nan)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "loss", "max_iter", "tol", "lambda_init"))
-def _fit_chunk(model, protocol, y, w, sigma, *, loss, max_iter, tol, lambda_init):
-    """y, w: [V, N] raw signals and 0/1 weights; sigma: [] (image units, <= 0 when unknown)."""
+def _fit_core(model, protocol, y, w, sigma, loss, max_iter, tol, lambda_init):
+    """Steps 1-3 of the module docstring. y, w: [V, N]; sigma: [] (<= 0 when unknown).
+    Returns (theta_int [V, P], amp [V], per-voxel normalised sigma [V], converged, cost)."""
     amp = jnp.max(jnp.where(w > 0, y, 0.0), axis=-1)
     amp = jnp.where(amp > 0, amp, 1.0)
     yn = y / amp[:, None]
@@ -250,13 +250,58 @@ def _fit_chunk(model, protocol, y, w, sigma, *, loss, max_iter, tol, lambda_init
     theta0 = _dictionary_init(model, protocol, yn, w)
     lm = functools.partial(_lm_one, model, protocol, loss, max_iter, tol, lambda_init)
     theta, cost, converged = jax.vmap(lm)(theta0, yn, w, sig_n)
+    return theta, amp, sig_n, converged, cost
+
+
+def _to_physical(model, theta, amp):
+    """Internal units -> physical ([V, P]) and the factor ``[V, P]`` that maps one to the other."""
+    is_lin = jnp.asarray([p in model.linear for p in model.params])
+    factor = jnp.asarray(model.scale, theta.dtype) * jnp.where(is_lin, amp[:, None], 1.0)
+    return theta * factor, factor
+
+
+@functools.partial(jax.jit, static_argnames=("model", "loss", "max_iter", "tol", "lambda_init"))
+def _fit_chunk(model, protocol, y, w, sigma, *, loss, max_iter, tol, lambda_init):
+    """y, w: [V, N] raw signals and 0/1 weights; sigma: [] (image units, <= 0 when unknown)."""
+    theta, amp, sig_n, converged, cost = _fit_core(model, protocol, y, w, sigma, loss, max_iter,
+                                                   tol, lambda_init)
     var = jax.vmap(functools.partial(_crlb_one, model, protocol))(theta, w, sig_n)
     var = jnp.where(sigma > 0, var, jnp.nan)
-    scale = jnp.asarray(model.scale, y.dtype)
-    is_lin = jnp.asarray([p in model.linear for p in model.params])
-    phys = theta * scale * jnp.where(is_lin, amp[:, None], 1.0)
-    var_phys = var * (scale * jnp.where(is_lin, amp[:, None], 1.0)) ** 2
-    return phys, var_phys, converged, cost
+    phys, factor = _to_physical(model, theta, amp)
+    return phys, var * factor**2, converged, cost
+
+
+def fit_signals(model: FitModel, protocol: Protocol, signals, *, max_iter: int = 5,
+                tol: float = 1e-6, lambda_init: float = 1e-2) -> dict:
+    """The Gaussian least-squares fit of :func:`fit_voxels` as a pure function of an array, to be
+    called inside other jitted code (e.g. to condition a network on the voxelwise estimate).
+
+    The same dictionary initialisation and Levenberg-Marquardt steps (a fixed ``max_iter``; no
+    CRLB, no chunking, no sharding, no checks of the data: the caller's batch is fitted at once).
+
+    Args:
+      model: a :class:`~qmri_jax.fitting.models.FitModel`; ``model.check(protocol)`` is applied.
+      protocol: the acquisition with ``N`` images.
+      signals: ``[..., N]`` magnitude signals (any leading shape; all samples used).
+
+    Returns:
+      ``{param: [...]}`` in physical units for every ``model.params``, plus ``"converged"``
+      (bool ``[...]``). All-zero series give finite values (amplitude 0) and are not trusted.
+    """
+    model.check(protocol)
+    y = jnp.asarray(signals, jnp.float32)
+    if y.shape[-1] != len(protocol):
+        raise ValueError(f"fit_signals: signals [..., {y.shape[-1]}] for protocol "
+                         f"{protocol.name!r} with {len(protocol)} images")
+    lead = y.shape[:-1]
+    y = y.reshape(-1, y.shape[-1])
+    theta, amp, _, converged, _ = _fit_core(model, protocol, y, jnp.ones_like(y),
+                                            jnp.float32(-1.0), "gaussian", max_iter, tol,
+                                            lambda_init)
+    phys, _ = _to_physical(model, theta, amp)
+    out = {p: phys[:, i].reshape(lead) for i, p in enumerate(model.params)}
+    out["converged"] = converged.reshape(lead)
+    return out
 
 
 def _max_chunk(model: FitModel) -> int:
