@@ -154,6 +154,31 @@ def test_intensity_augment_scales_images_and_pd(vir_data):
         ddpm_task.DdpmTask(aug)
 
 
+def _train_and_sample_with_condition(vir_data, condition, extra_channels):
+    """A tiny DDPM conditioned with ``condition``: its first convolution takes the targets, the
+    images and ``extra_channels`` more; one train step and a 2-draw DDIM sample are finite."""
+    from qmri_jax.train import create_optimizer
+    cfg = tiny_ddpm()
+    with cfg.unlocked():
+        cfg.ddpm.condition = condition
+    task = ddpm_task.DdpmTask(cfg)
+    tx = create_optimizer(cfg.train, cfg.train.num_steps)
+    tr = vir_data["train"]
+    batch = {k: jnp.asarray(tr[k][:4]) for k in ("images", "targets", "mask")}
+    n_img = batch["images"].shape[-1]
+    state = task.create_state(jax.random.key(0), tx, batch["images"][:1])
+    first = jax.tree.leaves(state.params["Conv_0"])
+    assert {leaf.shape for leaf in first} >= {(3, 3, len(cfg.targets) + n_img + extra_channels,
+                                               cfg.ddpm.features[0])}
+    state, metrics = jax.jit(task.make_train_step(tx))(state, batch, jax.random.key(1))
+    assert np.isfinite(float(metrics["loss"]))
+    out = jax.jit(task.make_sampler("ddim", 4, 0.0, 2))(state.params, batch["images"][:2],
+                                                         jax.random.key(2))
+    assert out["mean"].shape == (2, *batch["images"].shape[1:3], len(cfg.targets))
+    assert np.all(np.isfinite(np.asarray(out["mean"])))
+    return cfg, tx, state, batch
+
+
 def test_shape_condition_values_scale_invariance_and_task(vir_data):
     # Closed form: each voxel's series over its own maximum, then the maximum; a zero series stays 0.
     images = jnp.asarray([[0.2, 0.4, 0.8], [0.0, 0.0, 0.0], [3.0, 1.5, 0.75]])
@@ -171,25 +196,7 @@ def test_shape_condition_values_scale_invariance_and_task(vir_data):
         ddpm_task.condition_images(x, "level")
 
     # The task feeds the network N + 1 condition channels, trains and samples with them.
-    from qmri_jax.train import create_optimizer
-    cfg = tiny_ddpm()
-    with cfg.unlocked():
-        cfg.ddpm.condition = "shape"
-    task = ddpm_task.DdpmTask(cfg)
-    tx = create_optimizer(cfg.train, cfg.train.num_steps)
-    tr = vir_data["train"]
-    batch = {k: jnp.asarray(tr[k][:4]) for k in ("images", "targets", "mask")}
-    n_img = batch["images"].shape[-1]
-    state = task.create_state(jax.random.key(0), tx, batch["images"][:1])
-    first = jax.tree.leaves(state.params["Conv_0"])
-    assert {leaf.shape for leaf in first} >= {(3, 3, len(cfg.targets) + n_img + 1,
-                                               cfg.ddpm.features[0])}
-    state, metrics = jax.jit(task.make_train_step(tx))(state, batch, jax.random.key(1))
-    assert np.isfinite(float(metrics["loss"]))
-    out = jax.jit(task.make_sampler("ddim", 4, 0.0, 2))(state.params, batch["images"][:2],
-                                                         jax.random.key(2))
-    assert out["mean"].shape == (2, *batch["images"].shape[1:3], len(cfg.targets))
-    assert np.all(np.isfinite(np.asarray(out["mean"])))
+    cfg, _, _, _ = _train_and_sample_with_condition(vir_data, "shape", 1)
     with cfg.unlocked():
         cfg.ddpm.condition = "level"
     with pytest.raises(ValueError, match="config.ddpm.condition"):
@@ -231,24 +238,7 @@ def test_fit_condition_values_scale_equivariance_and_task(vir_data):
         ddpm_task.condition_images(x, "fit")
 
     # The task conditions the network on N + 3 channels, trains and samples with them.
-    from qmri_jax.train import create_optimizer
-    cfg = tiny_ddpm()
-    with cfg.unlocked():
-        cfg.ddpm.condition = "fit"
-    task = ddpm_task.DdpmTask(cfg)
-    tx = create_optimizer(cfg.train, cfg.train.num_steps)
-    tr = vir_data["train"]
-    batch = {k: jnp.asarray(tr[k][:4]) for k in ("images", "targets", "mask")}
-    n_img = batch["images"].shape[-1]
-    state = task.create_state(jax.random.key(0), tx, batch["images"][:1])
-    first = jax.tree.leaves(state.params["Conv_0"])
-    assert {leaf.shape for leaf in first} >= {(3, 3, len(cfg.targets) + n_img + 3,
-                                               cfg.ddpm.features[0])}
-    state, metrics = jax.jit(task.make_train_step(tx))(state, batch, jax.random.key(1))
-    assert np.isfinite(float(metrics["loss"]))
-    out = jax.jit(task.make_sampler("ddim", 4, 0.0, 2))(state.params, batch["images"][:2],
-                                                         jax.random.key(2))
-    assert np.all(np.isfinite(np.asarray(out["mean"])))
+    cfg, tx, state, batch = _train_and_sample_with_condition(vir_data, "fit", 3)
     # Residual: a network that predicts no correction (all parameters 0, x0 prediction) returns
     # exactly the voxelwise fit, in every draw.
     with cfg.unlocked():
