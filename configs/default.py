@@ -131,6 +131,16 @@ def get_config():
     # (mixed precision: float32 parameters, optimiser and GroupNorm statistics; the convolutions,
     # dense layers and attention in bfloat16). bfloat16 pays on GPUs and TPUs, not on the CPU.
     config.ddpm.dtype = "float32"
+    # The denoising network: "unet" (DiffusionUNet, config.ddpm.features / attention_levels) or
+    # "voxel" (VoxelDenoiser: the same time embedding, but every layer acts on one voxel's
+    # channels, voxel_depth residual blocks voxel_width wide), which learns the per-voxel posterior
+    # of the maps given that voxel's signal curve and has no spatial prior of the training anatomy.
+    config.ddpm.network = "unet"
+    config.ddpm.voxel_width = 128
+    config.ddpm.voxel_depth = 3
+    # With network "voxel": train each step on this many voxels drawn at random (without
+    # replacement) from the batch's slices, each with its own diffusion step t; 0: whole slices.
+    config.ddpm.voxel_batch = 0
 
     config.eval = ml_collections.ConfigDict()
     config.eval.figures = True

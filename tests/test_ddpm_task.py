@@ -13,6 +13,7 @@ from configs import ddpm as ddpm_config
 from qmri_jax import train
 from qmri_jax.data import datasets
 from qmri_jax.diffusion import task as ddpm_task
+from qmri_jax.models.diffusion_unet import VoxelDenoiser
 from qmri_jax.physics.protocol import get_protocol, simulate
 
 
@@ -267,6 +268,63 @@ def test_fit_condition_values_scale_equivariance_and_task(vir_data):
     with pytest.raises(ValueError, match="condition='fit' with config.data.protocol="
                                          "'four_contrast_brain'"):
         ddpm_task.DdpmTask(cfg)
+
+
+def test_voxel_network_task_trains_and_samples_each_voxel_on_its_own(vir_data):
+    """ddpm.network='voxel': one train step and a DDIM posterior sample; with the same key, the
+    posterior at a voxel does not move when another voxel's images change; unknown networks are
+    refused by name."""
+    from qmri_jax.train import create_optimizer
+    cfg = tiny_ddpm()
+    with cfg.unlocked():
+        cfg.ddpm.network = "voxel"
+        cfg.ddpm.voxel_width = 16
+        cfg.ddpm.voxel_depth = 2
+    task = ddpm_task.DdpmTask(cfg)
+    tx = create_optimizer(cfg.train, cfg.train.num_steps)
+    tr = vir_data["train"]
+    batch = {k: jnp.asarray(tr[k][:4]) for k in ("images", "targets", "mask")}
+    state = task.create_state(jax.random.key(0), tx, batch["images"][:1])
+    assert "Conv_0" not in state.params
+    step = jax.jit(task.make_train_step(tx))
+    for i in range(2):
+        state, metrics = step(state, batch, jax.random.key(i))
+        assert np.isfinite(float(metrics["loss"]))
+    sample = jax.jit(task.make_sampler("ddim", 4, 0.0, 3))
+    imgs = batch["images"][:2]
+    a = sample(state.params, imgs, jax.random.key(2))
+    assert a["mean"].shape == (2, *imgs.shape[1:3], len(cfg.targets))
+    assert a["samples"].shape == (3, *a["mean"].shape)
+    assert np.all(np.isfinite(np.asarray(a["mean"]))) and float(a["std"].max()) > 0
+    b = sample(state.params, imgs.at[0, 10, 12].mul(1.5), jax.random.key(2))
+    moved = np.any(np.asarray(a["mean"] != b["mean"]), axis=-1)
+    assert moved[0, 10, 12] and moved.sum() == 1
+    # voxel_batch: the step trains on that many voxels drawn from the batch (here 64 of 4 slices),
+    # changes the parameters, and refuses more voxels than the batch has.
+    with cfg.unlocked():
+        cfg.ddpm.voxel_batch = 64
+    vtask = ddpm_task.DdpmTask(cfg)
+    vstate, metrics = jax.jit(vtask.make_train_step(tx))(state, batch, jax.random.key(5))
+    assert np.isfinite(float(metrics["loss"]))
+    assert any(float(jnp.abs(a - b).max()) > 0
+               for a, b in zip(jax.tree.leaves(vstate.params), jax.tree.leaves(state.params)))
+    with cfg.unlocked():
+        cfg.ddpm.voxel_batch = batch["mask"][:1].size + 1  # one slice has mask.size voxels
+    with pytest.raises(ValueError, match="voxel_batch"):
+        ddpm_task.DdpmTask(cfg).make_train_step(tx)(state, {k: v[:1] for k, v in batch.items()},
+                                                    jax.random.key(5))
+    with cfg.unlocked():
+        cfg.ddpm.network = "unet"
+    with pytest.raises(ValueError, match="voxel_batch"):
+        ddpm_task.DdpmTask(cfg)
+    with cfg.unlocked():
+        cfg.ddpm.network = "mlp"
+    with pytest.raises(ValueError, match="config.ddpm.network"):
+        ddpm_task.DdpmTask(cfg)
+    # The ddpm.py:voxel preset builds a per-voxel residual-around-the-fit task.
+    vt = ddpm_task.DdpmTask(ddpm_config.get_config("voxel"))
+    assert isinstance(vt.net, VoxelDenoiser) and vt.voxel_batch == 8192
+    assert vt.condition == "fit" and vt.residual
 
 
 def _fake_posterior(rng, n, sigma, reported):

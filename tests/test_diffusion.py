@@ -153,6 +153,40 @@ def test_diffusion_unet_shapes_and_zero_init_head():
         jax.config.update("jax_disable_most_optimizations", False)
 
 
+def test_voxel_denoiser_is_per_voxel_any_layout_and_differentiable():
+    """VoxelDenoiser: zero at initialisation; a voxel's output depends on that voxel's inputs and
+    the time step only (changing another voxel's condition changes nothing else, exactly); the
+    same function on [B, H, W, C] and [B, H * W, C]; input gradients match finite differences."""
+    from qmri_jax.models.diffusion_unet import VoxelDenoiser
+    rng = np.random.default_rng(0)
+    net = VoxelDenoiser(width=16, depth=2, out_channels=3)
+    x = jnp.asarray(rng.normal(size=(2, 5, 7, 3)), jnp.float32)
+    c = jnp.asarray(rng.uniform(0, 1, (2, 5, 7, 10)), jnp.float32)
+    t = jnp.array([3, 700])
+    params = net.init(jax.random.key(0), x, t, c)["params"]
+    np.testing.assert_array_equal(net.apply({"params": params}, x, t, c), 0.0)
+    # Give the zero-initialised head weights so that the output carries the input.
+    params = jax.tree.map(lambda a: a + 0.1 * jnp.asarray(rng.normal(size=a.shape), a.dtype),
+                          params)
+    f = jax.jit(lambda x, t, c: net.apply({"params": params}, x, t, c))
+    y = f(x, t, c)
+    assert y.shape == (2, 5, 7, 3) and float(jnp.abs(y).max()) > 1e-3
+    y2 = f(x, t, c.at[1, 2, 3].add(0.5))
+    changed = np.any(np.asarray(y2 != y), axis=-1)
+    assert changed[1, 2, 3] and changed.sum() == 1
+    assert float(jnp.abs(f(x, jnp.array([3, 20]), c)[1] - y[1]).max()) > 1e-4  # t enters
+    np.testing.assert_allclose(f(x.reshape(2, 35, 3), t, c.reshape(2, 35, 10)),
+                               y.reshape(2, 35, 3), rtol=1e-5, atol=1e-6)
+    # d(sum of outputs at voxel [0, 1, 1]) / d(its condition) against central differences.
+    g = jax.grad(lambda cv: f(x, t, c.at[0, 1, 1].set(cv))[0, 1, 1].sum())(c[0, 1, 1])
+    h = 1e-2
+    for i in range(3):
+        e = jnp.zeros(10).at[i].set(h)
+        fd = (f(x, t, c.at[0, 1, 1].add(e))[0, 1, 1].sum()
+              - f(x, t, c.at[0, 1, 1].add(-e))[0, 1, 1].sum()) / (2 * h)
+        np.testing.assert_allclose(g[i], fd, rtol=2e-2, atol=1e-4)
+
+
 def test_upsample_conv_equals_nearest_upsampling_then_3x3_conv_values_and_gradients():
     """The four 2x2 phase convolutions compute exactly conv3x3(nearest_up2x(x)) (zero padding
     included: the borders are where a wrong phase offset would show), gradients too."""

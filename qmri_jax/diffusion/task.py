@@ -29,7 +29,7 @@ import numpy as np
 
 from qmri_jax.data.acquisition import saturate
 from qmri_jax.diffusion import process, samplers, schedules
-from qmri_jax.models.diffusion_unet import DiffusionUNet
+from qmri_jax.models.diffusion_unet import DiffusionUNet, VoxelDenoiser
 
 __all__ = ["SCALING", "CONDITIONS", "scale_maps", "unscale_maps", "condition_images", "fit_base",
            "DdpmTask"]
@@ -126,10 +126,24 @@ class DdpmTask:
         dtype = str(d.get("dtype", "float32"))
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"config.ddpm.dtype={dtype!r}: expected 'float32' or 'bfloat16'")
-        self.net = DiffusionUNet(features=tuple(d.features), out_channels=len(self.names),
-                                 blocks_per_level=d.blocks_per_level,
-                                 attention_levels=tuple(d.attention_levels), emb_dim=d.emb_dim,
-                                 dtype=jnp.dtype(dtype))
+        self.network = str(d.get("network", "unet"))
+        if self.network == "unet":
+            self.net = DiffusionUNet(features=tuple(d.features), out_channels=len(self.names),
+                                     blocks_per_level=d.blocks_per_level,
+                                     attention_levels=tuple(d.attention_levels),
+                                     emb_dim=d.emb_dim, dtype=jnp.dtype(dtype))
+        elif self.network == "voxel":
+            self.net = VoxelDenoiser(width=int(d.get("voxel_width", 128)),
+                                     depth=int(d.get("voxel_depth", 3)),
+                                     out_channels=len(self.names), emb_dim=d.emb_dim,
+                                     dtype=jnp.dtype(dtype))
+        else:
+            raise ValueError(f"config.ddpm.network={self.network!r}: expected 'unet' or 'voxel'")
+        self.voxel_batch = int(d.get("voxel_batch", 0) or 0)
+        if self.voxel_batch < 0 or (self.voxel_batch and self.network != "voxel"):
+            raise ValueError(f"config.ddpm.voxel_batch={self.voxel_batch}: trains on that many "
+                             "voxels drawn from the batch, which needs config.ddpm.network="
+                             f"'voxel' (got {self.network!r}) and a count >= 0 (0: whole slices)")
         self.schedule = schedules.get_schedule(d.schedule, d.num_steps)
         self.prediction = d.prediction
         self.snr_cap = float(d.snr_cap) if d.snr_cap else None
@@ -189,6 +203,7 @@ class DdpmTask:
         sat, (sat_lo, sat_hi) = self.saturation, self.saturation_range
         gain = self.intensity
         cond, protocol, residual = self.condition, self.protocol, self.residual
+        n_vox = self.voxel_batch
 
         def train_step(state, batch, key):
             images, targets = batch["images"], batch["targets"]
@@ -207,7 +222,16 @@ class DdpmTask:
                 on = jax.random.bernoulli(k_on, sat, shape)
                 images = jnp.where(on, saturate(images, level), images)
 
-            c = condition_images(images, cond, protocol)
+            if n_vox:  # per-voxel network: n_vox voxels of the batch, each with its own step t
+                total = int(np.prod(x0.shape[:-1]))
+                if n_vox > total:
+                    raise ValueError(f"config.ddpm.voxel_batch={n_vox}: the batch has only "
+                                     f"{total} voxels")
+                key, k_vox = jax.random.split(key)
+                idx = jax.random.choice(k_vox, total, (n_vox,), replace=False)
+                x0 = x0.reshape(total, -1)[idx][:, None, :]
+                images = images.reshape(total, -1)[idx][:, None, :]
+            c = condition_images(images, cond, protocol)  # per voxel ("fit" too): after the draw
             if residual:
                 x0 = x0 - fit_base(c, names)
 

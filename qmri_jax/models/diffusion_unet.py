@@ -23,7 +23,7 @@ import numpy as np
 
 from qmri_jax.models.layers import GroupNorm
 
-__all__ = ["DiffusionUNet", "UpConv", "timestep_embedding", "upsample_conv"]
+__all__ = ["DiffusionUNet", "UpConv", "VoxelDenoiser", "timestep_embedding", "upsample_conv"]
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10000.0):
@@ -177,3 +177,42 @@ class DiffusionUNet(nn.Module):
         x = nn.Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros,
                     name=conv_name(), dtype=dt)(x)
         return x.astype(jnp.float32)
+
+
+class VoxelDenoiser(nn.Module):
+    """A per-voxel denoiser with the :class:`DiffusionUNet` call signature: ``(x_t [B, ..., C_map],
+    t [B], condition [B, ..., C_img], protocol [B, P] | None) -> [B, ..., C_map]`` for any number
+    of spatial axes (none included).
+
+    Every layer acts on one voxel's channels (the noisy maps concatenated with that voxel's
+    weighted images): an input projection to ``width``, ``depth`` residual blocks (LayerNorm,
+    SiLU, Dense, plus the time and protocol embedding, LayerNorm, SiLU, Dense), and a zero-initialised
+    output layer. The output at a voxel depends on that voxel's inputs only, so the posterior it
+    learns is the per-voxel one, ``p(maps | that voxel's signal curve)`` under the training
+    data's distribution of tissue values; unlike the U-Net it has no spatial prior to carry from
+    the training anatomy to an image of another kind (a phantom's spheres)."""
+
+    width: int = 128
+    depth: int = 3
+    out_channels: int = 3
+    emb_dim: int = 0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_t, t, condition, protocol=None):
+        dt = self.dtype
+        emb_dim = self.emb_dim or self.width
+        emb = timestep_embedding(t, self.width)
+        emb = nn.Dense(emb_dim, dtype=dt)(nn.silu(nn.Dense(emb_dim, dtype=dt)(emb)))
+        if protocol is not None:
+            emb = emb + nn.Dense(emb_dim, dtype=dt)(nn.silu(nn.Dense(emb_dim, dtype=dt)(protocol)))
+        emb = emb.reshape(emb.shape[0], *(1,) * (x_t.ndim - 2), emb_dim)
+        h = nn.Dense(self.width, dtype=dt)(jnp.concatenate([x_t, condition], axis=-1).astype(dt))
+        for _ in range(self.depth):
+            r = nn.Dense(self.width, dtype=dt)(nn.silu(nn.LayerNorm(dtype=dt)(h)))
+            r = r + nn.Dense(self.width, dtype=dt)(nn.silu(emb))
+            r = nn.Dense(self.width, dtype=dt)(nn.silu(nn.LayerNorm(dtype=dt)(r)))
+            h = h + r
+        h = nn.silu(nn.LayerNorm(dtype=dt)(h))
+        out = nn.Dense(self.out_channels, kernel_init=nn.initializers.zeros, dtype=dt)(h)
+        return out.astype(jnp.float32)
