@@ -155,6 +155,16 @@ def test_intensity_augment_scales_images_and_pd(vir_data):
         ddpm_task.DdpmTask(aug)
 
 
+def _task_refuses(cfg, match, **ddpm_fields):
+    """Setting ``cfg.ddpm``'s ``ddpm_fields`` makes ``DdpmTask(cfg)`` raise a ValueError matching
+    ``match`` (the fields stay set)."""
+    with cfg.unlocked():
+        for name, value in ddpm_fields.items():
+            cfg.ddpm[name] = value
+    with pytest.raises(ValueError, match=match):
+        ddpm_task.DdpmTask(cfg)
+
+
 def _train_and_sample_with_condition(vir_data, condition, extra_channels):
     """A tiny DDPM conditioned with ``condition``: its first convolution takes the targets, the
     images and ``extra_channels`` more; one train step and a 2-draw DDIM sample are finite."""
@@ -257,10 +267,7 @@ def test_fit_condition_values_scale_equivariance_and_task(vir_data):
     np.testing.assert_allclose(out["std"], 0.0, atol=1e-6 * float(jnp.abs(out["mean"]).max()))
     state, metrics = jax.jit(task.make_train_step(tx))(state, batch, jax.random.key(1))
     assert np.isfinite(float(metrics["loss"]))
-    with cfg.unlocked():
-        cfg.ddpm.condition = "images"
-    with pytest.raises(ValueError, match="residual=True diffuses around the voxelwise fit"):
-        ddpm_task.DdpmTask(cfg)
+    _task_refuses(cfg, "residual=True diffuses around the voxelwise fit", condition="images")
     # A protocol the IR model cannot fit is refused when the task is built.
     with cfg.unlocked():
         cfg.ddpm.condition = "fit"
@@ -314,14 +321,8 @@ def test_voxel_network_task_trains_and_samples_each_voxel_on_its_own(vir_data):
     with pytest.raises(ValueError, match="voxel_batch"):
         ddpm_task.DdpmTask(cfg).make_train_step(tx)(state, {k: v[:1] for k, v in batch.items()},
                                                     jax.random.key(5))
-    with cfg.unlocked():
-        cfg.ddpm.network = "unet"
-    with pytest.raises(ValueError, match="voxel_batch"):
-        ddpm_task.DdpmTask(cfg)
-    with cfg.unlocked():
-        cfg.ddpm.network = "mlp"
-    with pytest.raises(ValueError, match="config.ddpm.network"):
-        ddpm_task.DdpmTask(cfg)
+    _task_refuses(cfg, "voxel_batch", network="unet")
+    _task_refuses(cfg, "config.ddpm.network", network="mlp")
     # The ddpm.py:voxel preset builds a per-voxel residual-around-the-fit task.
     vt = ddpm_task.DdpmTask(ddpm_config.get_config("voxel"))
     assert isinstance(vt.net, VoxelDenoiser) and vt.voxel_batch == 8192
