@@ -141,6 +141,10 @@ def get_config():
     # With network "voxel": train each step on this many voxels drawn at random (without
     # replacement) from the batch's slices, each with its own diffusion step t; 0: whole slices.
     config.ddpm.voxel_batch = 0
+    # How voxel_batch draws: "data" (as the batch has them) or "flat_T1" (brain voxels weighted by
+    # 1 / the batch's count in their log-T1 bin, with replacement: a flat log-T1 prior instead of
+    # the brains' white/grey-matter histogram; qmri_jax.diffusion.task.flat_t1_weights).
+    config.ddpm.voxel_prior = "data"
 
     config.eval = ml_collections.ConfigDict()
     config.eval.figures = True

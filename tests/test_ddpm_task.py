@@ -329,6 +329,51 @@ def test_voxel_network_task_trains_and_samples_each_voxel_on_its_own(vir_data):
     assert vt.condition == "fit" and vt.residual
 
 
+def test_flat_t1_voxel_draw_is_uniform_over_log_t1_bins_and_keeps_background(vir_data):
+    """ddpm.voxel_prior='flat_T1': each occupied log-T1 bin of the brain gets the same draw
+    probability (bins rarer than FLAT_T1_MIN_COUNT voxels proportionally less), the background
+    keeps its share of the batch; the train step draws with it and changes the parameters; the
+    setting is refused without voxel_batch, without a T1 target, or by an unknown name."""
+    names = ("T1", "PD", "k")
+    t1 = np.r_[np.full(1000, 900.0), np.full(100, 150.0), np.full(40, 3000.0), np.full(2, 20.0),
+               np.full(500, 900.0)]
+    brain = np.r_[np.ones(1142, bool), np.zeros(500, bool)]
+    scaled = ddpm_task.scale_maps(jnp.stack([jnp.asarray(t1), jnp.ones(t1.shape),
+                                             jnp.ones(t1.shape)], -1), jnp.asarray(brain), names)
+    p = np.asarray(ddpm_task.flat_t1_weights(scaled[:, 0], jnp.asarray(brain)))
+    np.testing.assert_allclose(p.sum(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(p[1142:].sum(), 500 / 1642, rtol=1e-5)  # background share
+    groups = [p[:1000].sum(), p[1000:1100].sum(), p[1100:1140].sum()]
+    np.testing.assert_allclose(groups, groups[0], rtol=1e-5)  # 1000, 100 and 40 voxels alike
+    rare = ddpm_task.FLAT_T1_MIN_COUNT
+    np.testing.assert_allclose(p[1140:1142].sum(), groups[0] * 2 / rare, rtol=1e-5)
+    np.testing.assert_allclose(np.ptp(p[:1000]), 0.0, atol=1e-12)  # one bin: equal weights
+
+    from qmri_jax.train import create_optimizer
+    cfg = tiny_ddpm()
+    with cfg.unlocked():
+        cfg.ddpm.network = "voxel"
+        cfg.ddpm.voxel_width = 16
+        cfg.ddpm.voxel_depth = 2
+        cfg.ddpm.voxel_batch = 64
+        cfg.ddpm.voxel_prior = "flat_T1"
+    task = ddpm_task.DdpmTask(cfg)
+    tx = create_optimizer(cfg.train, cfg.train.num_steps)
+    batch = {k: jnp.asarray(vir_data["train"][k][:4]) for k in ("images", "targets", "mask")}
+    state = task.create_state(jax.random.key(0), tx, batch["images"][:1])
+    step = jax.jit(task.make_train_step(tx))
+    new, metrics = step(state, batch, jax.random.key(5))  # (warm-up: learning rate 0 at step 0)
+    new, metrics = step(new, batch, jax.random.key(6))
+    assert np.isfinite(float(metrics["loss"]))
+    assert any(float(jnp.abs(a - b).max()) > 0
+               for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)))
+    _task_refuses(cfg, "voxel_prior='uniform'", voxel_prior="uniform")
+    _task_refuses(cfg, "needs config.ddpm.voxel_batch > 0", voxel_prior="flat_T1", voxel_batch=0)
+    with cfg.unlocked():
+        cfg.targets = ("PD", "k")
+    _task_refuses(cfg, "T1 among the targets", voxel_batch=64)
+
+
 def _fake_posterior(rng, n, sigma, reported):
     """Truth, a mean off by N(0, sigma) and a reported std ``reported * sigma`` on a [n, 8, 8]
     brain (relative units)."""

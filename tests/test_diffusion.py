@@ -141,13 +141,14 @@ def test_diffusion_unet_shapes_and_zero_init_head():
         x = jnp.ones((2, 8, 12, 3))
         c = jnp.ones((2, 8, 12, 10))
         p = jnp.ones((2, 3))
-        v = net.init(jax.random.key(0), x, jnp.array([1, 500]), c, p)
-        y = net.apply(v, x, jnp.array([1, 500]), c, p)
+        v = jax.jit(net.init)(jax.random.key(0), x, jnp.array([1, 500]), c, p)
+        y = jax.jit(net.apply)(v, x, jnp.array([1, 500]), c, p)
         assert y.shape == (2, 8, 12, 3)
         np.testing.assert_array_equal(y, 0.0)  # zero-initialised output conv
-        g = jax.grad(lambda prm: jnp.sum(net.apply({"params": prm}, x, jnp.array([1, 2]), c, p)
-                                         ** 2 + net.apply({"params": prm}, x, jnp.array([1, 2]),
-                                                          c, p).sum()))(v["params"])
+        def loss(prm):
+            out = net.apply({"params": prm}, x, jnp.array([1, 2]), c, p)
+            return jnp.sum(out ** 2) + out.sum()
+        g = jax.jit(jax.grad(loss))(v["params"])
         assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g))
     finally:
         jax.config.update("jax_disable_most_optimizations", False)

@@ -31,7 +31,7 @@ from qmri_jax.data.acquisition import saturate
 from qmri_jax.diffusion import process, samplers, schedules
 from qmri_jax.models.diffusion_unet import DiffusionUNet, VoxelDenoiser
 
-__all__ = ["SCALING", "CONDITIONS", "scale_maps", "unscale_maps", "condition_images", "fit_base",
+__all__ = ["SCALING", "CONDITIONS", "VOXEL_PRIORS", "flat_t1_weights", "scale_maps", "unscale_maps", "condition_images", "fit_base",
            "DdpmTask"]
 
 # target -> (kind, low, high): x in [low, high] maps to [-1, 1] (log or linear).
@@ -100,6 +100,28 @@ def fit_base(condition, names):
                       for n in names], axis=-1)
 
 
+VOXEL_PRIORS = ("data", "flat_T1")  # ddpm.voxel_prior: how ddpm.voxel_batch draws its voxels
+FLAT_T1_BINS = 24  # log-T1 bins over SCALING["T1"] (a factor of ~1.3 each)
+FLAT_T1_MIN_COUNT = 8  # a bin with fewer brain voxels is weighted as if it had this many
+
+
+def flat_t1_weights(t1_scaled, brain):
+    """Draw probabilities ``[V]`` for voxels with scaled T1 ``[V]`` (:func:`scale_maps`) and a
+    brain mask ``[V]``: background voxels keep their share of the batch, and each brain voxel is
+    weighted by 1 / (number of brain voxels in its log-T1 bin), so the draw is ~uniform in log T1
+    over the range the batch covers. Trained on such draws, a per-voxel DDPM's posterior mean
+    shrinks toward a flat log-T1 prior instead of toward the training anatomy's T1 histogram
+    (white and grey matter), which pulls values it rarely saw (T1 < 200 ms, 1500-2000 ms) toward
+    those tissues."""
+    b = jnp.clip(((t1_scaled + 1.0) / 2.0 * FLAT_T1_BINS).astype(jnp.int32), 0,
+                 FLAT_T1_BINS - 1)
+    counts = jax.ops.segment_sum(brain.astype(jnp.float32), b, FLAT_T1_BINS)
+    w = jnp.where(brain, 1.0 / jnp.maximum(counts[b], FLAT_T1_MIN_COUNT), 0.0)
+    n_brain = jnp.sum(brain)
+    w = jnp.where(brain, w * n_brain / jnp.maximum(jnp.sum(w), 1e-12), 1.0)
+    return w / jnp.sum(w)
+
+
 def scale_maps(targets, mask, names):
     """Physical maps ``[..., C]`` -> [-1, 1] (background -1)."""
     out = [jnp.where(mask > 0, _fwd(targets[..., i], *SCALING[n]), -1.0)
@@ -144,6 +166,14 @@ class DdpmTask:
             raise ValueError(f"config.ddpm.voxel_batch={self.voxel_batch}: trains on that many "
                              "voxels drawn from the batch, which needs config.ddpm.network="
                              f"'voxel' (got {self.network!r}) and a count >= 0 (0: whole slices)")
+        self.voxel_prior = str(d.get("voxel_prior", "data"))
+        if self.voxel_prior not in VOXEL_PRIORS:
+            raise ValueError(f"config.ddpm.voxel_prior={self.voxel_prior!r}: expected one of "
+                             f"{VOXEL_PRIORS}")
+        if self.voxel_prior != "data" and (not self.voxel_batch or "T1" not in self.names):
+            raise ValueError(f"config.ddpm.voxel_prior={self.voxel_prior!r} re-weights the voxel "
+                             "draw: it needs config.ddpm.voxel_batch > 0 (got "
+                             f"{self.voxel_batch}) and T1 among the targets (got {self.names})")
         self.schedule = schedules.get_schedule(d.schedule, d.num_steps)
         self.prediction = d.prediction
         self.snr_cap = float(d.snr_cap) if d.snr_cap else None
@@ -204,6 +234,7 @@ class DdpmTask:
         gain = self.intensity
         cond, protocol, residual = self.condition, self.protocol, self.residual
         n_vox = self.voxel_batch
+        flat_t1 = self.voxel_prior == "flat_T1"
 
         def train_step(state, batch, key):
             images, targets = batch["images"], batch["targets"]
@@ -228,7 +259,12 @@ class DdpmTask:
                     raise ValueError(f"config.ddpm.voxel_batch={n_vox}: the batch has only "
                                      f"{total} voxels")
                 key, k_vox = jax.random.split(key)
-                idx = jax.random.choice(k_vox, total, (n_vox,), replace=False)
+                if flat_t1:  # brain voxels drawn ~uniformly over log T1 (with replacement)
+                    p = flat_t1_weights(x0[..., names.index("T1")].reshape(total),
+                                        batch["mask"].reshape(total) > 0)
+                    idx = jax.random.choice(k_vox, total, (n_vox,), replace=True, p=p)
+                else:
+                    idx = jax.random.choice(k_vox, total, (n_vox,), replace=False)
                 x0 = x0.reshape(total, -1)[idx][:, None, :]
                 images = images.reshape(total, -1)[idx][:, None, :]
             c = condition_images(images, cond, protocol)  # per voxel ("fit" too): after the draw
