@@ -326,7 +326,7 @@ def test_voxel_network_task_trains_and_samples_each_voxel_on_its_own(vir_data):
     # The ddpm.py:voxel preset builds a per-voxel residual-around-the-fit task.
     vt = ddpm_task.DdpmTask(ddpm_config.get_config("voxel"))
     assert isinstance(vt.net, VoxelDenoiser) and vt.voxel_batch == 8192
-    assert vt.condition == "fit" and vt.residual
+    assert vt.condition == "fit" and vt.residual and vt.voxel_prior == "flat_T1"
 
 
 def test_flat_t1_voxel_draw_is_uniform_over_log_t1_bins_and_keeps_background(vir_data):
