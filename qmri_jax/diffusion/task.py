@@ -31,8 +31,8 @@ from qmri_jax.data.acquisition import saturate
 from qmri_jax.diffusion import process, samplers, schedules
 from qmri_jax.models.diffusion_unet import DiffusionUNet, VoxelDenoiser
 
-__all__ = ["SCALING", "CONDITIONS", "VOXEL_PRIORS", "flat_t1_weights", "scale_maps", "unscale_maps", "condition_images", "fit_base",
-           "DdpmTask"]
+__all__ = ["SCALING", "CONDITIONS", "VOXEL_PRIORS", "flat_t1_weights", "scale_maps", "unscale_maps",
+           "condition_images", "fit_base", "DdpmTask"]
 
 # target -> (kind, low, high): x in [low, high] maps to [-1, 1] (log or linear).
 SCALING = {"T1": ("log", 10.0, 6000.0), "T2": ("log", 5.0, 3000.0), "PD": ("linear", 0.0, 1.5),
@@ -117,8 +117,7 @@ def flat_t1_weights(t1_scaled, brain):
                  FLAT_T1_BINS - 1)
     counts = jax.ops.segment_sum(brain.astype(jnp.float32), b, FLAT_T1_BINS)
     w = jnp.where(brain, 1.0 / jnp.maximum(counts[b], FLAT_T1_MIN_COUNT), 0.0)
-    n_brain = jnp.sum(brain)
-    w = jnp.where(brain, w * n_brain / jnp.maximum(jnp.sum(w), 1e-12), 1.0)
+    w = w * jnp.sum(brain) / jnp.maximum(jnp.sum(w), 1e-12) + (~brain)  # brain total: its count
     return w / jnp.sum(w)
 
 
