@@ -127,6 +127,10 @@ def get_config():
     # (the sampled residual is added back), so the network learns a correction of the physics
     # estimate from the images around it rather than the maps from scratch.
     config.ddpm.residual = False
+    # With residual: the residual is multiplied by these factors (() = 1; one, or one per target)
+    # before it is diffused and divided by them after sampling, so that a map whose fit is close
+    # (T1: a few percent, ~0.02 in scaled units) is diffused on the scale of the others.
+    config.ddpm.residual_scale = ()
     # Computation dtype of the DDPM's network in training and sampling: "float32" or "bfloat16"
     # (mixed precision: float32 parameters, optimiser and GroupNorm statistics; the convolutions,
     # dense layers and attention in bfloat16). bfloat16 pays on GPUs and TPUs, not on the CPU.
@@ -145,6 +149,10 @@ def get_config():
     # 1 / the batch's count in their log-T1 bin, with replacement: a flat log-T1 prior instead of
     # the brains' white/grey-matter histogram; qmri_jax.diffusion.task.flat_t1_weights).
     config.ddpm.voxel_prior = "data"
+    # With voxel_prior "flat_T1": the background voxels' share of the draw, in [0, 1) (< 0: their
+    # share of the batch). Their residual around the fit is ~1 (a noise-only voxel's fit against
+    # the background's -1), so at the batch's share (~60%) they carry ~95% of the loss.
+    config.ddpm.voxel_background = -1.0
 
     config.eval = ml_collections.ConfigDict()
     config.eval.figures = True

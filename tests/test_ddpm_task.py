@@ -348,6 +348,11 @@ def test_flat_t1_voxel_draw_is_uniform_over_log_t1_bins_and_keeps_background(vir
     rare = ddpm_task.FLAT_T1_MIN_COUNT
     np.testing.assert_allclose(p[1140:1142].sum(), groups[0] * 2 / rare, rtol=1e-5)
     np.testing.assert_allclose(np.ptp(p[:1000]), 0.0, atol=1e-12)  # one bin: equal weights
+    # ddpm.voxel_background: the background gets that share, the brain bins keep their ratios.
+    for share in (0.1, 0.0):
+        q = np.asarray(ddpm_task.flat_t1_weights(scaled[:, 0], jnp.asarray(brain), share))
+        np.testing.assert_allclose(q[1142:].sum(), share, atol=1e-7)
+        np.testing.assert_allclose(q[:1142], p[:1142] * (1 - share) / p[:1142].sum(), rtol=1e-5)
 
     from qmri_jax.train import create_optimizer
     cfg = tiny_ddpm()
@@ -367,11 +372,74 @@ def test_flat_t1_voxel_draw_is_uniform_over_log_t1_bins_and_keeps_background(vir
     assert np.isfinite(float(metrics["loss"]))
     assert any(float(jnp.abs(a - b).max()) > 0
                for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)))
+    _task_refuses(cfg, "voxel_background=1.0", voxel_background=1.0)
+    _task_refuses(cfg, "needs config.ddpm.voxel_prior='flat_T1'", voxel_prior="data",
+                  voxel_background=0.1)
+    with cfg.unlocked():
+        cfg.ddpm.voxel_background = -1.0
     _task_refuses(cfg, "voxel_prior='uniform'", voxel_prior="uniform")
     _task_refuses(cfg, "needs config.ddpm.voxel_batch > 0", voxel_prior="flat_T1", voxel_batch=0)
     with cfg.unlocked():
         cfg.targets = ("PD", "k")
     _task_refuses(cfg, "T1 among the targets", voxel_batch=64)
+
+
+def test_residual_scale_scales_the_diffused_residual_and_divides_it_back(vir_data):
+    """ddpm.residual_scale: the train and validation targets are (maps - fit) x scale per map, so
+    with a network that predicts 0 the x0 loss is quadratic in each map's factor; sampling divides
+    a prediction by the factor (and clips at 2 x factor) before adding the fit back."""
+    cfg = tiny_ddpm()
+    with cfg.unlocked():
+        cfg.ddpm.condition = "fit"
+        cfg.ddpm.residual = True
+    names = tuple(cfg.targets)
+    prot = get_protocol(cfg.data.protocol)
+    images = jnp.asarray(vir_data["validation"]["images"][:2])
+    base = ddpm_task.fit_base(ddpm_task.condition_images(images, "fit", prot), names)
+
+    def task_with(scale):
+        with cfg.unlocked():
+            cfg.ddpm.residual_scale = scale
+        return ddpm_task.DdpmTask(cfg)
+
+    from qmri_jax.train import create_optimizer
+    tx = create_optimizer(cfg.train, cfg.train.num_steps)
+    task = task_with(())
+    np.testing.assert_array_equal(task.residual_scale, [1.0, 1.0, 1.0])
+    zero = jax.tree.map(jnp.zeros_like,
+                        task.create_state(jax.random.key(0), tx, images[:1]).params)
+    val = {k: v[:2] for k, v in vir_data["validation"].items()}
+
+    def loss(scale):
+        return task_with(scale).validation_loss(train.TrainState(
+            step=jnp.zeros((), jnp.int32), params=zero, batch_stats={}, opt_state=None,
+            ema_params=zero), val)
+
+    one = loss(())
+    assert one > 0
+    np.testing.assert_allclose(loss((3.0,)), 9 * one, rtol=1e-5)
+    # Per map: (4 a + b + c) + (a + 4 b + 4 c) = 5 (a + b + c).
+    np.testing.assert_allclose(loss((2.0, 1.0, 1.0)) + loss((1.0, 2.0, 2.0)), 5 * one, rtol=1e-5)
+
+    class Constant:  # a "network" whose x0 prediction is the same value everywhere
+        def __init__(self, value):
+            self.value = value
+
+        def apply(self, variables, x_t, t, c):
+            return jnp.full(x_t.shape, self.value, x_t.dtype)
+
+    for scale, value, expect in [((8.0, 1.0, 1.0), 0.4, (0.05, 0.4, 0.4)),
+                                 ((8.0, 1.0, 1.0), 10.0, (1.25, 2.0, 2.0))]:
+        task = task_with(scale)
+        task.net = Constant(value)
+        out = task.make_sampler("ddim", 4, 0.0, 2)(None, images, jax.random.key(1))
+        want = ddpm_task.unscale_maps(base + jnp.asarray(expect), names)
+        np.testing.assert_allclose(out["mean"], want, rtol=1e-4)
+    _task_refuses(cfg, "residual_scale", residual_scale=(1.0, 2.0))
+    _task_refuses(cfg, "residual_scale", residual_scale=(0.0,))
+    with cfg.unlocked():
+        cfg.ddpm.residual = False
+    _task_refuses(cfg, "residual=True for factors other than 1", residual_scale=(2.0,))
 
 
 def _fake_posterior(rng, n, sigma, reported):

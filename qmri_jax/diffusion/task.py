@@ -105,19 +105,25 @@ FLAT_T1_BINS = 24  # log-T1 bins over SCALING["T1"] (a factor of ~1.3 each)
 FLAT_T1_MIN_COUNT = 8  # a bin with fewer brain voxels is weighted as if it had this many
 
 
-def flat_t1_weights(t1_scaled, brain):
+def flat_t1_weights(t1_scaled, brain, background=None):
     """Draw probabilities ``[V]`` for voxels with scaled T1 ``[V]`` (:func:`scale_maps`) and a
-    brain mask ``[V]``: background voxels keep their share of the batch, and each brain voxel is
-    weighted by 1 / (number of brain voxels in its log-T1 bin), so the draw is ~uniform in log T1
-    over the range the batch covers. Trained on such draws, a per-voxel DDPM's posterior mean
-    shrinks toward a flat log-T1 prior instead of toward the training anatomy's T1 histogram
-    (white and grey matter), which pulls values it rarely saw (T1 < 200 ms, 1500-2000 ms) toward
-    those tissues."""
+    brain mask ``[V]``: each brain voxel is weighted by 1 / (number of brain voxels in its log-T1
+    bin), so the draw is ~uniform in log T1 over the range the batch covers, and the background
+    voxels share ``background`` of the draw (``None``: their share of the batch). Trained on such
+    draws, a per-voxel DDPM's posterior mean shrinks toward a flat log-T1 prior instead of toward
+    the training anatomy's T1 histogram (white and grey matter), which pulls values it rarely saw
+    (T1 < 200 ms, 1500-2000 ms) toward those tissues."""
     b = jnp.clip(((t1_scaled + 1.0) / 2.0 * FLAT_T1_BINS).astype(jnp.int32), 0,
                  FLAT_T1_BINS - 1)
     counts = jax.ops.segment_sum(brain.astype(jnp.float32), b, FLAT_T1_BINS)
     w = jnp.where(brain, 1.0 / jnp.maximum(counts[b], FLAT_T1_MIN_COUNT), 0.0)
-    w = w * jnp.sum(brain) / jnp.maximum(jnp.sum(w), 1e-12) + (~brain)  # brain total: its count
+    n_brain, n_bg = jnp.sum(brain), jnp.sum(~brain)
+    if background is None:  # brain total: its count; each background voxel: 1
+        share_brain, share_bg = n_brain, (~brain).astype(jnp.float32)
+    else:
+        share_brain = 1.0 - background
+        share_bg = jnp.where(brain, 0.0, background / jnp.maximum(n_bg, 1))
+    w = w * share_brain / jnp.maximum(jnp.sum(w), 1e-12) + share_bg
     return w / jnp.sum(w)
 
 
@@ -173,6 +179,13 @@ class DdpmTask:
             raise ValueError(f"config.ddpm.voxel_prior={self.voxel_prior!r} re-weights the voxel "
                              "draw: it needs config.ddpm.voxel_batch > 0 (got "
                              f"{self.voxel_batch}) and T1 among the targets (got {self.names})")
+        self.voxel_background = float(d.get("voxel_background", -1.0))
+        if self.voxel_background >= 0 and (self.voxel_prior == "data"
+                                           or not self.voxel_background < 1):
+            raise ValueError(f"config.ddpm.voxel_background={self.voxel_background}: the "
+                             "background's share of the voxel draw, in [0, 1) (< 0: its share "
+                             "of the batch); it re-weights the draw, which needs "
+                             f"config.ddpm.voxel_prior='flat_T1' (got {self.voxel_prior!r})")
         self.schedule = schedules.get_schedule(d.schedule, d.num_steps)
         self.prediction = d.prediction
         self.snr_cap = float(d.snr_cap) if d.snr_cap else None
@@ -200,6 +213,14 @@ class DdpmTask:
             raise ValueError(f"config.ddpm.residual=True diffuses around the voxelwise fit: it "
                              f"needs config.ddpm.condition='fit' (got {self.condition!r}) and "
                              f"targets among {FIT_CHANNELS} (got {self.names})")
+        rs = np.atleast_1d(np.asarray(d.get("residual_scale", ()) or (1.0,), np.float32))
+        rs = np.broadcast_to(rs, (len(self.names),)).copy() if len(rs) in (1, len(self.names)) \
+            else None
+        if rs is None or not np.all(rs > 0) or (not self.residual and np.any(rs != 1)):
+            raise ValueError(f"config.ddpm.residual_scale={d.get('residual_scale')}: expected () "
+                             f"(none), one factor > 0 or one per target {self.names}, and "
+                             "config.ddpm.residual=True for factors other than 1")
+        self.residual_scale = rs
         self.protocol = None
         if self.condition == "fit":
             from qmri_jax.fitting import get_model
@@ -234,6 +255,8 @@ class DdpmTask:
         cond, protocol, residual = self.condition, self.protocol, self.residual
         n_vox = self.voxel_batch
         flat_t1 = self.voxel_prior == "flat_T1"
+        bg_share = self.voxel_background if self.voxel_background >= 0 else None
+        rs = jnp.asarray(self.residual_scale)
 
         def train_step(state, batch, key):
             images, targets = batch["images"], batch["targets"]
@@ -260,7 +283,7 @@ class DdpmTask:
                 key, k_vox = jax.random.split(key)
                 if flat_t1:  # brain voxels drawn ~uniformly over log T1 (with replacement)
                     p = flat_t1_weights(x0[..., names.index("T1")].reshape(total),
-                                        batch["mask"].reshape(total) > 0)
+                                        batch["mask"].reshape(total) > 0, bg_share)
                     idx = jax.random.choice(k_vox, total, (n_vox,), replace=True, p=p)
                 else:
                     idx = jax.random.choice(k_vox, total, (n_vox,), replace=False)
@@ -268,7 +291,7 @@ class DdpmTask:
                 images = images.reshape(total, -1)[idx][:, None, :]
             c = condition_images(images, cond, protocol)  # per voxel ("fit" too): after the draw
             if residual:
-                x0 = x0 - fit_base(c, names)
+                x0 = (x0 - fit_base(c, names)) * rs
 
             def loss_of(params):
                 fn = lambda x_t, t: net.apply({"params": params}, x_t, t, c)  # noqa: E731
@@ -287,7 +310,7 @@ class DdpmTask:
         params = self._params(state)
         c = condition_images(jnp.asarray(arrays["images"][:n]), self.condition, self.protocol)
         if self.residual:
-            x0 = x0 - fit_base(c, self.names)
+            x0 = (x0 - fit_base(c, self.names)) * jnp.asarray(self.residual_scale)
         fn = lambda x_t, t: self.net.apply({"params": params}, x_t, t, c)  # noqa: E731
         return float(jax.jit(lambda k: process.diffusion_loss(
             fn, self.schedule, x0, k, prediction=self.prediction, snr_cap=self.snr_cap))(
@@ -304,12 +327,14 @@ class DdpmTask:
         net, sch, pred, names = self.net, self.schedule, self.prediction, self.names
         spacing = self.config.ddpm.ddim_spacing
         cond, protocol, residual = self.condition, self.protocol, self.residual
+        rs = jnp.asarray(self.residual_scale)
 
         def sample(params, images, key):
             shape = (*images.shape[:-1], len(names))
             c = condition_images(images, cond, protocol)
             base = fit_base(c, names) if residual else 0.0
-            clip = 2.0 if residual else 1.0  # a residual of maps and base, each in [-1, 1]
+            # a residual of maps and base, each in [-1, 1], times ddpm.residual_scale
+            clip = 2.0 * rs if residual else 1.0
             fn = lambda x_t, t: net.apply({"params": params}, x_t, t, c)  # noqa: E731
 
             def one(k):
@@ -318,7 +343,7 @@ class DdpmTask:
                 else:
                     x = samplers.ddim_sample(fn, sch, shape, k, steps, eta, prediction=pred,
                                              spacing=spacing, clip=clip)
-                return unscale_maps(x + base, names)
+                return unscale_maps(x / rs + base, names)
 
             draws = jax.vmap(one)(jax.random.split(key, num_samples))
             return {"mean": draws.mean(0), "std": draws.std(0), "samples": draws}
