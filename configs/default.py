@@ -153,6 +153,16 @@ def get_config():
     # share of the batch). Their residual around the fit is ~1 (a noise-only voxel's fit against
     # the background's -1), so at the batch's share (~60%) they carry ~95% of the loss.
     config.ddpm.voxel_background = -1.0
+    # With voxel_batch: this fraction of the drawn brain voxels gets a new T1 (log-uniform in
+    # voxel_t1_range, ms) and k (uniform in voxel_k_range), its series simulated again with the
+    # voxelwise IR model at the voxel's fitted amplitude (PD target kept), with Rician noise at an
+    # amplitude SNR log-uniform in voxel_snr_range (diffusion.task.resimulate_voxels): a
+    # continuous prior where the synthetic subjects have a few clumped T1 values, and scans less
+    # noisy than the training data. 0: off.
+    config.ddpm.voxel_resimulate = 0.0
+    config.ddpm.voxel_t1_range = (20.0, 5000.0)
+    config.ddpm.voxel_k_range = (0.8, 1.2)
+    config.ddpm.voxel_snr_range = (20.0, 1000.0)
 
     config.eval = ml_collections.ConfigDict()
     config.eval.figures = True

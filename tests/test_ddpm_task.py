@@ -384,6 +384,78 @@ def test_flat_t1_voxel_draw_is_uniform_over_log_t1_bins_and_keeps_background(vir
     _task_refuses(cfg, "T1 among the targets", voxel_batch=64)
 
 
+def test_resimulated_voxels_follow_the_ir_model_at_their_new_t1_and_k(vir_data):
+    """ddpm.voxel_resimulate: the chosen brain voxels get T1 / k from the given ranges and the IR
+    model's series at their fitted amplitude (a refit returns the new T1 and k; the noise has std
+    amplitude / SNR), their PD target and the other voxels are kept; the train step uses it; bad
+    settings are refused."""
+    from qmri_jax.fitting import fit_signals, get_model
+    prot = get_protocol("nist_vir")
+    model = get_model("ir")
+    names = ("T1", "PD", "k")
+    n = 1200
+    rng = np.random.default_rng(0)
+    amp = jnp.asarray(rng.uniform(0.3, 1.0, n), jnp.float32)
+    images = model.signal({"PD": amp, "T1": jnp.full((n,), 900.0), "k": jnp.full((n,), 0.97)},
+                          prot)
+    targets = jnp.stack([jnp.full((n,), 900.0), 1.3 * amp, jnp.full((n,), 0.97)], -1)
+    brain = jnp.arange(n) < 1000
+
+    def resim(fraction, snr, seed=0):
+        out = jax.jit(lambda k: ddpm_task.resimulate_voxels(
+            k, images, targets, brain, names, prot, fraction, (50.0, 3000.0), (0.8, 1.2),
+            (snr, snr * (1 + 1e-6))))(jax.random.key(seed))
+        return np.asarray(out[0]), np.asarray(out[1])
+
+    x, y = resim(1.0, 1e7)
+    np.testing.assert_array_equal(x[1000:], np.asarray(images)[1000:])  # background kept
+    np.testing.assert_array_equal(y[1000:], np.asarray(targets)[1000:])
+    np.testing.assert_array_equal(y[:, 1], np.asarray(targets)[:, 1])  # PD target kept
+    assert 50.0 <= y[:1000, 0].min() and y[:1000, 0].max() <= 3000.0
+    assert 0.8 <= y[:1000, 2].min() and y[:1000, 2].max() <= 1.2
+    # Log-uniform T1: the median is near the geometric mean of the range (sqrt(50 * 3000) = 387).
+    assert 330 < np.median(y[:1000, 0]) < 450, np.median(y[:1000, 0])
+    fit = fit_signals(model, prot, jnp.asarray(x[:1000]), max_iter=20)
+    rel = np.abs(np.asarray(fit["T1"]) / y[:1000, 0] - 1)
+    assert np.median(rel) < 1e-4 and np.quantile(rel, 0.95) < 1e-2, np.quantile(rel, [0.5, 0.95])
+    np.testing.assert_allclose(np.asarray(fit["PD"]), np.asarray(amp)[:1000], rtol=2e-2)
+    # Noise: at SNR 50 the late, nearly relaxed samples scatter with std amplitude / 50.
+    xn, yn = resim(1.0, 50.0)
+    clean = model.signal({"PD": amp[:1000], "T1": jnp.asarray(yn[:1000, 0]),
+                          "k": jnp.asarray(yn[:1000, 2])}, prot)
+    z = (xn[:1000, -1] - np.asarray(clean)[:, -1]) / np.asarray(amp)[:1000] * 50.0
+    keep = yn[:1000, 0] < 600  # TI 3000 ms: > 99% relaxed, Rician ~ Gaussian
+    assert 0.85 < np.std(z[keep]) < 1.15 and abs(np.mean(z[keep])) < 0.15, (np.std(z[keep]),
+                                                                            np.mean(z[keep]))
+    xh, _ = resim(0.5, 1e7, seed=1)
+    changed = np.any(xh[:1000] != np.asarray(images)[:1000], axis=-1).mean()
+    assert 0.4 < changed < 0.6, changed
+
+    from qmri_jax.train import create_optimizer
+    cfg = tiny_ddpm()
+    with cfg.unlocked():
+        cfg.ddpm.network = "voxel"
+        cfg.ddpm.voxel_width = 16
+        cfg.ddpm.voxel_depth = 2
+        cfg.ddpm.voxel_batch = 64
+        cfg.ddpm.condition = "fit"
+        cfg.ddpm.voxel_resimulate = 0.5
+    task = ddpm_task.DdpmTask(cfg)
+    tx = create_optimizer(cfg.train, cfg.train.num_steps)
+    batch = {k: jnp.asarray(vir_data["train"][k][:4]) for k in ("images", "targets", "mask")}
+    state = task.create_state(jax.random.key(0), tx, batch["images"][:1])
+    step = jax.jit(task.make_train_step(tx))
+    new, metrics = step(state, batch, jax.random.key(5))
+    new, metrics = step(new, batch, jax.random.key(6))
+    assert np.isfinite(float(metrics["loss"]))
+    assert any(float(jnp.abs(a - b).max()) > 0
+               for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)))
+    _task_refuses(cfg, "voxel_snr_range", voxel_snr_range=(100.0, 50.0))
+    _task_refuses(cfg, "voxel_resimulate=1.5", voxel_snr_range=(20.0, 1000.0),
+                  voxel_resimulate=1.5)
+    _task_refuses(cfg, "needs config.ddpm.voxel_batch > 0", voxel_resimulate=0.5, voxel_batch=0)
+
+
 def test_residual_scale_scales_the_diffused_residual_and_divides_it_back(vir_data):
     """ddpm.residual_scale: the train and validation targets are (maps - fit) x scale per map, so
     with a network that predicts 0 the x0 loss is quadratic in each map's factor; sampling divides
