@@ -5,8 +5,10 @@ Run: python -m qmri_jax.main --config=configs/ddpm.py --workdir=/tmp/qmri_ddpm
 GPU preset (published sizes: levels 128/256/256, T = 1000, 2 mm): --config=configs/ddpm.py:paper
 Per-voxel preset (no spatial prior; for scans unlike the training anatomy, e.g. the NIST phantom):
 --config=configs/ddpm.py:voxel, a VoxelDenoiser that diffuses the residual around each voxel's
-least-squares IR fit, trained on 8192 random voxels per step, drawn ~uniformly over log T1
-(ddpm.voxel_prior='flat_T1'), and on apparent k up to 1.15.
+least-squares IR fit (T1's residual x 8), trained on 8192 brain voxels per step, drawn ~uniformly
+over log T1 (ddpm.voxel_prior='flat_T1'), on apparent k up to 1.15, half of them with T1 and k
+redrawn from continuous ranges and their series simulated again at SNR 20-1000
+(ddpm.voxel_resimulate).
 
 Training data: MNI152 brains plus "geometric" subjects (random ellipsoids, T1 10-4000 ms) so short
 and long T1 are covered, 3 T, Rician noise (SNR 50), mild B1 inhomogeneity (inversion efficiency
@@ -76,6 +78,9 @@ def get_config(preset: str = ""):
         config.ddpm.network = "voxel"
         config.ddpm.voxel_batch = 8192
         config.ddpm.voxel_prior = "flat_T1"
+        config.ddpm.voxel_background = 0.0
+        config.ddpm.residual_scale = (8.0, 1.0, 1.0)
+        config.ddpm.voxel_resimulate = 0.5
         config.ddpm.condition = "fit"
         config.ddpm.residual = True
         config.data.k_spread = 0.15

@@ -327,6 +327,8 @@ def test_voxel_network_task_trains_and_samples_each_voxel_on_its_own(vir_data):
     vt = ddpm_task.DdpmTask(ddpm_config.get_config("voxel"))
     assert isinstance(vt.net, VoxelDenoiser) and vt.voxel_batch == 8192
     assert vt.condition == "fit" and vt.residual and vt.voxel_prior == "flat_T1"
+    assert vt.voxel_background == 0.0 and vt.resimulate == 0.5
+    np.testing.assert_array_equal(vt.residual_scale, [8.0, 1.0, 1.0])
 
 
 def test_flat_t1_voxel_draw_is_uniform_over_log_t1_bins_and_keeps_background(vir_data):
