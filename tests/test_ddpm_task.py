@@ -331,6 +331,31 @@ def test_voxel_network_task_trains_and_samples_each_voxel_on_its_own(vir_data):
     np.testing.assert_array_equal(vt.residual_scale, [8.0, 1.0, 1.0])
 
 
+def _voxel_steps_change_parameters(vir_data, **ddpm_fields):
+    """A tiny per-voxel DDPM (64 voxels per step) with ``ddpm_fields`` set: two jitted train
+    steps give a finite loss and move the parameters. Returns the config."""
+    from qmri_jax.train import create_optimizer
+    cfg = tiny_ddpm()
+    with cfg.unlocked():
+        cfg.ddpm.network = "voxel"
+        cfg.ddpm.voxel_width = 16
+        cfg.ddpm.voxel_depth = 2
+        cfg.ddpm.voxel_batch = 64
+        for name, value in ddpm_fields.items():
+            cfg.ddpm[name] = value
+    task = ddpm_task.DdpmTask(cfg)
+    tx = create_optimizer(cfg.train, cfg.train.num_steps)
+    batch = {k: jnp.asarray(vir_data["train"][k][:4]) for k in ("images", "targets", "mask")}
+    state = task.create_state(jax.random.key(0), tx, batch["images"][:1])
+    step = jax.jit(task.make_train_step(tx))
+    new, metrics = step(state, batch, jax.random.key(5))  # (warm-up: learning rate 0 at step 0)
+    new, metrics = step(new, batch, jax.random.key(6))
+    assert np.isfinite(float(metrics["loss"]))
+    assert any(float(jnp.abs(a - b).max()) > 0
+               for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)))
+    return cfg
+
+
 def test_flat_t1_voxel_draw_is_uniform_over_log_t1_bins_and_keeps_background(vir_data):
     """ddpm.voxel_prior='flat_T1': each occupied log-T1 bin of the brain gets the same draw
     probability (bins rarer than FLAT_T1_MIN_COUNT voxels proportionally less), the background
@@ -356,24 +381,7 @@ def test_flat_t1_voxel_draw_is_uniform_over_log_t1_bins_and_keeps_background(vir
         np.testing.assert_allclose(q[1142:].sum(), share, atol=1e-7)
         np.testing.assert_allclose(q[:1142], p[:1142] * (1 - share) / p[:1142].sum(), rtol=1e-5)
 
-    from qmri_jax.train import create_optimizer
-    cfg = tiny_ddpm()
-    with cfg.unlocked():
-        cfg.ddpm.network = "voxel"
-        cfg.ddpm.voxel_width = 16
-        cfg.ddpm.voxel_depth = 2
-        cfg.ddpm.voxel_batch = 64
-        cfg.ddpm.voxel_prior = "flat_T1"
-    task = ddpm_task.DdpmTask(cfg)
-    tx = create_optimizer(cfg.train, cfg.train.num_steps)
-    batch = {k: jnp.asarray(vir_data["train"][k][:4]) for k in ("images", "targets", "mask")}
-    state = task.create_state(jax.random.key(0), tx, batch["images"][:1])
-    step = jax.jit(task.make_train_step(tx))
-    new, metrics = step(state, batch, jax.random.key(5))  # (warm-up: learning rate 0 at step 0)
-    new, metrics = step(new, batch, jax.random.key(6))
-    assert np.isfinite(float(metrics["loss"]))
-    assert any(float(jnp.abs(a - b).max()) > 0
-               for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)))
+    cfg = _voxel_steps_change_parameters(vir_data, voxel_prior="flat_T1")
     _task_refuses(cfg, "voxel_background=1.0", voxel_background=1.0)
     _task_refuses(cfg, "needs config.ddpm.voxel_prior='flat_T1'", voxel_prior="data",
                   voxel_background=0.1)
@@ -433,25 +441,7 @@ def test_resimulated_voxels_follow_the_ir_model_at_their_new_t1_and_k(vir_data):
     changed = np.any(xh[:1000] != np.asarray(images)[:1000], axis=-1).mean()
     assert 0.4 < changed < 0.6, changed
 
-    from qmri_jax.train import create_optimizer
-    cfg = tiny_ddpm()
-    with cfg.unlocked():
-        cfg.ddpm.network = "voxel"
-        cfg.ddpm.voxel_width = 16
-        cfg.ddpm.voxel_depth = 2
-        cfg.ddpm.voxel_batch = 64
-        cfg.ddpm.condition = "fit"
-        cfg.ddpm.voxel_resimulate = 0.5
-    task = ddpm_task.DdpmTask(cfg)
-    tx = create_optimizer(cfg.train, cfg.train.num_steps)
-    batch = {k: jnp.asarray(vir_data["train"][k][:4]) for k in ("images", "targets", "mask")}
-    state = task.create_state(jax.random.key(0), tx, batch["images"][:1])
-    step = jax.jit(task.make_train_step(tx))
-    new, metrics = step(state, batch, jax.random.key(5))
-    new, metrics = step(new, batch, jax.random.key(6))
-    assert np.isfinite(float(metrics["loss"]))
-    assert any(float(jnp.abs(a - b).max()) > 0
-               for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)))
+    cfg = _voxel_steps_change_parameters(vir_data, condition="fit", voxel_resimulate=0.5)
     _task_refuses(cfg, "voxel_snr_range", voxel_snr_range=(100.0, 50.0))
     _task_refuses(cfg, "voxel_resimulate=1.5", voxel_snr_range=(20.0, 1000.0),
                   voxel_resimulate=1.5)
