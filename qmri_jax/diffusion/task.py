@@ -273,14 +273,16 @@ class DdpmTask:
                              "config.ddpm.residual=True for factors other than 1")
         self.residual_scale = rs
         self.protocol = None
-        if self.condition == "fit":
+        if self.condition == "fit" or self.resimulate:  # both fit / simulate the IR model
             from qmri_jax.fitting import get_model
             from qmri_jax.physics.protocol import get_protocol
             self.protocol = get_protocol(config.data.protocol)
+            what = ("condition='fit'" if self.condition == "fit"
+                    else f"voxel_resimulate={self.resimulate}")
             try:
                 get_model(FIT_MODEL).check(self.protocol)
             except ValueError as e:
-                raise ValueError(f"config.ddpm.condition='fit' with config.data.protocol="
+                raise ValueError(f"config.ddpm.{what} with config.data.protocol="
                                  f"{config.data.protocol!r}: {e}") from None
         if self.intensity and "PD" not in self.names:
             raise ValueError("config.ddpm.intensity_augment scales PD with the images, but "
@@ -310,9 +312,6 @@ class DdpmTask:
         rs = jnp.asarray(self.residual_scale)
         resim = self.resimulate
         resim_args = (self.resim_t1, self.resim_k, self.resim_snr)
-        if resim:
-            from qmri_jax.physics.protocol import get_protocol
-            resim_protocol = get_protocol(self.config.data.protocol)
 
         def train_step(state, batch, key):
             images, targets = batch["images"], batch["targets"]
@@ -346,11 +345,11 @@ class DdpmTask:
                 images = images.reshape(total, -1)[idx]
                 if resim:  # a fraction of the brain voxels with (T1, k) redrawn, simulated again
                     key, k_re = jax.random.split(key)
+                    mask = batch["mask"].reshape(total)[idx]
                     images, new = resimulate_voxels(
-                        k_re, images, targets.reshape(total, -1)[idx],
-                        batch["mask"].reshape(total)[idx] > 0, names, resim_protocol, resim,
-                        *resim_args)
-                    x0 = scale_maps(new, batch["mask"].reshape(total)[idx], names)
+                        k_re, images, targets.reshape(total, -1)[idx], mask > 0, names, protocol,
+                        resim, *resim_args)
+                    x0 = scale_maps(new, mask, names)
                 else:
                     x0 = x0.reshape(total, -1)[idx]
                 x0, images = x0[:, None, :], images[:, None, :]
