@@ -411,10 +411,12 @@ def test_resimulated_voxels_follow_the_ir_model_at_their_new_t1_and_k(vir_data):
     targets = jnp.stack([jnp.full((n,), 900.0), 1.3 * amp, jnp.full((n,), 0.97)], -1)
     brain = jnp.arange(n) < 1000
 
+    resim_jit = jax.jit(lambda k, fraction, snr: ddpm_task.resimulate_voxels(
+        k, images, targets, brain, names, prot, fraction, (50.0, 3000.0), (0.8, 1.2),
+        (snr, snr * (1 + 1e-6))))  # one compile: fraction and SNR are traced
+
     def resim(fraction, snr, seed=0):
-        out = jax.jit(lambda k: ddpm_task.resimulate_voxels(
-            k, images, targets, brain, names, prot, fraction, (50.0, 3000.0), (0.8, 1.2),
-            (snr, snr * (1 + 1e-6))))(jax.random.key(seed))
+        out = resim_jit(jax.random.key(seed), fraction, snr)
         return np.asarray(out[0]), np.asarray(out[1])
 
     x, y = resim(1.0, 1e7)
@@ -459,7 +461,8 @@ def test_residual_scale_scales_the_diffused_residual_and_divides_it_back(vir_dat
     names = tuple(cfg.targets)
     prot = get_protocol(cfg.data.protocol)
     images = jnp.asarray(vir_data["validation"]["images"][:2])
-    base = ddpm_task.fit_base(ddpm_task.condition_images(images, "fit", prot), names)
+    base = jax.jit(lambda im: ddpm_task.fit_base(ddpm_task.condition_images(im, "fit", prot),
+                                                 names))(images)  # compiled, as the sampler is
 
     def task_with(scale):
         with cfg.unlocked():
@@ -474,12 +477,16 @@ def test_residual_scale_scales_the_diffused_residual_and_divides_it_back(vir_dat
                         task.create_state(jax.random.key(0), tx, images[:1]).params)
     val = {k: v[:2] for k, v in vir_data["validation"].items()}
 
-    def loss(scale):
-        return task_with(scale).validation_loss(train.TrainState(
-            step=jnp.zeros((), jnp.int32), params=zero, batch_stats={}, opt_state=None,
-            ema_params=zero), val)
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=zero, batch_stats={},
+                             opt_state=None, ema_params=zero)
+    for scale, want in [((3.0,), [3.0] * 3), ((2.0, 1.0, 1.0), [2.0, 1.0, 1.0])]:
+        np.testing.assert_array_equal(task_with(scale).residual_scale, want)
 
-    one = loss(())
+    def loss(scale):  # one task, one compiled loss: the factors are an argument of it
+        task.residual_scale = np.broadcast_to(np.asarray(scale, np.float32), (3,))
+        return task.validation_loss(state, val)
+
+    one = loss((1.0,))
     assert one > 0
     np.testing.assert_allclose(loss((3.0,)), 9 * one, rtol=1e-5)
     # Per map: (4 a + b + c) + (a + 4 b + 4 c) = 5 (a + b + c).
@@ -496,7 +503,7 @@ def test_residual_scale_scales_the_diffused_residual_and_divides_it_back(vir_dat
                                  ((8.0, 1.0, 1.0), 10.0, (1.25, 2.0, 2.0))]:
         task = task_with(scale)
         task.net = Constant(value)
-        out = task.make_sampler("ddim", 4, 0.0, 2)(None, images, jax.random.key(1))
+        out = jax.jit(task.make_sampler("ddim", 4, 0.0, 2))(None, images, jax.random.key(1))
         want = ddpm_task.unscale_maps(base + jnp.asarray(expect), names)
         np.testing.assert_allclose(out["mean"], want, rtol=1e-4)
     _task_refuses(cfg, "residual_scale", residual_scale=(1.0, 2.0))

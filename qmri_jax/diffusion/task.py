@@ -151,8 +151,8 @@ def resimulate_voxels(key, images, targets, brain, names, protocol, fraction, t1
                                     maxval=np.log(t1_range[1])))
     k = jax.random.uniform(k_k, (n,), minval=k_range[0], maxval=k_range[1])
     clean = model.signal({"PD": amp, "T1": t1, "k": k}, protocol)
-    snr = jnp.exp(jax.random.uniform(k_snr, (n, 1), minval=np.log(snr_range[0]),
-                                     maxval=np.log(snr_range[1])))
+    snr = jnp.exp(jax.random.uniform(k_snr, (n, 1), minval=jnp.log(snr_range[0]),
+                                     maxval=jnp.log(snr_range[1])))
     sigma = amp[:, None] / snr
     noisy = jnp.sqrt((clean + sigma * jax.random.normal(k_n1, clean.shape)) ** 2
                      + (sigma * jax.random.normal(k_n2, clean.shape)) ** 2)
@@ -367,18 +367,26 @@ class DdpmTask:
         return train_step
 
     def validation_loss(self, state, arrays) -> float:
-        """The training loss on (up to) 32 validation slices at fixed noise draws."""
+        """The training loss on (up to) 32 validation slices at fixed noise draws (compiled once
+        per task, condition and fit included; ``residual_scale`` is an argument of it)."""
         n = min(32, len(arrays["images"]))
-        x0 = scale_maps(jnp.asarray(arrays["targets"][:n]), jnp.asarray(arrays["mask"][:n]),
-                        self.names)
-        params = self._params(state)
-        c = condition_images(jnp.asarray(arrays["images"][:n]), self.condition, self.protocol)
-        if self.residual:
-            x0 = (x0 - fit_base(c, self.names)) * jnp.asarray(self.residual_scale)
-        fn = lambda x_t, t: self.net.apply({"params": params}, x_t, t, c)  # noqa: E731
-        return float(jax.jit(lambda k: process.diffusion_loss(
-            fn, self.schedule, x0, k, prediction=self.prediction, snr_cap=self.snr_cap))(
-                jax.random.key(123)))
+        if getattr(self, "_val_loss", None) is None:
+            net, names, cond, protocol = self.net, self.names, self.condition, self.protocol
+            residual, sch, pred, cap = self.residual, self.schedule, self.prediction, self.snr_cap
+
+            def loss(params, images, targets, mask, rs, key):
+                x0 = scale_maps(targets, mask, names)
+                c = condition_images(images, cond, protocol)
+                if residual:
+                    x0 = (x0 - fit_base(c, names)) * rs
+                fn = lambda x_t, t: net.apply({"params": params}, x_t, t, c)  # noqa: E731
+                return process.diffusion_loss(fn, sch, x0, key, prediction=pred, snr_cap=cap)
+
+            self._val_loss = jax.jit(loss)
+        return float(self._val_loss(
+            self._params(state), jnp.asarray(arrays["images"][:n]),
+            jnp.asarray(arrays["targets"][:n]), jnp.asarray(arrays["mask"][:n]),
+            jnp.asarray(self.residual_scale), jax.random.key(123)))
 
     def _params(self, state):
         from qmri_jax.train import eval_params
