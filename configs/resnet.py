@@ -2,7 +2,7 @@
 
 Run: python -m qmri_jax.main --config=configs/resnet.py --workdir=/tmp/qmri_resnet
 GPU preset: --config=configs/resnet.py:paper
-NIST VIR preset (T1 / PD / k on configs/ddpm.py's data, the DDPM's ResNet baseline for
+NIST VIR preset (T1 / PD / k on configs/ddpm.py:unet's data, the DDPM's ResNet baseline for
 experiments/nist_phantom.py): --config=configs/resnet.py:nist_vir
 """
 
@@ -14,7 +14,7 @@ from configs import default, presets
 def get_config(preset: str = ""):
     if preset == "nist_vir":
         from configs import ddpm
-        config = ddpm.get_config()
+        config = ddpm.get_config("unet")
         config.task = "regression"
         config.model = ml_collections.ConfigDict({"name": "resnet", "features": 32,
                                                   "num_blocks": 4, "norm": "batch"})

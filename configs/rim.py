@@ -1,5 +1,5 @@
 """Recurrent inference machine (model-based learned baseline) for T1 / PD / k from the NIST VIR
-protocol, on the same data as configs/ddpm.py.
+protocol, on the same data as configs/ddpm.py:unet (no per-subject k spread).
 
 Run: python -m qmri_jax.main --config=configs/rim.py --workdir=/tmp/qmri_rim
 GPU preset: --config=configs/rim.py:paper
@@ -11,7 +11,7 @@ from configs import ddpm
 
 
 def get_config(preset: str = ""):
-    config = ddpm.get_config("paper" if preset == "paper" else "")
+    config = ddpm.get_config("paper" if preset == "paper" else "unet")
     config.task = "regression"
     config.model = ml_collections.ConfigDict({
         "name": "rim", "protocol": config.data.protocol, "targets": tuple(config.targets),

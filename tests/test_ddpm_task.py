@@ -43,7 +43,7 @@ def vir_data():
 
 
 def tiny_ddpm(num_steps=3):
-    cfg = ddpm_config.get_config()
+    cfg = ddpm_config.get_config("unet")
     with cfg.unlocked():
         cfg.ddpm.features = (8, 16)
         cfg.ddpm.emb_dim = 16
@@ -323,12 +323,22 @@ def test_voxel_network_task_trains_and_samples_each_voxel_on_its_own(vir_data):
                                                     jax.random.key(5))
     _task_refuses(cfg, "voxel_batch", network="unet")
     _task_refuses(cfg, "config.ddpm.network", network="mlp")
-    # The ddpm.py:voxel preset builds a per-voxel residual-around-the-fit task.
-    vt = ddpm_task.DdpmTask(ddpm_config.get_config("voxel"))
-    assert isinstance(vt.net, VoxelDenoiser) and vt.voxel_batch == 8192
-    assert vt.condition == "fit" and vt.residual and vt.voxel_prior == "flat_T1"
-    assert vt.voxel_background == 0.0 and vt.resimulate == 0.5
-    np.testing.assert_array_equal(vt.residual_scale, [8.0, 1.0, 1.0])
+    # configs/ddpm.py's default and its :voxel preset (2000 steps) build a per-voxel
+    # residual-around-the-fit task; :unet and :paper the U-Net on images.
+    for preset, steps in [("", 1300), ("voxel", 2000)]:
+        vcfg = ddpm_config.get_config(preset)
+        vt = ddpm_task.DdpmTask(vcfg)
+        assert isinstance(vt.net, VoxelDenoiser) and vt.voxel_batch == 8192
+        assert vt.condition == "fit" and vt.residual and vt.voxel_prior == "flat_T1"
+        assert vt.voxel_background == 0.0 and vt.resimulate == 0.5
+        np.testing.assert_array_equal(vt.residual_scale, [8.0, 1.0, 1.0])
+        assert vcfg.train.num_steps == steps and vcfg.data.k_spread == 0.15
+    for preset in ("unet", "paper"):
+        ut = ddpm_task.DdpmTask(ddpm_config.get_config(preset))
+        assert not isinstance(ut.net, VoxelDenoiser) and ut.voxel_batch == 0
+        assert ut.condition == "images" and not ut.residual
+    with pytest.raises(ValueError, match="unknown preset 'voxels'"):
+        ddpm_config.get_config("voxels")
 
 
 def _voxel_steps_change_parameters(vir_data, **ddpm_fields):

@@ -126,9 +126,10 @@ def test_every_config_loads_and_initialises(name):
     if cfg.task == "regression":
         out = task.model.apply({"params": state.params, **(
             {"batch_stats": state.batch_stats} if state.batch_stats else {})}, x)
-    else:
+    else:  # the DDPM's network sees its condition (the images, or the images and their fit)
+        from qmri_jax.diffusion.task import condition_images
         out = task.net.apply({"params": state.params}, jnp.zeros((1, 16, 16, len(cfg.targets))),
-                             jnp.array([10]), x)
+                             jnp.array([10]), condition_images(x, task.condition, task.protocol))
     assert out.shape == (1, 16, 16, len(cfg.targets))
     paper = mod.get_config("paper")
     assert paper.train.num_steps > cfg.train.num_steps
