@@ -42,9 +42,14 @@ def vir_data():
     return out
 
 
-def tiny_ddpm(num_steps=3):
-    cfg = ddpm_config.get_config("unet")
+def tiny_ddpm(num_steps=3, preset="unet"):
+    """configs/ddpm.py's ``preset`` (the U-Net by default; "" the main job's per-voxel model)
+    shrunk to seconds."""
+    cfg = ddpm_config.get_config(preset)
     with cfg.unlocked():
+        cfg.ddpm.voxel_width = 16
+        cfg.ddpm.voxel_depth = 2
+        cfg.ddpm.voxel_batch = 64 if cfg.ddpm.voxel_batch else 0
         cfg.ddpm.features = (8, 16)
         cfg.ddpm.emb_dim = 16
         cfg.ddpm.num_steps = 20
@@ -570,11 +575,14 @@ def test_posterior_std_shrinks_with_more_information():
 
 
 def test_trained_ddpm_applies_to_real_phantom_scans(vir_data, tmp_path, nist_dir):
-    """experiments/nist_phantom.py --checkpoint: a (tiny) DDPM workdir on the real VIR DICOMs."""
+    """experiments/nist_phantom.py --checkpoint: a (tiny) workdir of the main job's default (the
+    per-voxel DDPM around the fit, re-simulated voxels) trains, evaluates and applies to the real
+    VIR DICOMs."""
     from experiments import nist_phantom
     from qmri_jax.io.dicom import read_dicom_series
     wd = str(tmp_path / "w")
-    cfg = tiny_ddpm(2)
+    cfg = tiny_ddpm(2, preset="")
+    assert cfg.ddpm.network == "voxel" and cfg.ddpm.voxel_resimulate > 0
     with cfg.unlocked():
         cfg.eval.figures = False
     jax.config.update("jax_disable_most_optimizations", True)
