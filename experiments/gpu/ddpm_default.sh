@@ -10,11 +10,6 @@ for preset in "" voxel; do
   python3 -m qmri_jax.main --config=configs/ddpm.py${preset:+:$preset} --workdir="$RUNS/$name" \
     --config.data.data_dir="$QDATA" --config.train.progress_bar=False > "$OUT/$name.log" 2>&1
   stamp "$name trained"
-  grep -E "median|Spearman|calibrated|Error|error:" "$OUT/$name.log" | tail -8
-  grep steps_per_s "$RUNS/$name/metrics.jsonl" | tail -1
-  python3 -m experiments.nist_phantom --data "$PHANTOM" --out "$RUNS/nist_$name" \
-    --checkpoint "$RUNS/$name" > "$OUT/nist_$name.log" 2>&1
-  grep -A14 "trained models beside" "$OUT/nist_$name.log"
-  cp "$RUNS/nist_$name/results.json" "$OUT/nist_${name}_results.json" 2>/dev/null
+  report_run "$name"
 done
 stamp done

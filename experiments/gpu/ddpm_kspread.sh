@@ -14,10 +14,5 @@ python3 -m qmri_jax.main --config=configs/ddpm.py:paper --workdir="$RUNS/ddpm_ks
   --config.ddpm.eval_slices=16 --config.ddpm.calibration_slices=4 \
   --config.train.progress_bar=False > "$OUT/ddpm_kspread.log" 2>&1
 stamp "trained"
-grep -E "time limit|median|Spearman|calibrated|Error|error:" "$OUT/ddpm_kspread.log" | tail -8
-grep steps_per_s "$RUNS/ddpm_kspread/metrics.jsonl" | tail -1
-python3 -m experiments.nist_phantom --data "$PHANTOM" --out "$RUNS/nist_kspread" \
-  --checkpoint "$RUNS/ddpm_kspread" > "$OUT/nist_kspread.log" 2>&1
-grep -A14 "trained models beside" "$OUT/nist_kspread.log"
-cp "$RUNS/nist_kspread/results.json" "$OUT/nist_kspread_results.json" 2>/dev/null
+report_run ddpm_kspread  # (its phantom outputs were nist_kspread* before report_run)
 stamp done
