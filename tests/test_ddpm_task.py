@@ -397,6 +397,25 @@ def test_flat_t1_voxel_draw_is_uniform_over_log_t1_bins_and_keeps_background(vir
         np.testing.assert_allclose(q[:1142], p[:1142] * (1 - share) / p[:1142].sum(), rtol=1e-5)
 
     cfg = _voxel_steps_change_parameters(vir_data, voxel_prior="flat_T1")
+    # Trained on brain voxels only (voxel_background=0), the validation loss leaves the background
+    # out too: changing the background's images (so its fit, and the residual around it) changes
+    # it only when the background is drawn (-1: at its share of the batch).
+    from qmri_jax.train import create_optimizer
+    vcfg = cfg.copy_and_resolve_references()
+    with vcfg.unlocked():
+        vcfg.ddpm.condition, vcfg.ddpm.residual = "fit", True
+    val = {k: np.asarray(v[:2]) for k, v in vir_data["validation"].items()}
+    bg = val["mask"] == 0
+    moved = {**val, "images": np.where(bg[..., None], val["images"] + 0.3, val["images"]),
+             "targets": np.where(bg[..., None], val["targets"] * 2.0 + 1.0, val["targets"])}
+    for share, same in [(0.0, True), (-1.0, False)]:
+        with vcfg.unlocked():
+            vcfg.ddpm.voxel_background = share
+        task = ddpm_task.DdpmTask(vcfg)
+        state = task.create_state(jax.random.key(0), create_optimizer(vcfg.train, 3),
+                                  jnp.asarray(val["images"][:1]))
+        a, b = task.validation_loss(state, val), task.validation_loss(state, moved)
+        assert np.isfinite(a) and (a == b) == same, (share, a, b)
     _task_refuses(cfg, "voxel_background=1.0", voxel_background=1.0)
     _task_refuses(cfg, "needs config.ddpm.voxel_prior='flat_T1'", voxel_prior="data",
                   voxel_background=0.1)

@@ -368,11 +368,15 @@ class DdpmTask:
 
     def validation_loss(self, state, arrays) -> float:
         """The training loss on (up to) 32 validation slices at fixed noise draws (compiled once
-        per task, condition and fit included; ``residual_scale`` is an argument of it)."""
+        per task, condition and fit included; ``residual_scale`` is an argument of it). Over
+        the brain voxels only where training draws no background (``voxel_background=0``):
+        otherwise voxels the network never trained on would dominate it, and with it the best
+        checkpoint and early stopping."""
         n = min(32, len(arrays["images"]))
         if getattr(self, "_val_loss", None) is None:
             net, names, cond, protocol = self.net, self.names, self.condition, self.protocol
             residual, sch, pred, cap = self.residual, self.schedule, self.prediction, self.snr_cap
+            brain_only = self.voxel_background == 0.0
 
             def loss(params, images, targets, mask, rs, key):
                 x0 = scale_maps(targets, mask, names)
@@ -380,7 +384,8 @@ class DdpmTask:
                 if residual:
                     x0 = (x0 - fit_base(c, names)) * rs
                 fn = lambda x_t, t: net.apply({"params": params}, x_t, t, c)  # noqa: E731
-                return process.diffusion_loss(fn, sch, x0, key, prediction=pred, snr_cap=cap)
+                return process.diffusion_loss(fn, sch, x0, key, mask=mask if brain_only else None,
+                                              prediction=pred, snr_cap=cap)
 
             self._val_loss = jax.jit(loss)
         return float(self._val_loss(
