@@ -287,6 +287,7 @@ class DdpmTask:
         if self.intensity and "PD" not in self.names:
             raise ValueError("config.ddpm.intensity_augment scales PD with the images, but "
                              f"config.targets={self.names} has no PD")
+        self._val_loss = None  # validation_loss's compiled function, built at its first call
 
     # ---- training ----
     def create_state(self, key, tx, sample_images):
@@ -373,7 +374,7 @@ class DdpmTask:
         otherwise voxels the network never trained on would dominate it, and with it the best
         checkpoint and early stopping."""
         n = min(32, len(arrays["images"]))
-        if getattr(self, "_val_loss", None) is None:
+        if self._val_loss is None:
             net, names, cond, protocol = self.net, self.names, self.condition, self.protocol
             residual, sch, pred, cap = self.residual, self.schedule, self.prediction, self.snr_cap
             brain_only = self.voxel_background == 0.0
