@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 
@@ -36,3 +38,22 @@ def alternate(a, b, rounds, reps, warmup=True):
 def median_ratio(ratios):
     """The median of per-round ratios (nan without any)."""
     return statistics.median(ratios) if ratios else float("nan")
+
+
+def host():
+    """What the CPU side ran on, for the JSON line: the CPU model, its core count and its widest
+    vector extension (the project/peer ratio depends on it: e.g. torch's oneDNN convolutions
+    use AVX-512 where the CPU has it)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:  # not Linux
+        pass
+    vector = next((v for v in ("avx512f", "avx2", "avx", "neon", "asimd") if v in flags), "unknown")
+    return {"cpu": model, "cores": os.cpu_count(), "vector": vector}

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from _timing import alternate, median_ratio  # bench/, next to this script
+from _timing import alternate, host, median_ratio  # bench/, next to this script
 
 SHAPES = [(96, 112, 4, 16), (96, 112, 16, 16), (96, 112, 32, 16), (48, 56, 16, 32),
           (48, 56, 32, 32), (48, 56, 64, 32), (24, 28, 32, 64), (24, 28, 64, 64),
@@ -97,7 +97,7 @@ def main():
           f"ratio {q_tot / p_tot:.2f}x (peer / project time)")
     print(json.dumps({"layers": layers, "project_total_ms": p_tot, "peer_total_ms": q_tot,
                       "ratio": q_tot / p_tot, "device": jax.devices()[0].platform,
-                      "xla_cpu_tuning": qmri_jax.XLA_CPU_TUNING,
+                      "host": host(), "xla_cpu_tuning": qmri_jax.XLA_CPU_TUNING,
                       "batch": args.batch}))
 
 

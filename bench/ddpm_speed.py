@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from _timing import alternate, median_ratio  # bench/, next to this script
+from _timing import alternate, host, median_ratio  # bench/, next to this script
 
 
 def _timer(fn, sync):
@@ -205,7 +205,7 @@ def main():
                       "train_round_ratios": train_r, "sample_round_ratios": ddim_r,
                       "vmapped_k10_s": vm, "sequential_k10_s": seq,
                       "vmap_over_sequential": vm_over_seq, "device": device,
-                      "xla_cpu_tuning": _tuning(),
+                      "host": host(), "xla_cpu_tuning": _tuning(),
                       "project_params": pn, "peer_params": qn, "size": args.size,
                       "batch": args.batch, "rounds": args.rounds, "dtype": args.dtype}))
 
