@@ -160,6 +160,11 @@ def get_config():
     # continuous prior where the synthetic subjects have a few clumped T1 values, and scans less
     # noisy than the training data. 0: off.
     config.ddpm.voxel_resimulate = 0.0
+    # The re-simulated voxels' PD target: "keep" (in the loss) or "drop" (left out of the loss,
+    # so they teach T1 and k only). A voxel's curve amplitude is PD x exp(-TE / T2) x the
+    # receive and normalisation scales, and in brains T2 goes with T1; a redrawn T1 breaks that
+    # link, and with "keep" the model learns PD from curves whose T1 says nothing about it.
+    config.ddpm.voxel_resimulate_pd = "keep"
     config.ddpm.voxel_t1_range = (20.0, 5000.0)
     config.ddpm.voxel_k_range = (0.8, 1.2)
     config.ddpm.voxel_snr_range = (20.0, 1000.0)

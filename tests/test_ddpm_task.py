@@ -451,6 +451,8 @@ def test_resimulated_voxels_follow_the_ir_model_at_their_new_t1_and_k(vir_data):
 
     def resim(fraction, snr, seed=0):
         out = resim_jit(jax.random.key(seed), fraction, snr)
+        changed = np.any(np.asarray(out[0]) != np.asarray(images), axis=-1)
+        np.testing.assert_array_equal(np.asarray(out[2]), changed)  # redrawn: the changed ones
         return np.asarray(out[0]), np.asarray(out[1])
 
     x, y = resim(1.0, 1e7)
@@ -482,6 +484,44 @@ def test_resimulated_voxels_follow_the_ir_model_at_their_new_t1_and_k(vir_data):
     _task_refuses(cfg, "voxel_resimulate=1.5", voxel_snr_range=(20.0, 1000.0),
                   voxel_resimulate=1.5)
     _task_refuses(cfg, "needs config.ddpm.voxel_batch > 0", voxel_resimulate=0.5, voxel_batch=0)
+    _task_refuses(cfg, "voxel_resimulate_pd='maybe'", voxel_batch=64, voxel_resimulate_pd="maybe")
+    _task_refuses(cfg, "needs config.ddpm.voxel_resimulate > 0", voxel_resimulate_pd="drop",
+                  voxel_resimulate=0.0)
+
+
+def test_resimulate_pd_drop_leaves_the_redrawn_voxels_pd_out_of_the_loss(vir_data):
+    """ddpm.voxel_resimulate_pd='drop': with every drawn voxel re-simulated (fraction 1, brain
+    voxels only) the train step's loss does not depend on the PD targets at all, while with
+    'keep' it does."""
+    from qmri_jax.train import create_optimizer
+    cfg = tiny_ddpm()
+    with cfg.unlocked():
+        cfg.ddpm.network = "voxel"
+        cfg.ddpm.voxel_width = 16
+        cfg.ddpm.voxel_depth = 2
+        cfg.ddpm.voxel_batch = 64
+        cfg.ddpm.voxel_prior = "flat_T1"
+        cfg.ddpm.voxel_background = 0.0
+        cfg.ddpm.condition = "fit"
+        cfg.ddpm.residual = True
+        cfg.ddpm.voxel_resimulate = 1.0
+    batch = {k: jnp.asarray(vir_data["train"][k][:2]) for k in ("images", "targets", "mask")}
+    pd = np.asarray(batch["targets"]).copy()
+    pd[..., cfg.targets.index("PD")] *= 1.3
+    other_pd = dict(batch, targets=jnp.asarray(pd))
+    losses = {}
+    for mode in ("keep", "drop"):
+        with cfg.unlocked():
+            cfg.ddpm.voxel_resimulate_pd = mode
+        task = ddpm_task.DdpmTask(cfg)
+        tx = create_optimizer(cfg.train, cfg.train.num_steps)
+        state = task.create_state(jax.random.key(0), tx, batch["images"][:1])
+        step = jax.jit(task.make_train_step(tx))
+        losses[mode] = [float(step(state, b, jax.random.key(5))[1]["loss"])
+                        for b in (batch, other_pd)]
+    assert losses["keep"][0] != pytest.approx(losses["keep"][1], rel=1e-3), losses
+    assert losses["drop"][0] == pytest.approx(losses["drop"][1], rel=1e-6), losses
+    assert np.isfinite(losses["drop"][0])
 
 
 def test_residual_scale_scales_the_diffused_residual_and_divides_it_back(vir_data):

@@ -102,6 +102,14 @@ def test_diffusion_loss_is_zero_for_the_true_noise_predictor():
     zero = float(process.diffusion_loss(lambda x, t: jnp.zeros_like(x), sch, x0, key,
                                         prediction="x0"))
     assert zero == pytest.approx(float(jnp.mean(x0**2)), rel=1e-5)
+    # Masks: per voxel [B, H, W] (every map of a voxel) or per voxel and map [B, H, W, C].
+    rng = np.random.default_rng(1)
+    m_vox = jnp.asarray(rng.uniform(size=x0.shape[:-1]) < 0.5, jnp.float32)
+    m_map = jnp.asarray(rng.uniform(size=x0.shape) < 0.5, jnp.float32)
+    for m, full in ((m_vox, jnp.broadcast_to(m_vox[..., None], x0.shape)), (m_map, m_map)):
+        got = float(process.diffusion_loss(lambda x, t: jnp.zeros_like(x), sch, x0, key,
+                                           mask=m, prediction="x0"))
+        assert got == pytest.approx(float(jnp.sum(x0**2 * full) / jnp.sum(full)), rel=1e-5)
 
 
 def test_snr_capped_loss_spans_x0_and_v_losses():

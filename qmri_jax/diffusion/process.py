@@ -70,7 +70,8 @@ def diffusion_loss(net_fn, schedule: Schedule, x0, key, mask=None, prediction: s
       schedule: the noise schedule.
       x0: clean (scaled) maps ``[B, *S, C]``.
       key: PRNG key.
-      mask: optional ``[B, *S]``: the loss is averaged over masked voxels only.
+      mask: optional ``[B, *S]``: the loss is averaged over masked voxels only; or
+        ``[B, *S, C]``: a weight per voxel and map (0 leaves that map of that voxel out).
       prediction: ``"eps"``, ``"v"`` or ``"x0"``.
       snr_cap: None (plain MSE of the parameterisation's target) or ``g >= 1``.
     """
@@ -101,5 +102,6 @@ def diffusion_loss(net_fn, schedule: Schedule, x0, key, mask=None, prediction: s
 def _masked_mean(err, mask):
     if mask is None:
         return jnp.mean(err)
-    m = jnp.broadcast_to(mask[..., None].astype(err.dtype), err.shape)
+    m = mask if mask.ndim == err.ndim else mask[..., None]
+    m = jnp.broadcast_to(m.astype(err.dtype), err.shape)
     return jnp.sum(err * m) / jnp.maximum(jnp.sum(m), 1.0)

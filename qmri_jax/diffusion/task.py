@@ -31,8 +31,8 @@ from qmri_jax.data.acquisition import saturate
 from qmri_jax.diffusion import process, samplers, schedules
 from qmri_jax.models.diffusion_unet import DiffusionUNet, VoxelDenoiser
 
-__all__ = ["SCALING", "CONDITIONS", "VOXEL_PRIORS", "flat_t1_weights", "resimulate_voxels",
-           "scale_maps", "unscale_maps",
+__all__ = ["SCALING", "CONDITIONS", "RESIMULATE_PD", "VOXEL_PRIORS", "flat_t1_weights",
+           "resimulate_voxels", "scale_maps", "unscale_maps",
            "condition_images", "fit_base", "DdpmTask"]
 
 # target -> (kind, low, high): x in [low, high] maps to [-1, 1] (log or linear).
@@ -101,6 +101,7 @@ def fit_base(condition, names):
                       for n in names], axis=-1)
 
 
+RESIMULATE_PD = ("keep", "drop")  # ddpm.voxel_resimulate_pd: the PD loss of re-simulated voxels
 VOXEL_PRIORS = ("data", "flat_T1")  # ddpm.voxel_prior: how ddpm.voxel_batch draws its voxels
 FLAT_T1_BINS = 24  # log-T1 bins over SCALING["T1"] (a factor of ~1.3 each)
 FLAT_T1_MIN_COUNT = 8  # a bin with fewer brain voxels is weighted as if it had this many
@@ -135,7 +136,8 @@ def resimulate_voxels(key, images, targets, brain, names, protocol, fraction, t1
     are redrawn (T1 log-uniform in ``t1_range`` ms, k uniform in ``k_range``) and the series is
     simulated again with the voxelwise IR model (:data:`FIT_MODEL`) at the voxel's own fitted
     amplitude (so the voxel's PD target still goes with it), with Rician noise of std
-    amplitude / SNR, SNR log-uniform in ``snr_range``. Returns ``(images, targets)``.
+    amplitude / SNR, SNR log-uniform in ``snr_range``. Returns ``(images, targets, redrawn)``
+    with ``redrawn [V]`` True where a voxel was simulated again.
 
     A synthetic training set's T1 values are few and clumped (each geometric subject's ellipsoid
     has one T1: 34 distinct values between 80 and 400 ms in the default data), and a per-voxel
@@ -159,7 +161,7 @@ def resimulate_voxels(key, images, targets, brain, names, protocol, fraction, t1
     new = jnp.stack([t1 if nm == "T1" else k if nm == "k" else targets[:, i]
                      for i, nm in enumerate(names)], axis=-1)
     return (jnp.where(on[:, None], noisy.astype(images.dtype), images),
-            jnp.where(on[:, None], new.astype(targets.dtype), targets))
+            jnp.where(on[:, None], new.astype(targets.dtype), targets), on)
 
 
 def scale_maps(targets, mask, names):
@@ -225,6 +227,15 @@ class DdpmTask:
         self.resim_t1 = tuple(d.get("voxel_t1_range", (20.0, 5000.0)))
         self.resim_k = tuple(d.get("voxel_k_range", (0.8, 1.2)))
         self.resim_snr = tuple(d.get("voxel_snr_range", (20.0, 1000.0)))
+        self.resim_pd = str(d.get("voxel_resimulate_pd", "keep"))
+        if self.resim_pd not in RESIMULATE_PD:
+            raise ValueError(f"config.ddpm.voxel_resimulate_pd={self.resim_pd!r}: expected one "
+                             f"of {RESIMULATE_PD}")
+        if self.resim_pd == "drop" and (not self.resimulate or "PD" not in self.names):
+            raise ValueError("config.ddpm.voxel_resimulate_pd='drop' leaves the PD map of the "
+                             "re-simulated voxels out of the loss: it needs "
+                             f"config.ddpm.voxel_resimulate > 0 (got {self.resimulate}) and PD "
+                             f"among the targets (got {self.names})")
         if self.resimulate:
             need = {"T1", "k"} - set(self.names)
             if not 0 < self.resimulate <= 1 or not self.voxel_batch or need:
@@ -313,9 +324,11 @@ class DdpmTask:
         rs = jnp.asarray(self.residual_scale)
         resim = self.resimulate
         resim_args = (self.resim_t1, self.resim_k, self.resim_snr)
+        drop_pd = self.resim_pd == "drop"
 
         def train_step(state, batch, key):
             images, targets = batch["images"], batch["targets"]
+            loss_mask = None
             if gain:  # the normalised intensity scale varies between scans: images and PD x s
                 key, k_gain = jax.random.split(key)
                 shape = (images.shape[0],) + (1,) * (images.ndim - 1)
@@ -347,10 +360,14 @@ class DdpmTask:
                 if resim:  # a fraction of the brain voxels with (T1, k) redrawn, simulated again
                     key, k_re = jax.random.split(key)
                     mask = batch["mask"].reshape(total)[idx]
-                    images, new = resimulate_voxels(
+                    images, new, redrawn = resimulate_voxels(
                         k_re, images, targets.reshape(total, -1)[idx], mask > 0, names, protocol,
                         resim, *resim_args)
                     x0 = scale_maps(new, mask, names)
+                    if drop_pd:  # weight 0 on the PD map of the re-simulated voxels
+                        is_pd = jnp.arange(len(names)) == names.index("PD")
+                        loss_mask = 1.0 - (redrawn[:, None] & is_pd).astype(x0.dtype)
+                        loss_mask = loss_mask[:, None, :]
                 else:
                     x0 = x0.reshape(total, -1)[idx]
                 x0, images = x0[:, None, :], images[:, None, :]
@@ -360,7 +377,8 @@ class DdpmTask:
 
             def loss_of(params):
                 fn = lambda x_t, t: net.apply({"params": params}, x_t, t, c)  # noqa: E731
-                return process.diffusion_loss(fn, sch, x0, key, prediction=pred, snr_cap=cap)
+                return process.diffusion_loss(fn, sch, x0, key, mask=loss_mask,
+                                              prediction=pred, snr_cap=cap)
 
             loss, grads = jax.value_and_grad(loss_of)(state.params)
             return apply_gradients(state, grads, loss, tx, ema_decay)
