@@ -99,8 +99,8 @@ def test_saturation_augment_trains_on_clipped_images(vir_data):
     from qmri_jax.data.acquisition import saturate
     from qmri_jax.train import create_optimizer
 
-    plain = tiny_ddpm()
-    aug = tiny_ddpm()
+    plain = tiny_ddpm(preset="")  # the main job's per-voxel model (compiles faster than the U-Net)
+    aug = tiny_ddpm(preset="")
     with aug.unlocked():
         aug.ddpm.saturation_augment = 1.0
         aug.ddpm.saturation_range = (0.6, 0.6)
@@ -128,8 +128,8 @@ def test_intensity_augment_scales_images_and_pd(vir_data):
     # with the noise key the augmentation's split leaves; a bad range or no PD target is refused.
     from qmri_jax.train import create_optimizer
 
-    plain = tiny_ddpm()
-    aug = tiny_ddpm()
+    plain = tiny_ddpm(preset="")  # the main job's per-voxel model (compiles faster than the U-Net)
+    aug = tiny_ddpm(preset="")
     with aug.unlocked():
         aug.ddpm.intensity_augment = (1.3, 1.3)
     tr = vir_data["train"]
@@ -140,12 +140,14 @@ def test_intensity_augment_scales_images_and_pd(vir_data):
     scaled = dict(batch, images=batch["images"] * 1.3, targets=batch["targets"] * factor)
     key = jax.random.key(7)
     losses = []
-    for cfg, b, k in ((aug, batch, key), (plain, scaled, jax.random.split(key)[0]),
-                      (plain, batch, jax.random.split(key)[0])):
+    for cfg, runs in ((aug, [(batch, key)]),
+                      (plain, [(scaled, jax.random.split(key)[0]),
+                               (batch, jax.random.split(key)[0])])):
         task = ddpm_task.DdpmTask(cfg)
         tx = create_optimizer(cfg.train, cfg.train.num_steps)
         state = task.create_state(jax.random.key(0), tx, batch["images"][:1])
-        losses.append(float(jax.jit(task.make_train_step(tx))(state, b, k)[1]["loss"]))
+        step = jax.jit(task.make_train_step(tx))  # one compile per config
+        losses += [float(step(state, b, k)[1]["loss"]) for b, k in runs]
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
     assert abs(losses[0] - losses[2]) > 1e-4 * abs(losses[2])  # the augmentation changed the step
     for bad in ((0.0, 1.0), (1.4, 0.7), (1.0,)):
@@ -155,6 +157,7 @@ def test_intensity_augment_scales_images_and_pd(vir_data):
             ddpm_task.DdpmTask(aug)
     with aug.unlocked():
         aug.ddpm.intensity_augment = (0.7, 1.4)
+        aug.ddpm.residual_scale = (8.0, 1.0)
         aug.targets = ("T1", "k")
     with pytest.raises(ValueError, match="no PD"):
         ddpm_task.DdpmTask(aug)
