@@ -497,16 +497,8 @@ def test_resimulate_pd_drop_leaves_the_redrawn_voxels_pd_out_of_the_loss(vir_dat
     voxels only) the train step's loss does not depend on the PD targets at all, while with
     'keep' it does."""
     from qmri_jax.train import create_optimizer
-    cfg = tiny_ddpm()
+    cfg = tiny_ddpm(preset="")  # the main job's model: brain voxels only (voxel_background 0)
     with cfg.unlocked():
-        cfg.ddpm.network = "voxel"
-        cfg.ddpm.voxel_width = 16
-        cfg.ddpm.voxel_depth = 2
-        cfg.ddpm.voxel_batch = 64
-        cfg.ddpm.voxel_prior = "flat_T1"
-        cfg.ddpm.voxel_background = 0.0
-        cfg.ddpm.condition = "fit"
-        cfg.ddpm.residual = True
         cfg.ddpm.voxel_resimulate = 1.0
     batch = {k: jnp.asarray(vir_data["train"][k][:2]) for k in ("images", "targets", "mask")}
     pd = np.asarray(batch["targets"]).copy()
