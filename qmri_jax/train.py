@@ -10,6 +10,7 @@ ends with bit-identical parameters.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -28,8 +29,9 @@ from qmri_jax import sharding as sharding_lib
 from qmri_jax.models import create_model
 from qmri_jax.physics.protocol import get_protocol
 
-__all__ = ["TrainState", "create_optimizer", "create_train_state", "make_train_step",
-           "make_predict_fn", "train_and_evaluate", "load_data", "NonFiniteError"]
+__all__ = ["TrainState", "compiled_init", "create_optimizer", "create_train_state",
+           "make_train_step", "make_predict_fn", "train_and_evaluate", "load_data",
+           "NonFiniteError"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -78,9 +80,25 @@ def create_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
     return opt
 
 
+def compiled_init(init_fn, *args, jit_kwargs=None, **static_kwargs):
+    """``init_fn(*args, **static_kwargs)`` (a Flax ``Module.init``, or a function that builds a
+    train state with one) as one compiled call instead of op-by-op dispatch, compiled at XLA's
+    lowest backend optimisation level on the CPU: it runs once, and its random initialisers are
+    slow to optimise (a small DiffusionUNet on 2 cores: 28.5 s eager, 14.8 s compiled at the
+    default level, 3.9 s at level 0). ``jit_kwargs`` go to ``jax.jit`` (e.g. ``out_shardings``).
+    Called while tracing (inside another ``jit``), it is ``init_fn`` itself."""
+    if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(args)):
+        return init_fn(*args, **static_kwargs)
+    fn = jax.jit(functools.partial(init_fn, **static_kwargs), **(jit_kwargs or {}))
+    lowered = fn.lower(*args)
+    opts = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
+    return lowered.compile(compiler_options=opts)(*args)
+
+
 def create_train_state(key, model, tx, sample_images) -> TrainState:
     """Initialise parameters from a sample batch ``[B, *S, C_in]``."""
-    variables = model.init({"params": key, "dropout": key}, sample_images, train=False)
+    variables = compiled_init(model.init, {"params": key, "dropout": key}, sample_images,
+                              train=False)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
@@ -271,8 +289,8 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None, data: d
     key = jax.random.key(config.seed)
     sample = jnp.zeros((1, *data["train"]["images"].shape[1:]), jnp.float32)
     repl, bsh = sharding_lib.replicated(mesh), sharding_lib.batch_sharding(mesh)
-    state = jax.jit(lambda k: task.create_state(k, tx, sample), out_shardings=repl)(
-        jax.random.fold_in(key, 2**31 - 1))
+    state = compiled_init(lambda k: task.create_state(k, tx, sample),
+                          jax.random.fold_in(key, 2**31 - 1), jit_kwargs={"out_shardings": repl})
     latest, best = ckpt_lib.create_managers(workdir)
     extra = {"best_val": math.inf, "smoothed_val": None, "bad_evals": 0, "stopped": False}
     restored = ckpt_lib.restore_latest(latest, state)

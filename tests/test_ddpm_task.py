@@ -258,7 +258,7 @@ def test_fit_condition_values_scale_equivariance_and_task(vir_data):
         ddpm_task.condition_images(x, "fit")
 
     # The task conditions the network on N + 3 channels, trains and samples with them.
-    cfg, tx, state, batch = _train_and_sample_with_condition(vir_data, "fit", 3)
+    cfg, _, state, batch = _train_and_sample_with_condition(vir_data, "fit", 3)
     # Residual: a network that predicts no correction (all parameters 0, x0 prediction) returns
     # exactly the voxelwise fit, in every draw.
     with cfg.unlocked():
@@ -273,8 +273,7 @@ def test_fit_condition_values_scale_equivariance_and_task(vir_data):
     rel = np.abs(np.asarray(out["mean"]) / np.asarray(fitted(batch["images"][:2])) - 1)
     assert np.quantile(rel, 0.99) < 1e-5 and rel.max() < 2e-2, (np.quantile(rel, 0.99), rel.max())
     np.testing.assert_allclose(out["std"], 0.0, atol=1e-6 * float(jnp.abs(out["mean"]).max()))
-    state, metrics = jax.jit(task.make_train_step(tx))(state, batch, jax.random.key(1))
-    assert np.isfinite(float(metrics["loss"]))
+    # (The residual train step is the main job's: the per-voxel model's tests train it.)
     _task_refuses(cfg, "residual=True diffuses around the voxelwise fit", condition="images")
     # A protocol the IR model cannot fit is refused when the task is built.
     with cfg.unlocked():

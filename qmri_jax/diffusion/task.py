@@ -302,11 +302,14 @@ class DdpmTask:
 
     # ---- training ----
     def create_state(self, key, tx, sample_images):
-        from qmri_jax.train import TrainState
+        from qmri_jax.train import TrainState, compiled_init
         b, h, w, _ = sample_images.shape
         x = jnp.zeros((b, h, w, len(self.names)))
-        c = condition_images(sample_images, self.condition, self.protocol)
-        params = self.net.init(key, x, jnp.zeros((b,), jnp.int32), c)["params"]
+        # The parameters depend on the condition's shape only: no (eager) voxelwise fit here.
+        c = jax.eval_shape(lambda im: condition_images(im, self.condition, self.protocol),
+                           sample_images)
+        c = jnp.zeros(c.shape, c.dtype)
+        params = compiled_init(self.net.init, key, x, jnp.zeros((b,), jnp.int32), c)["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
                           opt_state=tx.init(params), ema_params=jax.tree.map(jnp.copy, params))
 
