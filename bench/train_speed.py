@@ -121,7 +121,8 @@ def main():
     print("per-round ratios: " + " ".join(f"{r:.2f}" for r in round_ratios))
     print(f"ratio (project steps/s / peer steps/s, median over rounds): {ratio:.2f}x")
     print(json.dumps({"project_steps_per_s": 1 / p_t, "peer_steps_per_s": 1 / q_t,
-                      "ratio": ratio, "round_ratios": round_ratios, "device": device, "host": host(), "xla_cpu_tuning": _tuning(),
+                      "ratio": ratio, "round_ratios": round_ratios, "device": device,
+                      "host": host(), "xla_cpu_tuning": _tuning(),
                       "batch": args.batch,
                       "image": [args.height, args.width], "timed_steps_each": args.rounds * args.steps, "project_params": p_n,
                       "peer_params": q_n}))

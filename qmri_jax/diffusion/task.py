@@ -369,8 +369,7 @@ class DdpmTask:
                     x0 = scale_maps(new, mask, names)
                     if drop_pd:  # weight 0 on the PD map of the re-simulated voxels
                         is_pd = jnp.arange(len(names)) == names.index("PD")
-                        loss_mask = 1.0 - (redrawn[:, None] & is_pd).astype(x0.dtype)
-                        loss_mask = loss_mask[:, None, :]
+                        loss_mask = jnp.where(redrawn[:, None, None] & is_pd, 0.0, 1.0)
                 else:
                     x0 = x0.reshape(total, -1)[idx]
                 x0, images = x0[:, None, :], images[:, None, :]
