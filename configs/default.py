@@ -160,6 +160,11 @@ def get_config():
     # continuous prior where the synthetic subjects have a few clumped T1 values, and scans less
     # noisy than the training data. 0: off.
     config.ddpm.voxel_resimulate = 0.0
+    # Whole slices (voxel_batch 0, e.g. the U-Net): voxel_resimulate is the fraction of square
+    # blocks (side drawn per slice from these, in voxels) whose brain voxels get one new T1 and k
+    # per block (diffusion.task.resimulate_blocks): tissue-like regions whose values and placement
+    # owe nothing to the anatomy, so the network learns to read such a region from its curves.
+    config.ddpm.resimulate_blocks = (1, 2, 4, 8)
     # The re-simulated voxels' PD target: "keep" (in the loss) or "drop" (left out of the loss,
     # so they teach T1 and k only). A voxel's curve amplitude is PD x exp(-TE / T2) x the
     # receive and normalisation scales, and in brains T2 goes with T1; a redrawn T1 breaks that

@@ -485,20 +485,66 @@ def test_resimulated_voxels_follow_the_ir_model_at_their_new_t1_and_k(vir_data):
     _task_refuses(cfg, "voxel_snr_range", voxel_snr_range=(100.0, 50.0))
     _task_refuses(cfg, "voxel_resimulate=1.5", voxel_snr_range=(20.0, 1000.0),
                   voxel_resimulate=1.5)
-    _task_refuses(cfg, "needs config.ddpm.voxel_batch > 0", voxel_resimulate=0.5, voxel_batch=0)
-    _task_refuses(cfg, "voxel_resimulate_pd='maybe'", voxel_batch=64, voxel_resimulate_pd="maybe")
+    _task_refuses(cfg, "resimulate_blocks=\\(0,\\)", voxel_resimulate=0.5, voxel_batch=0,
+                  resimulate_blocks=(0,))
+    _task_refuses(cfg, "voxel_resimulate_pd='maybe'", voxel_batch=64, resimulate_blocks=(1, 2),
+                  voxel_resimulate_pd="maybe")
     _task_refuses(cfg, "needs config.ddpm.voxel_resimulate > 0", voxel_resimulate_pd="drop",
                   voxel_resimulate=0.0)
 
 
-def test_resimulate_pd_drop_leaves_the_redrawn_voxels_pd_out_of_the_loss(vir_data):
+def test_resimulated_blocks_are_constant_per_block_and_follow_the_ir_model():
+    """ddpm.voxel_resimulate on whole slices (voxel_batch 0, e.g. the U-Net): each slice is cut
+    into square blocks of one of the given sides; a chosen block's brain voxels share one new T1
+    and k from the ranges, with the IR model's series at each voxel's own fitted amplitude (a
+    refit returns them); the PD targets and the background are kept. The step: the next test."""
+    from qmri_jax.fitting import fit_signals, get_model
+    prot = get_protocol("nist_vir")
+    model = get_model("ir")
+    names = ("T1", "PD", "k")
+    b, h, w = 8, 16, 12
+    amp = jnp.asarray(np.random.default_rng(0).uniform(0.3, 1.0, (b, h, w)), jnp.float32)
+    images = model.signal({"PD": amp, "T1": jnp.full((b, h, w), 900.0),
+                           "k": jnp.full((b, h, w), 0.97)}, prot)
+    targets = jnp.stack([jnp.full((b, h, w), 900.0), 1.3 * amp, jnp.full((b, h, w), 0.97)], -1)
+    brain = jnp.ones((b, h, w), bool).at[:, :, :2].set(False)
+    resim = jax.jit(lambda key, fraction: ddpm_task.resimulate_blocks(
+        key, images, targets, brain, names, prot, fraction, (50.0, 3000.0), (0.8, 1.2),
+        (1e7, 1e7 * (1 + 1e-6)), (2, 4)))
+    x, y, on = (np.asarray(a) for a in resim(jax.random.key(0), 1.0))
+    np.testing.assert_array_equal(on, np.asarray(brain))  # fraction 1: every brain voxel
+    np.testing.assert_array_equal(x[:, :, :2], np.asarray(images)[:, :, :2])
+    np.testing.assert_array_equal(y[..., 1], np.asarray(targets)[..., 1])  # PD target kept
+    sides = []
+    for i in range(b):  # the largest side whose blocks hold one (T1, k) over their brain voxels
+        t1k = np.where(np.asarray(brain)[i, ..., None], y[i][..., [0, 2]], np.nan)
+        ok = [s for s in (1, 2, 4) if all(
+            np.unique(blk[~np.isnan(blk[..., 0])], axis=0).shape[0] <= 1
+            for blk in (t1k[r:r + s, c:c + s] for r in range(0, h, s) for c in range(0, w, s)))]
+        sides.append(max(ok))
+    assert set(sides) == {2, 4}, sides  # both sides drawn, and never a finer pattern
+    assert 50.0 <= y[on][:, 0].min() and y[on][:, 0].max() <= 3000.0
+    assert 0.8 <= y[on][:, 2].min() and y[on][:, 2].max() <= 1.2
+    fit = fit_signals(model, prot, jnp.asarray(x[on]), max_iter=20)
+    rel = np.abs(np.asarray(fit["T1"]) / y[on][:, 0] - 1)
+    assert np.median(rel) < 1e-4 and np.quantile(rel, 0.95) < 1e-2, np.quantile(rel, [0.5, 0.95])
+    fractions = [np.asarray(resim(jax.random.key(s), 0.5)[2])[np.asarray(brain)].mean()
+                 for s in range(4)]
+    assert 0.3 < np.mean(fractions) < 0.7, fractions  # blocks of 4: few per slice
+
+
+@pytest.mark.parametrize("whole_slices", [False, True])
+def test_resimulate_pd_drop_leaves_the_redrawn_voxels_pd_out_of_the_loss(vir_data, whole_slices):
     """ddpm.voxel_resimulate_pd='drop': with every drawn voxel re-simulated (fraction 1, brain
     voxels only) the train step's loss does not depend on the PD targets at all, while with
-    'keep' it does."""
+    'keep' it does; on a voxel draw and on whole slices (blocks; the per-voxel network stands
+    in for the U-Net there, the step's code path is the same and compiles faster)."""
     from qmri_jax.train import create_optimizer
     cfg = tiny_ddpm(preset="")  # the main job's model: brain voxels only (voxel_background 0)
     with cfg.unlocked():
         cfg.ddpm.voxel_resimulate = 1.0
+        if whole_slices:
+            cfg.ddpm.voxel_batch, cfg.ddpm.voxel_prior, cfg.ddpm.voxel_background = 0, "data", -1
     batch = {k: jnp.asarray(vir_data["train"][k][:2]) for k in ("images", "targets", "mask")}
     pd = np.asarray(batch["targets"]).copy()
     pd[..., cfg.targets.index("PD")] *= 1.3

@@ -32,7 +32,7 @@ from qmri_jax.diffusion import process, samplers, schedules
 from qmri_jax.models.diffusion_unet import DiffusionUNet, VoxelDenoiser
 
 __all__ = ["SCALING", "CONDITIONS", "RESIMULATE_PD", "VOXEL_PRIORS", "flat_t1_weights",
-           "resimulate_voxels", "scale_maps", "unscale_maps",
+           "resimulate_voxels", "resimulate_blocks", "scale_maps", "unscale_maps",
            "condition_images", "fit_base", "DdpmTask"]
 
 # target -> (kind, low, high): x in [low, high] maps to [-1, 1] (log or linear).
@@ -143,21 +143,68 @@ def resimulate_voxels(key, images, targets, brain, names, protocol, fraction, t1
     has one T1: 34 distinct values between 80 and 400 ms in the default data), and a per-voxel
     DDPM trained on them snaps a curve between two clusters toward one of them; the redrawn
     voxels fill the gaps, and their SNR range covers scans less noisy than the training data."""
-    from qmri_jax.fitting import fit_signals, get_model
-    model = get_model(FIT_MODEL)
     k_on, k_t1, k_k, k_snr, k_n1, k_n2 = jax.random.split(key, 6)
     n = images.shape[0]
     on = brain & jax.random.bernoulli(k_on, fraction, (n,))
-    amp = fit_signals(model, protocol, images, max_iter=FIT_ITERATIONS)["PD"]
-    t1 = jnp.exp(jax.random.uniform(k_t1, (n,), minval=np.log(t1_range[0]),
+    t1, k, snr = _draw_tissue((k_t1, k_k, k_snr), (n,), t1_range, k_range, snr_range)
+    return _simulate_again((k_n1, k_n2), images, targets, on, t1, k, snr, names, protocol)
+
+
+def resimulate_blocks(key, images, targets, brain, names, protocol, fraction, t1_range, k_range,
+                      snr_range, block_sizes):
+    """:func:`resimulate_voxels` for whole slices (a network with a spatial prior, the U-Net):
+    each slice of ``images [B, H, W, N]`` / physical ``targets [B, H, W, C]`` / ``brain [B, H, W]``
+    is cut into square blocks of a side drawn per slice from ``block_sizes`` (voxels), and on a
+    ``fraction`` of the blocks every brain voxel gets the block's new T1 (log-uniform in
+    ``t1_range``) and k (uniform in ``k_range``) and is simulated again at its own fitted
+    amplitude, with Rician noise at the block's SNR (log-uniform in ``snr_range``). Returns
+    ``(images, targets, redrawn [B, H, W])``.
+
+    The redrawn regions are piecewise constant, like tissue, but their values and their
+    placement owe nothing to the anatomy, so a network trained on them learns to read a region
+    whose curves disagree with the anatomy around it from the curves (e.g. a phantom's spheres),
+    and the blocks fill the gaps between the synthetic subjects' clumped T1 values."""
+    b, h, w = images.shape[:3]
+    sizes = tuple(int(s) for s in block_sizes)
+    k_size, k_draw, k_noise = jax.random.split(key, 3)
+    pick = jax.random.randint(k_size, (b,), 0, len(sizes))
+    fields = jnp.zeros((4, b, h, w))  # per voxel: on-draw, T1, k, SNR of its block
+    for j, (s, k_s) in enumerate(zip(sizes, jax.random.split(k_draw, len(sizes)))):
+        k_on, *k_tissue = jax.random.split(k_s, 4)
+        shape = (b, -(-h // s), -(-w // s))
+        coarse = jnp.stack([jax.random.uniform(k_on, shape),
+                            *_draw_tissue(k_tissue, shape, t1_range, k_range, snr_range)])
+        fine = jnp.repeat(jnp.repeat(coarse, s, axis=2), s, axis=3)[:, :, :h, :w]
+        fields = jnp.where((pick == j)[:, None, None], fine, fields)
+    u, t1, k, snr = fields.reshape(4, b * h * w)
+    new_images, new_targets, on = _simulate_again(
+        jax.random.split(k_noise), images.reshape(b * h * w, -1), targets.reshape(b * h * w, -1),
+        brain.reshape(-1) & (u < fraction), t1, k, snr, names, protocol)
+    return (new_images.reshape(images.shape), new_targets.reshape(targets.shape),
+            on.reshape(b, h, w))
+
+
+def _draw_tissue(keys, shape, t1_range, k_range, snr_range):
+    """T1 (log-uniform in ``t1_range``), k (uniform in ``k_range``) and SNR (log-uniform in
+    ``snr_range``) of the given shape, one of the three ``keys`` each."""
+    t1 = jnp.exp(jax.random.uniform(keys[0], shape, minval=np.log(t1_range[0]),
                                     maxval=np.log(t1_range[1])))
-    k = jax.random.uniform(k_k, (n,), minval=k_range[0], maxval=k_range[1])
-    clean = model.signal({"PD": amp, "T1": t1, "k": k}, protocol)
-    snr = jnp.exp(jax.random.uniform(k_snr, (n, 1), minval=jnp.log(snr_range[0]),
+    k = jax.random.uniform(keys[1], shape, minval=k_range[0], maxval=k_range[1])
+    snr = jnp.exp(jax.random.uniform(keys[2], shape, minval=jnp.log(snr_range[0]),
                                      maxval=jnp.log(snr_range[1])))
-    sigma = amp[:, None] / snr
-    noisy = jnp.sqrt((clean + sigma * jax.random.normal(k_n1, clean.shape)) ** 2
-                     + (sigma * jax.random.normal(k_n2, clean.shape)) ** 2)
+    return t1, k, snr
+
+
+def _simulate_again(noise_keys, images, targets, on, t1, k, snr, names, protocol):
+    """The voxels ``on [V]`` of ``images [V, N]`` / ``targets [V, C]`` simulated again at T1 /
+    k / SNR ``[V]`` and their own fitted amplitude (see :func:`resimulate_voxels`)."""
+    from qmri_jax.fitting import fit_signals, get_model
+    model = get_model(FIT_MODEL)
+    amp = fit_signals(model, protocol, images, max_iter=FIT_ITERATIONS)["PD"]
+    clean = model.signal({"PD": amp, "T1": t1, "k": k}, protocol)
+    sigma = amp[:, None] / snr[:, None]
+    noisy = jnp.sqrt((clean + sigma * jax.random.normal(noise_keys[0], clean.shape)) ** 2
+                     + (sigma * jax.random.normal(noise_keys[1], clean.shape)) ** 2)
     new = jnp.stack([t1 if nm == "T1" else k if nm == "k" else targets[:, i]
                      for i, nm in enumerate(names)], axis=-1)
     return (jnp.where(on[:, None], noisy.astype(images.dtype), images),
@@ -236,13 +283,19 @@ class DdpmTask:
                              "re-simulated voxels out of the loss: it needs "
                              f"config.ddpm.voxel_resimulate > 0 (got {self.resimulate}) and PD "
                              f"among the targets (got {self.names})")
+        self.resim_blocks = tuple(d.get("resimulate_blocks", (1, 2, 4, 8)) or ())
         if self.resimulate:
             need = {"T1", "k"} - set(self.names)
-            if not 0 < self.resimulate <= 1 or not self.voxel_batch or need:
+            if not 0 < self.resimulate <= 1 or need:
                 raise ValueError(f"config.ddpm.voxel_resimulate={self.resimulate}: a fraction in "
-                                 "(0, 1] of the voxel draw, which needs config.ddpm.voxel_batch > "
-                                 f"0 (got {self.voxel_batch}) and T1 and k among the targets (got "
-                                 f"{self.names})")
+                                 "(0, 1] of the voxel draw (config.ddpm.voxel_batch > 0) or of the "
+                                 "blocks of whole slices (voxel_batch 0), which needs T1 and k "
+                                 f"among the targets (got {self.names})")
+            if not self.voxel_batch and (not self.resim_blocks or any(
+                    int(s) != s or s < 1 for s in self.resim_blocks)):
+                raise ValueError(f"config.ddpm.resimulate_blocks={self.resim_blocks}: whole-slice "
+                                 "re-simulation (voxel_resimulate with voxel_batch 0) needs one "
+                                 "or more block sides in voxels, integers >= 1")
             for field, rng in (("voxel_t1_range", self.resim_t1), ("voxel_k_range", self.resim_k),
                                ("voxel_snr_range", self.resim_snr)):
                 if len(rng) != 2 or not 0 < rng[0] < rng[1]:
@@ -328,6 +381,7 @@ class DdpmTask:
         resim = self.resimulate
         resim_args = (self.resim_t1, self.resim_k, self.resim_snr)
         drop_pd = self.resim_pd == "drop"
+        blocks = self.resim_blocks
 
         def train_step(state, batch, key):
             images, targets = batch["images"], batch["targets"]
@@ -367,12 +421,19 @@ class DdpmTask:
                         k_re, images, targets.reshape(total, -1)[idx], mask > 0, names, protocol,
                         resim, *resim_args)
                     x0 = scale_maps(new, mask, names)
-                    if drop_pd:  # weight 0 on the PD map of the re-simulated voxels
-                        is_pd = jnp.arange(len(names)) == names.index("PD")
-                        loss_mask = jnp.where(redrawn[:, None, None] & is_pd, 0.0, 1.0)
+                    redrawn = redrawn[:, None]
                 else:
                     x0 = x0.reshape(total, -1)[idx]
                 x0, images = x0[:, None, :], images[:, None, :]
+            elif resim:  # whole slices: blocks of brain voxels with (T1, k) redrawn
+                key, k_re = jax.random.split(key)
+                images, new, redrawn = resimulate_blocks(
+                    k_re, images, targets, batch["mask"] > 0, names, protocol, resim,
+                    *resim_args, blocks)
+                x0 = scale_maps(new, batch["mask"], names)
+            if resim and drop_pd:  # weight 0 on the PD map of the re-simulated voxels
+                is_pd = jnp.arange(len(names)) == names.index("PD")
+                loss_mask = jnp.where(redrawn[..., None] & is_pd, 0.0, 1.0)
             c = condition_images(images, cond, protocol)  # per voxel ("fit" too): after the draw
             if residual:
                 x0 = (x0 - fit_base(c, names)) * rs
