@@ -6,15 +6,17 @@
 #
 #   OUT=/tmp/gpu PHANTOM=../shared/nist_phantom/A bash experiments/gpu/ddpm_default.sh
 source "$(dirname "$0")/common.sh"
-declare -A EXTRA=([ddpm_default]="" [ddpm_default_voxel]="" \
-                  [ddpm_default_wide]="--config.ddpm.voxel_width=256 --config.train.num_steps=4000")
-for name in ddpm_default ddpm_default_voxel ddpm_default_wide; do
-  preset=$([ "$name" = ddpm_default_voxel ] && echo :voxel)
-  # shellcheck disable=SC2086  # EXTRA holds whole options
-  python3 -m qmri_jax.main --config=configs/ddpm.py$preset --workdir="$RUNS/$name" \
-    --config.data.data_dir="$QDATA" --config.train.progress_bar=False ${EXTRA[$name]} \
-    > "$OUT/$name.log" 2>&1
+# train_and_report NAME CONFIG [OVERRIDES...]: train into $RUNS/NAME, then report_run NAME.
+train_and_report() {
+  local name=$1 config=$2
+  shift 2
+  python3 -m qmri_jax.main --config="$config" --workdir="$RUNS/$name" \
+    --config.data.data_dir="$QDATA" --config.train.progress_bar=False "$@" > "$OUT/$name.log" 2>&1
   stamp "$name trained"
   report_run "$name"
-done
+}
+train_and_report ddpm_default configs/ddpm.py
+train_and_report ddpm_default_voxel configs/ddpm.py:voxel
+train_and_report ddpm_default_wide configs/ddpm.py --config.ddpm.voxel_width=256 \
+  --config.train.num_steps=4000
 stamp done
