@@ -66,6 +66,7 @@ def get_config(preset: str = ""):
     config.train.eval_every = 500
     config.train.checkpoint_every = 250
     config.train.log_every = 50
+    config.train.eval_batches = 2  # validation loss on 32 slices
     if preset in ("", "voxel"):
         config.ddpm.network = "voxel"
         config.ddpm.voxel_batch = 8192

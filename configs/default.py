@@ -82,8 +82,10 @@ def get_config():
     # evaluates as if finished; running the same workdir again continues towards num_steps.
     config.train.time_limit_minutes = 0.0
     config.train.progress_bar = True
+    # Validation batches (of batch_size) per evaluation; 0: the whole validation split.
+    config.train.eval_batches = 0
 
-    config.task = "regression"  # "regression" (U-Nets, HighResNet, ResNet) or "ddpm"
+    config.task = "regression"  # regression (U-Nets, HighResNet, ResNet), rim or ddpm
 
     # ---- conditional DDPM (config.task = "ddpm") ----
     config.ddpm = ml_collections.ConfigDict()
@@ -98,7 +100,6 @@ def get_config():
     config.ddpm.sampler = "ddim"  # ddim | ddpm
     config.ddpm.sample_steps = 50
     config.ddpm.eta = 0.0
-    config.ddpm.ddim_spacing = "uniform"  # uniform | quadratic (dense near t = 0)
     config.ddpm.num_samples = 10  # posterior draws per slice
     config.ddpm.eval_slices = 16  # test-split slices sampled at the end of training
     config.ddpm.eval_batch = 4
@@ -111,15 +112,7 @@ def get_config():
     # that clips bright voxels at 4095 would deliver them (data.acquisition.saturate).
     config.ddpm.saturation_augment = 0.0
     config.ddpm.saturation_range = (0.5, 1.5)
-    # Training-time intensity scale: each slice's images and its PD target are multiplied by one
-    # factor drawn log-uniformly from (low, high), so that T1 has to be read from the shape of the
-    # signal curve and not from the normalised level (which depends on what the p95 is taken over:
-    # a brain's tissues in training, a phantom's spheres on a scan); () = off.
-    config.ddpm.intensity_augment = ()
-    # What the network is conditioned on: "images" (the normalised series as it is), "shape":
-    # each voxel's series divided by its own maximum over the images (the recovery curve's shape,
-    # which carries T1 and k whatever the intensity scale and PD) plus that maximum as one more
-    # channel (which carries PD), so T1 need not be read from the normalised level, or "fit": the
+    # What the network is conditioned on: "images" (the normalised series as it is) or "fit": the
     # images plus each voxel's least-squares IR fit (PD, T1, k; qmri_jax.fitting.fit_signals),
     # computed in the step from the images alone (IR protocols: ir, flair, ir_fse images).
     config.ddpm.condition = "images"
@@ -147,7 +140,7 @@ def get_config():
     config.ddpm.voxel_batch = 0
     # How voxel_batch draws: "data" (as the batch has them) or "flat_T1" (brain voxels weighted by
     # 1 / the batch's count in their log-T1 bin, with replacement: a flat log-T1 prior instead of
-    # the brains' white/grey-matter histogram; qmri_jax.diffusion.task.flat_t1_weights).
+    # the brains' white/grey-matter histogram; qmri_jax.diffusion.voxel_draw.flat_t1_weights).
     config.ddpm.voxel_prior = "data"
     # With voxel_prior "flat_T1": the background voxels' share of the draw, in [0, 1) (< 0: their
     # share of the batch). Their residual around the fit is ~1 (a noise-only voxel's fit against
@@ -156,15 +149,10 @@ def get_config():
     # With voxel_batch: this fraction of the drawn brain voxels gets a new T1 (log-uniform in
     # voxel_t1_range, ms) and k (uniform in voxel_k_range), its series simulated again with the
     # voxelwise IR model at the voxel's fitted amplitude (PD target kept), with Rician noise at an
-    # amplitude SNR log-uniform in voxel_snr_range (diffusion.task.resimulate_voxels): a
+    # amplitude SNR log-uniform in voxel_snr_range (diffusion.voxel_draw.resimulate_voxels): a
     # continuous prior where the synthetic subjects have a few clumped T1 values, and scans less
     # noisy than the training data. 0: off.
     config.ddpm.voxel_resimulate = 0.0
-    # Whole slices (voxel_batch 0, e.g. the U-Net): voxel_resimulate is the fraction of square
-    # blocks (side drawn per slice from these, in voxels) whose brain voxels get one new T1 and k
-    # per block (diffusion.task.resimulate_blocks): tissue-like regions whose values and placement
-    # owe nothing to the anatomy, so the network learns to read such a region from its curves.
-    config.ddpm.resimulate_blocks = (1, 2, 4, 8)
     # The re-simulated voxels' PD target: "keep" (in the loss) or "drop" (left out of the loss,
     # so they teach T1 and k only). A voxel's curve amplitude is PD x exp(-TE / T2) x the
     # receive and normalisation scales, and in brains T2 goes with T1; a redrawn T1 breaks that
@@ -182,4 +170,5 @@ def get_config():
     config.predict.output = ""  # output folder ("" = WORKDIR/predict)
     config.predict.protocol = ""  # name of the inputs' protocol ("" = the training protocol)
     config.predict.allow_protocol_mismatch = False
+    config.predict.batch_size = 8  # slices per call of the task's predict
     return config

@@ -12,10 +12,9 @@ from configs import ddpm
 
 def get_config(preset: str = ""):
     config = ddpm.get_config("paper" if preset == "paper" else "unet")
-    config.task = "regression"
-    config.model = ml_collections.ConfigDict({
-        "name": "rim", "protocol": config.data.protocol, "targets": tuple(config.targets),
-        "features": 32, "num_iterations": 6})
+    config.task = "rim"  # the RIM's protocol and targets are the data's
+    config.model = ml_collections.ConfigDict({"name": "rim", "features": 32,
+                                              "num_iterations": 6})
     config.train.loss = "nmae"
     config.train.num_steps = 400
     config.train.batch_size = 8

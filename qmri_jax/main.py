@@ -32,7 +32,8 @@ def main(argv):
         from qmri_jax import fit_job
         fit_job.run(FLAGS.config, FLAGS.workdir)
         return
-    from qmri_jax import predict, sharding, train  # noqa: F401 (imports set absl verbosity)
+    from qmri_jax import predict, train  # noqa: F401 (imports set absl verbosity)
+    from qmri_jax.engine import sharding
     if not FLAGS["verbosity"].present:  # Orbax and TFDS log every file operation at INFO
         logging.set_verbosity(logging.WARNING)
         for name in ("absl", "jax", "orbax", "tensorflow_datasets"):

@@ -1,4 +1,4 @@
-"""Apply a trained mapping network: evaluation of a workdir's checkpoint, and prediction on files.
+"""Apply any trained task: evaluation of a workdir's checkpoint, and maps from files.
 
 Run::
 
@@ -7,9 +7,12 @@ Run::
 
 The network's training protocol is read from ``DIR/protocol.json``; inputs must have the same
 number of contrasts, and (for DICOM, whose headers carry the timing) the same TR/TE/TI/flip per
-contrast, unless ``--config.predict.allow_protocol_mismatch=True``. 2D networks are applied
-slice by slice along the third (axial) axis with zero padding to the network's size multiple; 3D
-networks use sliding windows fused with Gaussian weights. Maps are written on the input grid.
+contrast, unless ``--config.predict.allow_protocol_mismatch=True``. Images are normalised as in
+training and the task's ``predict`` is applied slice by slice along the third (axial) axis, zero
+padded to the network's size multiple. Maps are written on the input grid as
+``pred_<map>.nii.gz`` (e.g. ``pred_T1map.nii.gz``) and, for a task with posterior samples (the
+DDPM), their std as ``pred_desc-std_<map>.nii.gz``. Only the task protocol is used here
+(:mod:`qmri_jax.tasks.base`): any task predicts the same way.
 """
 
 from __future__ import annotations
@@ -21,25 +24,36 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qmri_jax import checkpoint as ckpt_lib
-from qmri_jax import train as train_lib
+from qmri_jax.engine import checkpoint as ckpt_lib
+from qmri_jax.engine import init_state
+from qmri_jax.tasks import create_task, predict_in_batches
+from qmri_jax.tasks.data import load_data
 
 __all__ = ["load_trained", "evaluate_checkpoint", "predict_files", "predict_volume",
-           "sliding_window_predict", "check_protocol"]
+           "sliding_window_predict", "check_protocol", "example_batch"]
+
+
+def example_batch(task, image_shape) -> dict:
+    """Zeros shaped like one training example of ``task`` with images ``image_shape``
+    (``[*S, C_in]``): what ``create_state`` needs to shape the state."""
+    spatial = tuple(image_shape[:-1])
+    arrays = {"images": np.zeros((1, *image_shape), np.float32),
+              "targets": np.zeros((1, *spatial, len(task.targets)), np.float32),
+              "mask": np.zeros((1, *spatial), np.float32)}
+    return {k: arrays[k] for k in task.batch_keys if k in arrays}
 
 
 def load_trained(config, workdir: str, image_shape, prefer_best: bool = True):
     """``(task, state)`` restored from ``workdir``: best-on-validation if present and
-    ``prefer_best``, else the latest step. ``task`` is :func:`qmri_jax.train.create_task`'s
-    (``task.model`` for regression, ``task.net`` for the DDPM).
+    ``prefer_best``, else the latest step.
 
     Raises:
       FileNotFoundError: no checkpoint in ``workdir``.
-      qmri_jax.checkpoint.CheckpointError: a checkpoint is present but truncated/corrupt.
+      qmri_jax.engine.checkpoint.CheckpointError: a checkpoint is present but truncated/corrupt,
+        or written by a different network (e.g. another config).
     """
-    task = train_lib.create_task(config)
-    tx = train_lib.create_optimizer(config.train, config.train.num_steps)
-    state = task.create_state(jax.random.key(0), tx, jnp.zeros((1, *image_shape), jnp.float32))
+    task = create_task(config)
+    state = init_state(task, example_batch(task, image_shape), config.seed)
     latest, best = ckpt_lib.create_managers(workdir)
     for mngr in ((best, latest) if prefer_best else (latest,)):
         restored = ckpt_lib.restore_latest(mngr, state)
@@ -51,11 +65,9 @@ def load_trained(config, workdir: str, image_shape, prefer_best: bool = True):
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
     """Evaluate the workdir's checkpoint on the test split; writes ``workdir/eval``."""
-    from qmri_jax.evaluation import report
-    data = train_lib.load_data(config, workdir)
+    data = load_data(config)
     task, state = load_trained(config, workdir, data["test"]["images"].shape[1:])
-    return task.evaluate(state, data["test"], os.path.join(workdir, "eval"),
-                         calibration=data.get("validation"))
+    return task.evaluate(state, data, os.path.join(workdir, "eval"))
 
 
 def check_protocol(trained: dict, series_protocol, n_images: int, source: str,
@@ -86,19 +98,15 @@ def _pad_to(x, multiple, axes):
     return np.pad(x, pads), [x.shape[a] for a in axes]
 
 
-def predict_volume(predict_fn, volume: np.ndarray, multiple: int = 16, batch: int = 8):
-    """2D network over a volume ``[X, Y, Z, C_in]`` -> ``[X, Y, Z, C_out]`` (axial slices)."""
+def predict_volume(predict_fn, volume: np.ndarray, multiple: int = 16, batch: int = 8,
+                   outputs=("mean",)) -> dict[str, np.ndarray]:
+    """A 2D ``predict_fn(images [B, H, W, C_in], key) -> {"mean", ...}`` over a volume
+    ``[X, Y, Z, C_in]``, axial slice by slice (zero padded to ``multiple``): ``{output:
+    [X, Y, Z, C_out]}`` for the ``outputs`` it gives."""
     x = np.moveaxis(volume, 2, 0)  # [Z, X, Y, C]
     x, (nx, ny) = _pad_to(x, multiple, (1, 2))
-    out = []
-    for i in range(0, len(x), batch):
-        chunk = x[i:i + batch]
-        pad = batch - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        out.append(np.asarray(predict_fn(jnp.asarray(chunk)))[:batch - pad])
-    y = np.concatenate(out)[:, :nx, :ny]
-    return np.moveaxis(y, 0, 2)
+    res = predict_in_batches(predict_fn, x, batch, outputs=outputs)
+    return {k: np.moveaxis(v[:, :nx, :ny], 0, 2) for k, v in res.items()}
 
 
 def sliding_window_predict(fn, volume: np.ndarray, patch, overlap: float = 0.5,
@@ -160,17 +168,27 @@ def predict_files(config, workdir: str) -> str:
     from qmri_jax.fitting.maps import auto_mask
     brain = auto_mask(series.images)
     images = normalise_images(series.images.astype(np.float32), brain, config.data.normalisation)
+    if images.ndim == 3:  # one slice: [X, Y, C] -> [X, Y, 1, C]
+        images = images[:, :, None]
+        brain = brain[:, :, None]
     task, state = load_trained(config, workdir, (16, 16, images.shape[-1]))
-    model = task.model
-    params = train_lib.eval_params(state, config)
-    fn = jax.jit(lambda x: train_lib.make_predict_fn(model)(params, state.batch_stats, x))
-    maps = predict_volume(fn, images)
+    fn = jax.jit(lambda x, key: task.predict(state, jnp.asarray(x), key))
+    batch = int(config.predict.get("batch_size", 8))
+    print(f"predicting {images.shape[2]} slice(s) of {images.shape[0]} x {images.shape[1]} "
+          f"with {type(task).__name__} (batches of {batch}) ...", flush=True)
+    maps = predict_volume(fn, images, multiple=task.size_multiple, batch=batch,
+                          outputs=("mean", "std"))
     out = config.predict.output or os.path.join(workdir, "predict")
     os.makedirs(out, exist_ok=True)
-    for c, name in enumerate(config.targets):
-        nifti.write_nifti(os.path.join(out, nifti.bids_map_name(name, prefix="pred")),
-                          np.where(brain, maps[..., c], 0).astype(np.float32), series.affine)
-    print(f"maps written to {out}")
+    affine = series.affine
+    for c, name in enumerate(task.targets):
+        for key, desc in (("mean", None), ("std", "std")):
+            if key in maps:
+                vol = np.where(brain, maps[key][..., c], 0).astype(np.float32)
+                nifti.write_nifti(os.path.join(out, nifti.bids_map_name(name, prefix="pred",
+                                                                        desc=desc)),
+                                  vol if series.images.ndim == 4 else vol[:, :, 0], affine)
+    print(f"maps written to {out}: {', '.join(sorted(os.listdir(out)))}")
     return out
 
 

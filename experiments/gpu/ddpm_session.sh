@@ -38,7 +38,7 @@ from configs import ddpm
 from qmri_jax import train
 c = ddpm.get_config("paper")
 c.data.data_dir = sys.argv[1]; c.data.resolution_mm = 4; c.data.slices_per_subject = 20
-d = train.load_data(c, "/tmp/vir_probe")
+d = train.load_data(c)
 print({k: len(v["images"]) for k, v in d.items() if isinstance(v, dict) and "images" in v})
 PY
 vir_pid=$!

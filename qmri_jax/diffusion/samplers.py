@@ -55,32 +55,19 @@ def ddpm_sample(model_fn: Callable, schedule: Schedule, shape, key, prediction: 
     return x
 
 
-def ddim_timesteps(T: int, num_steps: int, spacing: str = "uniform") -> np.ndarray:
-    """The ``num_steps`` visited steps, descending from ``T - 1`` to 0: ``"uniform"`` or
-    ``"quadratic"`` (t ~ i^2, Song et al. 2021: dense near t = 0, where a narrow posterior is
-    resolved; the smallest steps are 0, 1, 2, ...)."""
+def ddim_timesteps(T: int, num_steps: int) -> np.ndarray:
+    """The ``num_steps`` visited steps, uniformly spaced and descending from ``T - 1`` to 0."""
     if not 1 <= num_steps <= T:
         raise ValueError(f"num_steps={num_steps}: expected 1..{T}")
-    u = np.linspace(0.0, 1.0, num_steps)
-    if spacing == "uniform":
-        ts = np.round(u * (T - 1)).astype(int)
-    elif spacing == "quadratic":
-        ts = np.round(u**2 * (T - 1)).astype(int)
-        for i in range(1, num_steps):  # strictly increasing: the first steps become 0, 1, 2, ...
-            ts[i] = max(ts[i], ts[i - 1] + 1)
-        for i in range(num_steps - 2, -1, -1):  # ... and the last stays T - 1
-            ts[i] = min(ts[i], ts[i + 1] - 1)
-    else:
-        raise ValueError(f"spacing={spacing!r}: expected 'uniform' or 'quadratic'")
+    ts = np.round(np.linspace(0.0, 1.0, num_steps) * (T - 1)).astype(int)
     return ts[::-1].copy()
 
 
 def ddim_sample(model_fn: Callable, schedule: Schedule, shape, key, num_steps: int = 50,
-                eta: float = 0.0, prediction: str = "eps", clip: float | None = 1.0,
-                spacing: str = "uniform"):
+                eta: float = 0.0, prediction: str = "eps", clip: float | None = 1.0):
     """DDIM sample with ``num_steps`` network calls at :func:`ddim_timesteps`."""
     T = schedule.num_steps
-    ts = jnp.asarray(ddim_timesteps(T, num_steps, spacing), jnp.int32)
+    ts = jnp.asarray(ddim_timesteps(T, num_steps), jnp.int32)
     ts_prev = jnp.concatenate([ts[1:], jnp.array([-1], jnp.int32)])
     key, k0 = jax.random.split(key)
     x = jax.random.normal(k0, shape)

@@ -15,10 +15,9 @@ import pathlib
 import numpy as np
 
 from qmri_jax.evaluation import metrics as M
+from qmri_jax.physics.units import unit_label
 
-__all__ = ["evaluate_maps", "write_report"]
-
-_UNITS = {"T1": "ms", "T2": "ms", "PD": "a.u.", "k": "", "B": ""}
+__all__ = ["evaluate_maps", "write_report", "write_map_volumes"]
 
 
 def evaluate_maps(pred: np.ndarray, arrays: dict, targets) -> dict:
@@ -38,7 +37,7 @@ def evaluate_maps(pred: np.ndarray, arrays: dict, targets) -> dict:
         if "lesion" in arrays and arrays["lesion"].any():
             entry["lesion"] = M.masked_metrics(p, t, brain & arrays["lesion"].astype(bool))
         entry["roi"] = _roi_agreement(p, t, arrays)
-        entry["units"] = _UNITS.get(name, "")
+        entry["units"] = unit_label(name)
         out[name] = entry
     return out
 
@@ -99,7 +98,7 @@ def plot_report(out_dir, pred, arrays, targets, metrics):
     for c, name in enumerate(targets):
         t, p, m = arrays["targets"][i, ..., c], pred[i, ..., c], brain[i]
         vmax = float(np.percentile(t[m], 99)) if m.any() else 1.0
-        unit = _UNITS.get(name, "")
+        unit = unit_label(name)
         diff = np.where(m, p - t, 0)
         pct = np.where(m & (t > 0), 100 * (p - t) / np.where(t > 0, t, 1), 0)
         for j, (img, title, cmap, lo, hi, lab) in enumerate([
@@ -142,9 +141,20 @@ def plot_report(out_dir, pred, arrays, targets, metrics):
             ax.scatter((a + b) / 2, a - b, s=12)
             for y, ls in ((roi["bias"], "-"), (roi["loa_low"], "--"), (roi["loa_high"], "--")):
                 ax.axhline(y, color="k", ls=ls, lw=0.8)
-        unit = _UNITS.get(name, "")
+        unit = unit_label(name)
         ax.set_xlabel(f"mean of prediction and truth ({unit})")
         ax.set_ylabel(f"prediction - truth ({unit})")
         ax.set_title(f"{name}: Bland-Altman (tissue ROIs)", fontsize=9)
     fig.tight_layout()
     save(fig, "bland_altman.png")
+
+
+def write_map_volumes(out_dir: str, maps: dict, voxel_mm: float, prefix: str) -> None:
+    """NIfTI stacks ``[H, W, num_slices]`` of slice maps ``{file name part: [N, H, W]}``: the key
+    is ``(map, desc)`` (``desc`` None for the estimate, e.g. ``"std"`` for its uncertainty), the
+    file is :func:`qmri_jax.io.nifti.bids_map_name` of it with ``prefix``."""
+    from qmri_jax.io.nifti import bids_map_name, write_nifti
+    aff = np.diag([float(voxel_mm)] * 3 + [1.0])
+    for (name, desc), vol in maps.items():
+        write_nifti(os.path.join(out_dir, bids_map_name(name, prefix=prefix, desc=desc)),
+                    np.moveaxis(np.asarray(vol), 0, -1).astype(np.float32), aff)

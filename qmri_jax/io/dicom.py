@@ -22,6 +22,8 @@ class DicomError(ValueError):
 
 
 def _iter_files(paths):
+    if isinstance(paths, (str, os.PathLike)):  # one file or folder, not its characters
+        paths = [paths]
     for p in paths:
         p = pathlib.Path(p)
         if p.is_dir():

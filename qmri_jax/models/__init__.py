@@ -1,20 +1,30 @@
-"""Flax Linen networks for quantitative mapping, and :func:`create_model` (an explicit registry)."""
+"""Flax Linen networks for quantitative mapping, and the one model registry :data:`MODELS`.
+
+Image-to-map networks (``[B, *S, C_in] -> [B, *S, C_out]``, physical units via ``out_scale``):
+the U-Net family, HighResNet, ResNet, the RIM. Denoisers of a conditional DDPM
+(``(x_t, t, condition) -> [B, *S, C_map]``): ``diffusion_unet``, ``voxel_denoiser``.
+"""
 
 from __future__ import annotations
 
+from qmri_jax.models.diffusion_unet import DiffusionUNet, VoxelDenoiser
 from qmri_jax.models.resnets import HighResNet, ResNet
 from qmri_jax.models.rim import RIM
 from qmri_jax.models.unets import UAttenNet, UNet, UNetQiu, UResNet
 
-__all__ = ["UNet", "UResNet", "UAttenNet", "UNetQiu", "HighResNet", "ResNet", "RIM", "create_model",
-           "MODELS"]
+__all__ = ["UNet", "UResNet", "UAttenNet", "UNetQiu", "HighResNet", "ResNet", "RIM",
+           "DiffusionUNet", "VoxelDenoiser", "create_model", "MODELS"]
 
 MODELS = {"unet": UNet, "uresnet": UResNet, "uattennet": UAttenNet, "unet_qiu": UNetQiu,
-          "highresnet": HighResNet, "resnet": ResNet, "rim": RIM}
+          "highresnet": HighResNet, "resnet": ResNet, "rim": RIM,
+          "diffusion_unet": DiffusionUNet, "voxel_denoiser": VoxelDenoiser}
 
 
-def create_model(name: str, out_scale, **kwargs):
-    """A model by name with its keyword arguments (``config.model`` minus ``name``)."""
+def create_model(name: str, **kwargs):
+    """The network ``name`` of :data:`MODELS` with its keyword arguments (e.g. ``config.model``
+    minus ``name``; image-to-map networks take ``out_scale``)."""
     if name not in MODELS:
         raise ValueError(f"model {name!r}: expected one of {sorted(MODELS)}")
-    return MODELS[name](out_scale=tuple(out_scale), **kwargs)
+    if "out_scale" in kwargs:
+        kwargs["out_scale"] = tuple(kwargs["out_scale"])
+    return MODELS[name](**kwargs)

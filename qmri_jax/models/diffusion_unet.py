@@ -1,10 +1,8 @@
 """Time-conditioned U-Net for conditional DDPMs (the "qMRI Diffusor" network).
 
-``DiffusionUNet(x_t [B, H, W, C_map], t [B], condition [B, H, W, C_img], protocol [B, P] | None)
--> [B, H, W, C_map]``: the noisy maps and the weighted images are concatenated on the channel axis;
-``t`` enters through a sinusoidal embedding and an MLP added to every residual block; an optional
-protocol vector (e.g. TR/TE/TI in seconds) is embedded the same way so one network serves several
-protocols. The layout is Ho et al. (2020)'s, as in MONAI's ``DiffusionModelUNet``: GroupNorm/SiLU
+``DiffusionUNet(x_t [B, H, W, C_map], t [B], condition [B, H, W, C_img]) -> [B, H, W, C_map]``:
+the noisy maps and the weighted images are concatenated on the channel axis; ``t`` enters through a
+sinusoidal embedding and an MLP added to every residual block. The layout is Ho et al. (2020)'s, as in MONAI's ``DiffusionModelUNet``: GroupNorm/SiLU
 residual blocks, stride-2 convolutions down, nearest-neighbour up-sampling plus a convolution up,
 every intermediate activation of the way down fed to one residual block of the way up,
 self-attention at the levels listed in ``attention_levels`` and always in the bottleneck.
@@ -131,7 +129,7 @@ class DiffusionUNet(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x_t, t, condition, protocol=None):
+    def __call__(self, x_t, t, condition):
         factor = 2 ** (len(self.features) - 1)
         if any(s % factor for s in x_t.shape[1:3]):
             raise ValueError(f"DiffusionUNet: spatial shape {x_t.shape[1:3]} must divide by "
@@ -140,8 +138,6 @@ class DiffusionUNet(nn.Module):
         emb = timestep_embedding(t, self.features[0])
         dt = self.dtype
         emb = nn.Dense(emb_dim, dtype=dt)(nn.silu(nn.Dense(emb_dim, dtype=dt)(emb)))
-        if protocol is not None:
-            emb = emb + nn.Dense(emb_dim, dtype=dt)(nn.silu(nn.Dense(emb_dim, dtype=dt)(protocol)))
         # The top-level convolutions keep the names Flax gave them when the up-sampler was an
         # nn.Conv (Conv_0, Conv_1, ... in call order), so checkpoints stay interchangeable.
         n_conv = itertools.count()
@@ -181,12 +177,12 @@ class DiffusionUNet(nn.Module):
 
 class VoxelDenoiser(nn.Module):
     """A per-voxel denoiser with the :class:`DiffusionUNet` call signature: ``(x_t [B, ..., C_map],
-    t [B], condition [B, ..., C_img], protocol [B, P] | None) -> [B, ..., C_map]`` for any number
+    t [B], condition [B, ..., C_img]) -> [B, ..., C_map]`` for any number
     of spatial axes (none included).
 
     Every layer acts on one voxel's channels (the noisy maps concatenated with that voxel's
     weighted images): an input projection to ``width``, ``depth`` residual blocks (LayerNorm,
-    SiLU, Dense, plus the time and protocol embedding, LayerNorm, SiLU, Dense), and a zero-initialised
+    SiLU, Dense, plus the time embedding, LayerNorm, SiLU, Dense), and a zero-initialised
     output layer. The output at a voxel depends on that voxel's inputs only, so the posterior it
     learns is the per-voxel one, ``p(maps | that voxel's signal curve)`` under the training
     data's distribution of tissue values; unlike the U-Net it has no spatial prior to carry from
@@ -199,13 +195,11 @@ class VoxelDenoiser(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x_t, t, condition, protocol=None):
+    def __call__(self, x_t, t, condition):
         dt = self.dtype
         emb_dim = self.emb_dim or self.width
         emb = timestep_embedding(t, self.width)
         emb = nn.Dense(emb_dim, dtype=dt)(nn.silu(nn.Dense(emb_dim, dtype=dt)(emb)))
-        if protocol is not None:
-            emb = emb + nn.Dense(emb_dim, dtype=dt)(nn.silu(nn.Dense(emb_dim, dtype=dt)(protocol)))
         emb = emb.reshape(emb.shape[0], *(1,) * (x_t.ndim - 2), emb_dim)
         h = nn.Dense(self.width, dtype=dt)(jnp.concatenate([x_t, condition], axis=-1).astype(dt))
         for _ in range(self.depth):

@@ -6,7 +6,7 @@ images, with the amplitude profiled out per voxel: ``a = <b, y> / <b, b>``) to a
 whose output updates the estimate (Putzky & Welling, arXiv:1706.04008; Sabidussi et al., "Recurrent
 inference machines as inverse problem solvers for MR relaxometry", MedIA 74:102220, 2021).
 
-Estimated quantities live in [-1, 1] (the DDPM scaling of :mod:`qmri_jax.diffusion.task`): T1 and,
+Estimated quantities live in [-1, 1] (:func:`qmri_jax.physics.units.to_unit_range`): T1 and,
 when the protocol's signal depends on it, the inversion efficiency k. PD comes from a head on the
 final hidden state. ``[B, H, W, N] -> [B, H, W, len(targets)]`` in physical units.
 """
@@ -20,13 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from qmri_jax.physics.protocol import get_protocol, simulate
+from qmri_jax.physics.units import from_unit_range
 
 __all__ = ["RIM", "profiled_nll"]
-
-
-def _scalings():
-    from qmri_jax.diffusion.task import SCALING, _inv
-    return SCALING, _inv
 
 
 def profiled_nll(xs, images, protocol, names):
@@ -41,10 +37,9 @@ def profiled_nll(xs, images, protocol, names):
     Returns:
       ``(nll [...], amplitude [...])``.
     """
-    scaling, inv = _scalings()
     maps = {"PD": 1.0, "T2": 1e4, "k": 1.0}  # T2 only scales every image by e^{-TE/T2}: in ``a``
     for i, n in enumerate(names):
-        maps[n] = inv(xs[..., i], *scaling[n])
+        maps[n] = from_unit_range(xs[..., i], n)
     b = simulate(maps, protocol)
     a = jnp.sum(b * images, -1) / jnp.maximum(jnp.sum(b * b, -1), 1e-12)
     r = images - a[..., None] * b
@@ -77,7 +72,6 @@ class RIM(nn.Module):
     def __call__(self, images, train: bool = False):
         prot = get_protocol(self.protocol)
         est = tuple(n for n in ("T1", "k") if n in self.targets)
-        scaling, inv = _scalings()
         b, h, w, _ = images.shape
         xs = jnp.zeros((b, h, w, len(est)))
         hidden = jnp.zeros((b, h, w, self.features))
@@ -96,5 +90,5 @@ class RIM(nn.Module):
         pd = jax.nn.softplus(nn.Conv(1, (3, 3))(jnp.concatenate([hidden, y], -1)))[..., 0]
         out = {"PD": pd}
         for i, n in enumerate(est):
-            out[n] = inv(xs[..., i], *scaling[n])
+            out[n] = from_unit_range(xs[..., i], n)
         return jnp.stack([out[n] for n in self.targets], axis=-1)

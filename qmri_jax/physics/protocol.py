@@ -30,23 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from qmri_jax.physics import signals
+from qmri_jax.physics.units import MAP_UNITS  # re-exported
 
 __all__ = ["Protocol", "SEQUENCE_KINDS", "simulate", "get_protocol", "list_protocols", "MAP_UNITS"]
 
 SEQUENCE_KINDS = ("se", "ir", "ir_signed", "flair", "ir_fse", "spgr")
-
-#: Units of every map name used across the package.
-MAP_UNITS = {
-    "T1": "ms",
-    "T2": "ms",
-    "T2s": "ms",
-    "PD": "a.u.",
-    "k": "dimensionless (inversion efficiency, inverted fraction)",
-    "B": "dimensionless (IR-FSE inversion factor)",
-    "B1": "dimensionless (relative flip angle)",
-    "offset": "a.u.",
-    "refocus": "deg",
-}
 
 
 @jax.tree_util.register_dataclass

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Mapping
 import jax
 import numpy as np
 
-from qmri_jax import sharding as sharding_lib
+from qmri_jax.engine import sharding as sharding_lib
 
 __all__ = ["Loader"]
 

@@ -1,6 +1,6 @@
 """Thin Orbax wrappers: a latest-N manager and a best-on-validation manager, exact restore.
 
-A checkpoint holds the :class:`~qmri_jax.train.TrainState` (as a state dict) and a small JSON
+A checkpoint holds a task's state pytree (as a state dict) and a small JSON
 ``extra`` (early-stopping state). Orbax writes each step to a temporary folder and renames it when
 complete; a step folder that is present but unreadable is reported, never silently replaced.
 """

@@ -1,0 +1,55 @@
+"""What a conditional DDPM over qMRI maps is conditioned on, and the point a residual DDPM
+diffuses around.
+
+``"images"``: the normalised weighted series as it is. ``"fit"``: the series followed by each
+voxel's least-squares fit of the ``ir`` model (PD, T1, k; dictionary search plus
+:data:`FIT_ITERATIONS` Levenberg-Marquardt steps), scaled like the targets
+(:data:`qmri_jax.physics.units.SCALING`) and held within +-2. The fitted channels depend on the
+voxel's own series only, never on the image around it, so a network can lean on them where the
+picture is unlike its training data (a phantom's spheres instead of a brain).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from qmri_jax.fitting import fit_signals, get_model
+from qmri_jax.physics.units import to_unit_range
+
+__all__ = ["CONDITIONS", "FIT_MODEL", "FIT_CHANNELS", "FIT_ITERATIONS", "condition_images",
+           "condition_channels", "fit_base"]
+
+CONDITIONS = ("images", "fit")
+FIT_MODEL = "ir"  # the voxelwise model behind condition "fit": PD, T1, k
+FIT_CHANNELS = ("PD", "T1", "k")  # their order after the images
+FIT_ITERATIONS = 5  # Levenberg-Marquardt steps after the dictionary search
+FIT_CLIP = 2.0  # fitted channels beyond +-2 (e.g. PD of noise-only voxels) are held there
+
+
+def condition_channels(kind: str, num_images: int) -> int:
+    """Channels of the condition of ``kind`` for ``num_images`` weighted images."""
+    if kind not in CONDITIONS:
+        raise ValueError(f"config.ddpm.condition={kind!r}: expected one of {CONDITIONS}")
+    return num_images + (len(FIT_CHANNELS) if kind == "fit" else 0)
+
+
+def condition_images(images, kind: str, protocol=None):
+    """The network's condition ``[..., N]`` (``"images"``) or ``[..., N + 3]`` (``"fit"``; needs
+    the acquisition ``protocol``) from normalised images ``[..., N]``."""
+    if kind == "images":
+        return images
+    if kind == "fit":
+        if protocol is None:
+            raise ValueError("config.ddpm.condition='fit' needs the acquisition protocol")
+        est = fit_signals(get_model(FIT_MODEL), protocol, images, max_iter=FIT_ITERATIONS)
+        chans = [jnp.clip(to_unit_range(est[n], n), -FIT_CLIP, FIT_CLIP) for n in FIT_CHANNELS]
+        return jnp.concatenate([images, jnp.stack(chans, axis=-1).astype(images.dtype)], axis=-1)
+    raise ValueError(f"config.ddpm.condition={kind!r}: expected one of {CONDITIONS}")
+
+
+def fit_base(condition, names):
+    """The scaled maps ``[..., C]`` (``names`` order) that a ``"fit"`` condition carries in its
+    last three channels, held within [-1, 1]: the point a residual DDPM diffuses around."""
+    n_img = condition.shape[-1] - len(FIT_CHANNELS)
+    return jnp.stack([jnp.clip(condition[..., n_img + FIT_CHANNELS.index(n)], -1.0, 1.0)
+                      for n in names], axis=-1)

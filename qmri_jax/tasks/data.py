@@ -1,0 +1,55 @@
+"""The synthetic splits every supervised task trains on, from ``config.data``: images, physical
+target maps, the brain mask and the tissue labels the reports use."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from qmri_jax.data import datasets
+from qmri_jax.physics.protocol import get_protocol
+
+__all__ = ["data_config", "as_batch_arrays", "load_data"]
+
+_LABELS = ("GM", "WM", "CSF", "lesion", "subject", "slice")
+
+
+def data_config(config) -> datasets.DataConfig:
+    """The typed, validated :class:`~qmri_jax.data.datasets.DataConfig` of ``config.data``."""
+    d = config.data
+    return datasets.DataConfig(
+        protocol=d.protocol, field=d.field, resolution_mm=d.resolution_mm,
+        num_subjects=d.num_subjects, geometric_fraction=d.geometric_fraction,
+        pathology_fraction=d.pathology_fraction, slices_per_subject=d.slices_per_subject,
+        snr=float(d.snr), receive_bias=d.receive_bias, transmit_bias=d.transmit_bias,
+        k_spread=float(d.get("k_spread", 0.0)), slice_thickness_vox=d.slice_thickness_vox,
+        geometric_radius=tuple(d.get("geometric_radius", datasets.DataConfig.geometric_radius)),
+        normalisation=d.normalisation, seed=d.seed)
+
+
+def as_batch_arrays(arrays: dict, targets) -> dict:
+    """A split's stored arrays -> ``images [N, *S, C_in]``, ``targets [N, *S, C]`` (``targets``
+    order, physical units), ``mask [N, *S]`` plus the labels present."""
+    out = {"images": arrays["images"].astype(np.float32),
+           "targets": np.stack([arrays[t] for t in targets], axis=-1).astype(np.float32),
+           "mask": arrays["brain"].astype(np.float32)}
+    out.update({k: arrays[k] for k in _LABELS if k in arrays})
+    return out
+
+
+def load_data(config) -> dict:
+    """``{split: arrays}`` for train / validation / test (TFDS array_record, built once under
+    ``config.data.data_dir``), ``"train_fn"`` (``epoch -> arrays``) with
+    ``config.data.on_the_fly``, and ``"protocol"`` (the acquisition protocol's dict)."""
+    dcfg = data_config(config)
+    data_dir = config.data.data_dir or os.path.join(os.path.expanduser("~"), ".cache", "qmri_jax",
+                                                    "tfds")
+    builder = datasets.build(dcfg, data_dir, dims=2)
+    out = {s: as_batch_arrays(datasets.load_split_arrays(builder, s), config.targets)
+           for s in datasets.SPLITS}
+    if config.data.on_the_fly:
+        out["train_fn"] = lambda epoch: as_batch_arrays(
+            datasets.epoch_arrays(dcfg, "train", epoch), config.targets)
+    out["protocol"] = get_protocol(dcfg.protocol).to_dict()
+    return out

@@ -1,0 +1,231 @@
+"""The qMRI Diffusor task: a conditional DDPM over quantitative maps (``config.task = "ddpm"``).
+
+Maps are scaled into [-1, 1] per target (:mod:`qmri_jax.physics.units`), background voxels to -1.
+The condition is the weighted images (normalised per volume by the in-brain 95th percentile, so a
+scanner's arbitrary intensity scale cancels), optionally with each voxel's least-squares fit
+(:mod:`qmri_jax.diffusion.conditioning`); a residual DDPM diffuses the difference from that fit.
+The denoiser is a time-conditioned U-Net, or a per-voxel network trained on voxels drawn from the
+batch (:mod:`qmri_jax.diffusion.voxel_draw`).
+
+``predict`` draws ``ddpm.num_samples`` posterior samples per image (one ``vmap`` over keys) with
+DDIM or DDPM and returns their mean (the estimate), std (the uncertainty) and the samples. At the
+end of training, ``evaluate`` fits one std scale per map on validation slices
+(:func:`qmri_jax.evaluation.uncertainty.fit_std_scale`), samples the test split and writes
+``metrics.json`` (the supervised schema plus ``uncertainty``), figures and NIfTI mean/std maps.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qmri_jax.data.acquisition import saturate
+from qmri_jax.diffusion import process, samplers, schedules
+from qmri_jax.diffusion.conditioning import (FIT_MODEL, condition_channels, condition_images,
+                                             fit_base)
+from qmri_jax.diffusion.voxel_draw import draw_voxels, resimulate_voxels
+from qmri_jax.engine import create_optimizer, create_state, eval_params
+from qmri_jax.engine.state import apply_gradients
+from qmri_jax.models import create_model
+from qmri_jax.physics.units import scale_maps, unscale_maps
+from qmri_jax.tasks.base import predict_in_batches
+from qmri_jax.tasks.ddpm_config import DdpmConfig
+
+__all__ = ["DdpmTask"]
+
+
+class DdpmTask:
+    """Conditional DDPM for ``config.targets`` given ``images``; settings in ``config.ddpm``."""
+
+    batch_keys = ("images", "targets", "mask")
+
+    def __init__(self, config):
+        self.config = config
+        self.names = self.targets = tuple(config.targets)
+        self.cfg = d = DdpmConfig.from_config(config.ddpm)
+        d.check(self.names)
+        dtype = jnp.dtype(d.dtype)
+        if d.network == "unet":
+            self.net = create_model("diffusion_unet", features=tuple(d.features),
+                                    out_channels=len(self.names),
+                                    blocks_per_level=d.blocks_per_level,
+                                    attention_levels=tuple(d.attention_levels),
+                                    emb_dim=d.emb_dim, dtype=dtype)
+            self.size_multiple = 2 ** (len(d.features) - 1)
+        else:
+            self.net = create_model("voxel_denoiser", width=d.voxel_width, depth=d.voxel_depth,
+                                    out_channels=len(self.names), emb_dim=d.emb_dim, dtype=dtype)
+            self.size_multiple = 1
+        self.residual_scale = d.residual_factors(self.names)
+        self.schedule = schedules.get_schedule(d.schedule, d.num_steps)
+        self.snr_cap = float(d.snr_cap) if d.snr_cap else None
+        self.protocol = None
+        if d.condition == "fit" or d.voxel_resimulate:  # both fit / simulate the IR model
+            from qmri_jax.fitting import get_model
+            from qmri_jax.physics.protocol import get_protocol
+            self.protocol = get_protocol(config.data.protocol)
+            what = ("condition='fit'" if d.condition == "fit"
+                    else f"voxel_resimulate={d.voxel_resimulate}")
+            try:
+                get_model(FIT_MODEL).check(self.protocol)
+            except ValueError as e:
+                raise ValueError(f"config.ddpm.{what} with config.data.protocol="
+                                 f"{config.data.protocol!r}: {e}") from None
+        self.tx = create_optimizer(config.train, config.train.num_steps)
+        self.ema_decay = float(config.train.ema_decay)
+
+    # ---- training ----
+    def create_state(self, key, batch):
+        images = batch["images"]
+        b = images.shape[0]
+        x = jnp.zeros((*images.shape[:-1], len(self.names)))
+        c = jnp.zeros((*images.shape[:-1],
+                       condition_channels(self.cfg.condition, images.shape[-1])), images.dtype)
+        params = self.net.init(key, x, jnp.zeros((b,), jnp.int32), c)["params"]
+        return create_state(params, self.tx)
+
+    def _condition(self, images):
+        return condition_images(images, self.cfg.condition, self.protocol)
+
+    def _loss(self, params, x0, c, key, mask):
+        fn = lambda x_t, t: self.net.apply({"params": params}, x_t, t, c)  # noqa: E731
+        return process.diffusion_loss(fn, self.schedule, x0, key, mask=mask,
+                                      prediction=self.cfg.prediction, snr_cap=self.snr_cap)
+
+    def train_step(self, state, batch, key):
+        d, names = self.cfg, self.names
+        images = batch["images"]
+        loss_mask = None
+        if d.saturation_augment > 0:  # scanner saturation (12-bit DICOM) on part of the batch
+            key, k_on, k_level = jax.random.split(key, 3)
+            shape = (images.shape[0],) + (1,) * (images.ndim - 1)
+            level = jax.random.uniform(k_level, shape, minval=d.saturation_range[0],
+                                       maxval=d.saturation_range[1])
+            on = jax.random.bernoulli(k_on, d.saturation_augment, shape)
+            images = jnp.where(on, saturate(images, level), images)
+        batch = {**batch, "images": images}
+        if d.voxel_batch:  # per-voxel network: voxels of the batch, each with its own step t
+            key, k_vox = jax.random.split(key)
+            batch = draw_voxels(batch, k_vox, d.voxel_batch, names, d.voxel_prior,
+                                d.voxel_background if d.voxel_background >= 0 else None)
+            if d.voxel_resimulate:  # a fraction of the brain voxels redrawn, simulated again
+                key, k_re = jax.random.split(key)
+                batch = resimulate_voxels(batch, k_re, names, self.protocol, d.voxel_resimulate,
+                                          d.voxel_t1_range, d.voxel_k_range, d.voxel_snr_range)
+                if d.voxel_resimulate_pd == "drop":  # no PD loss on the re-simulated voxels
+                    is_pd = jnp.arange(len(names)) == names.index("PD")
+                    loss_mask = jnp.where(batch["redrawn"][..., None] & is_pd, 0.0, 1.0)
+        x0 = scale_maps(batch["targets"], batch["mask"], names)
+        c = self._condition(batch["images"])  # per voxel ("fit" too): after the draw
+        if d.residual:
+            x0 = (x0 - fit_base(c, names)) * jnp.asarray(self.residual_scale)
+        loss, grads = jax.value_and_grad(self._loss)(state.params, x0, c, key, loss_mask)
+        return apply_gradients(state, grads, loss, self.tx, self.ema_decay)
+
+    def eval_step(self, state, batch, key):
+        """The training loss on whole validation slices at the given noise draws; over the brain
+        voxels only where training draws no background (``voxel_background=0``): otherwise voxels
+        the network never trained on would dominate it, and with it the best checkpoint."""
+        x0 = scale_maps(batch["targets"], batch["mask"], self.names)
+        c = self._condition(batch["images"])
+        if self.cfg.residual:
+            x0 = (x0 - fit_base(c, self.names)) * jnp.asarray(self.residual_scale)
+        mask = batch["mask"] if self.cfg.voxel_background == 0.0 else None
+        return {"loss": self._loss(eval_params(state, self.ema_decay), x0, c, key, mask)}
+
+    # ---- sampling ----
+    def sample_fn(self, sampler: str | None = None, steps: int | None = None,
+                  num_samples: int | None = None):
+        """``sample(state, images [B, *S, C_img], key) -> {"mean", "std", "samples"}`` in
+        physical units (``samples [K, B, *S, C]``); pure, unwrapped. Defaults: ``config.ddpm``."""
+        d, names = self.cfg, self.names
+        sampler, steps = sampler or d.sampler, steps or d.sample_steps
+        k = num_samples or d.num_samples
+        rs = jnp.asarray(self.residual_scale)
+        # a residual of maps and base, each in [-1, 1], times ddpm.residual_scale
+        clip = 2.0 * rs if d.residual else 1.0
+
+        def sample(state, images, key):
+            params = eval_params(state, self.ema_decay)
+            shape = (*images.shape[:-1], len(names))
+            c = self._condition(images)
+            base = fit_base(c, names) if d.residual else 0.0
+            fn = lambda x_t, t: self.net.apply({"params": params}, x_t, t, c)  # noqa: E731
+
+            def one(key_k):
+                if sampler == "ddpm":
+                    x = samplers.ddpm_sample(fn, self.schedule, shape, key_k,
+                                             prediction=d.prediction, clip=clip)
+                else:
+                    x = samplers.ddim_sample(fn, self.schedule, shape, key_k, steps, d.eta,
+                                             prediction=d.prediction, clip=clip)
+                return unscale_maps(x / rs + base, names)
+
+            draws = jax.vmap(one)(jax.random.split(key, k))
+            return {"mean": draws.mean(0), "std": draws.std(0), "samples": draws}
+
+        return sample
+
+    def predict(self, state, images, key):
+        """``{"mean", "std", "samples"}`` of ``ddpm.num_samples`` posterior draws."""
+        return self.sample_fn()(state, images, key)
+
+    def sample_split(self, state, arrays, sampler=None, steps=None, num_samples=None, key=0):
+        """Posterior mean and std ``[N, *S, C]`` (numpy) of ``arrays["images"]``, in batches of
+        ``ddpm.eval_batch``."""
+        fn = jax.jit(self.sample_fn(sampler, steps, num_samples))
+        out = predict_in_batches(lambda x, k: fn(state, x, k), arrays["images"],
+                                 self.cfg.eval_batch, jax.random.key(key))
+        return out["mean"], out["std"]
+
+    # ---- evaluation ----
+    def eval_subset(self, arrays, count=None):
+        """``count`` (default ``ddpm.eval_slices``) slices evenly spaced through ``arrays``."""
+        n = len(arrays["images"])
+        k = min(count or self.cfg.eval_slices, n)
+        idx = np.unique(np.linspace(0, n - 1, k).round().astype(int))
+        return {key: np.asarray(v)[idx] for key, v in arrays.items()}
+
+    def calibrate(self, state, arrays) -> dict:
+        """Per map, the std scale fitted on ``ddpm.calibration_slices`` slices of ``arrays``
+        (validation) and its validation coverage; ``{}`` when calibration is off."""
+        from qmri_jax.evaluation.uncertainty import fit_std_scale
+        d = self.cfg
+        if not d.calibration_slices or arrays is None or not len(arrays["images"]):
+            return {}
+        sub = self.eval_subset(arrays, d.calibration_slices)
+        mean, std = self.sample_split(state, sub, key=1)
+        return fit_std_scale(mean, std, sub, self.names, d.calibration_coverage)
+
+    def evaluate(self, state, data, out_dir) -> dict:
+        """Sample the test split and write the report, calibrated on ``data["validation"]``."""
+        from qmri_jax.evaluation import figures, report
+        from qmri_jax.evaluation.uncertainty import uncertainty_metrics
+        d, names = self.cfg, self.names
+        cal = self.calibrate(state, data.get("validation"))
+        sub = self.eval_subset(data["test"])
+        mean, std = self.sample_split(state, sub)
+        unc = uncertainty_metrics(mean, std, sub, names, cal)
+        extra = {"uncertainty": unc, "sampler": {"kind": d.sampler, "steps": d.sample_steps,
+                                                 "eta": d.eta, "num_samples": d.num_samples},
+                 "num_slices": int(len(sub["images"]))}
+        metrics = report.write_report(out_dir, mean, sub, names,
+                                      figures=self.config.eval.figures, extra=extra)
+        if self.config.eval.figures:
+            figures.plot_uncertainty(out_dir, mean, std, sub, names)
+        vols = {}
+        for c, n in enumerate(names):
+            vols[(n, None)], vols[(n, "std")] = mean[..., c], std[..., c]
+            if cal:
+                vols[(n, "stdcal")] = std[..., c] * cal[n]["std_scale"]
+        report.write_map_volumes(out_dir, vols, self.config.data.resolution_mm, prefix="ddpm")
+        print(f"uncertainty ({unc['map']}): Spearman(std, |err|) {unc['spearman_std_abs_err']:.3f}, "
+              f"coverage of mean +- 2 std {unc['coverage_2sigma']:.3f}")
+        if cal:
+            c = unc["by_map"][unc["map"]]
+            print(f"  calibrated on {cal[unc['map']]['slices']} validation slices: std x "
+                  f"{c['std_scale']:.3g}, test coverage of mean +- 2 scaled std "
+                  f"{c['coverage_2sigma_calibrated']:.3f} (target {d.calibration_coverage})")
+        print(f"outputs: {out_dir} (metrics.json, figures, NIfTI mean/std maps)")
+        return metrics

@@ -1,0 +1,98 @@
+"""Supervised image-to-map regression: a network from :mod:`qmri_jax.models` (the U-Net family,
+HighResNet, ResNet, the RIM) trained on a masked loss of its maps against the true maps.
+
+The loss compares ``pred / target_scale`` with ``targets / target_scale`` (``config.target_scale``:
+the typical value of each map), so maps in ms and in a.u. weigh alike.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+
+from qmri_jax import losses as losses_lib
+from qmri_jax.engine import create_optimizer, create_state, eval_params
+from qmri_jax.engine.state import apply_gradients
+from qmri_jax.models import create_model
+from qmri_jax.tasks.base import predict_in_batches
+
+__all__ = ["RegressionTask", "build_model"]
+
+
+def build_model(config):
+    """``config.model`` (``name`` plus the network's keyword arguments) as a Flax module."""
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config.model).items()}
+    name = kw.pop("name")
+    return create_model(name, out_scale=tuple(config.target_scale), **kw)
+
+
+def _apply(model, params, batch_stats, images, train, key=None):
+    variables = {"params": params}
+    if batch_stats:
+        variables["batch_stats"] = batch_stats
+    if train:
+        out, updates = model.apply(variables, images, train=True, rngs={"dropout": key},
+                                   mutable=["batch_stats"] if batch_stats else [])
+        return out, updates.get("batch_stats", batch_stats)
+    return model.apply(variables, images, train=False), batch_stats
+
+
+class RegressionTask:
+    """One network, one optimiser (``config.train``), a masked loss (``config.train.loss``)."""
+
+    batch_keys = ("images", "targets", "mask")
+    size_multiple = 16
+
+    def __init__(self, config, model=None):
+        self.config = config
+        self.targets = tuple(config.targets)
+        self.model = model if model is not None else build_model(config)
+        self.loss_fn = losses_lib.get_loss(config.train.loss, **dict(config.train.loss_kwargs))
+        self.tx = create_optimizer(config.train, config.train.num_steps)
+        self.ema_decay = float(config.train.ema_decay)
+        self.scale = jnp.asarray(config.target_scale, jnp.float32)
+        if self.scale.shape != (len(self.targets),):
+            raise ValueError(f"config.target_scale={tuple(config.target_scale)}: expected one "
+                             f"typical value per target {self.targets}")
+
+    def create_state(self, key, batch):
+        variables = self.model.init({"params": key, "dropout": key}, batch["images"],
+                                    train=False)
+        return create_state(variables["params"], self.tx, variables.get("batch_stats", {}))
+
+    def _loss(self, pred, batch):
+        return self.loss_fn(pred / self.scale, batch["targets"] / self.scale, batch["mask"])
+
+    def train_step(self, state, batch, key):
+        def loss_of(params):
+            pred, stats = _apply(self.model, params, state.batch_stats, batch["images"], True,
+                                 key)
+            return self._loss(pred, batch), stats
+
+        (loss, stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        return apply_gradients(state, grads, loss, self.tx, self.ema_decay, stats)
+
+    def eval_step(self, state, batch, key):
+        pred = self.predict(state, batch["images"], key)["mean"]
+        return {"loss": self._loss(pred, batch)}
+
+    def predict(self, state, images, key=None):
+        """``{"mean": maps [B, *S, C]}`` (physical units) from ``images [B, *S, C_in]``."""
+        params = eval_params(state, self.ema_decay)
+        return {"mean": _apply(self.model, params, state.batch_stats, images, False)[0]}
+
+    def predict_split(self, state, images, batch_size=None):
+        """Maps ``[N, *S, C]`` (numpy) for a whole split, in its stored order."""
+        fn = jax.jit(self.predict)
+        return predict_in_batches(lambda x, k: fn(state, x, k), images, batch_size or self.config.train.batch_size,
+                                  outputs=("mean",))["mean"]
+
+    def evaluate(self, state, data, out_dir):
+        """Test-split report: ``metrics.json`` and figures in ``out_dir``."""
+        from qmri_jax.evaluation import report
+        pred = self.predict_split(state, data["test"]["images"])
+        os.makedirs(out_dir, exist_ok=True)
+        return report.write_report(out_dir, pred, data["test"], self.targets,
+                                   figures=self.config.eval.figures)
