@@ -33,9 +33,12 @@ def main():
     import jax
 
     from configs import unet
-    from qmri_jax import losses, sharding, train
+    from qmri_jax import engine
     from qmri_jax.data import anatomy, datasets
-    from qmri_jax.data.loader import Loader
+    from qmri_jax.engine import sharding
+    from qmri_jax.engine.loader import Loader
+    from qmri_jax.tasks import RegressionTask
+    from qmri_jax.tasks.data import as_batch_arrays, data_config
 
     cfg = unet.get_config()
     with cfg.unlocked():
@@ -43,9 +46,9 @@ def main():
     anatomy.load_mni152.cache_clear()
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        builder = datasets.build(train.data_config(cfg), tmp)
+        builder = datasets.build(data_config(cfg), tmp)
         build_s = time.perf_counter() - t
-        arrays = train._as_batch_arrays(datasets.load_split_arrays(builder, "train"), cfg.targets)
+        arrays = as_batch_arrays(datasets.load_split_arrays(builder, "train"), cfg.targets)
     n = len(arrays["images"])
     print(f"built {args.subjects} subjects ({n} training slices of "
           f"{arrays['images'].shape[1:]}) in {build_s:.1f} s")
@@ -60,14 +63,11 @@ def main():
     loader_rate = args.batches / (time.perf_counter() - t)
     print(f"loader: {loader_rate:.1f} batches/s (batch {cfg.train.batch_size}, {mesh.size} device)")
 
-    model = train.build_model(cfg)
-    tx = train.create_optimizer(cfg.train, cfg.train.num_steps)
+    task = RegressionTask(cfg)
     repl, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    state = jax.device_put(train.create_train_state(jax.random.key(0), model, tx,
-                                                    ld.batch_at(0)["images"][:1]), repl)
-    step = jax.jit(train.make_train_step(model, tx, losses.get_loss(cfg.train.loss),
-                                         cfg.target_scale),
-                   in_shardings=(repl, bsh, repl), out_shardings=(repl, repl), donate_argnums=0)
+    state = engine.init_state(task, {"images": ld.batch_at(0)["images"][:1]}, 0, mesh)
+    step = jax.jit(task.train_step, in_shardings=(repl, bsh, repl), out_shardings=(repl, repl),
+                   donate_argnums=0)
     key = jax.random.key(1)
     for s in range(2):
         state, m = step(state, ld.batch_at(s), key)

@@ -36,20 +36,26 @@ def build_project(batch, h, w):
     """Returns (one_step, num_params, platform): ``one_step()`` runs and waits for one step."""
     import jax
     import jax.numpy as jnp
-    import optax
 
-    from qmri_jax import losses, models, train
+    from configs import unet
+    from qmri_jax import engine
+    from qmri_jax.tasks import RegressionTask
 
-    model = models.UNet(features=FEATURES, out_scale=(1.0, 1.0, 1.0), norm="batch")
-    tx = optax.adam(1e-3)
+    cfg = unet.get_config()
+    with cfg.unlocked():  # the peer's setting: plain Adam at 1e-3, MAE, unit target scales
+        cfg.model.features = FEATURES
+        cfg.model.norm = "batch"
+        cfg.target_scale = (1.0, 1.0, 1.0)
+        cfg.train.update(optimizer="adam", schedule="constant", learning_rate=1e-3,
+                         warmup_steps=0, grad_clip=0.0, loss="mae", ema_decay=0.0)
+    task = RegressionTask(cfg)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(size=(batch, h, w, 4)), jnp.float32)
     y = jnp.asarray(rng.uniform(size=(batch, h, w, 3)), jnp.float32)
     m = jnp.ones((batch, h, w), jnp.float32)
-    state = train.create_train_state(jax.random.key(0), model, tx, x[:1])
+    state = engine.init_state(task, {"images": x[:1]}, 0)
     nparams = sum(v.size for v in jax.tree.leaves(state.params))
-    step = jax.jit(train.make_train_step(model, tx, losses.mae, (1.0, 1.0, 1.0)),
-                   donate_argnums=0)
+    step = jax.jit(task.train_step, donate_argnums=0)
     batch_d = {"images": x, "targets": y, "mask": m}
     key = jax.random.key(1)
     holder = {"state": state}

@@ -24,9 +24,11 @@ import numpy as np
 def run(workdir, slices, num_samples, ddim_steps, out):
     import ml_collections
 
-    from qmri_jax import predict, train
-    from qmri_jax.diffusion.task import uncertainty_metrics
+    from qmri_jax import predict
     from qmri_jax.evaluation import report
+    from qmri_jax.evaluation.uncertainty import uncertainty_metrics
+    from qmri_jax.tasks import TASKS
+    from qmri_jax.tasks.data import load_data
     from qmri_jax.io import write_json
 
     workdir = pathlib.Path(workdir)
@@ -34,12 +36,13 @@ def run(workdir, slices, num_samples, ddim_steps, out):
     if not cfg_path.is_file():
         raise SystemExit(f"--workdir {workdir}: no config.json (expected a qmri_jax.main workdir)")
     config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
-    if config.task != "ddpm":
-        raise SystemExit(f"--workdir {workdir}: config.task is {config.task!r}, expected 'ddpm'")
+    if not hasattr(TASKS.get(config.get("task", "regression")), "sample_split"):
+        raise SystemExit(f"--workdir {workdir}: config.task is {config.get('task')!r}, which "
+                         "has no posterior sampler (expected a DDPM workdir)")
     with config.unlocked():
         config.ddpm.eval_slices = slices
         config.ddpm.eval_batch = min(int(config.ddpm.eval_batch), slices)  # no padded slices
-    data = train.load_data(config, str(workdir))
+    data = load_data(config)
     task, state = predict.load_trained(config, str(workdir), data["test"]["images"].shape[1:])
     sub = task.eval_subset(data["test"])
     names = tuple(config.targets)

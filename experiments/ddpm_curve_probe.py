@@ -24,9 +24,10 @@ import ml_collections
 import numpy as np
 
 from qmri_jax import predict as predict_lib
-from qmri_jax.diffusion import task as task_lib
+from qmri_jax.diffusion.conditioning import condition_images
 from qmri_jax.physics.noise import add_rician_noise
 from qmri_jax.physics.protocol import get_protocol, simulate
+from qmri_jax.physics.units import unscale_maps
 
 T1_GRID = (100, 125, 150, 175, 200, 250, 350, 500, 700, 1000, 1400, 1900)  # ms
 K_GRID = (0.85, 0.95, 1.0, 1.05, 1.1, 1.15)
@@ -37,9 +38,9 @@ def run(checkpoint, snr=0.0, reps=16) -> dict:
     if not (wd / "config.json").is_file():
         raise SystemExit(f"--checkpoint {wd}: no config.json (expected a qmri_jax.main workdir)")
     config = ml_collections.ConfigDict(json.loads((wd / "config.json").read_text()))
-    if config.task != "ddpm" or "T1" not in config.targets:
-        raise SystemExit(f"--checkpoint {wd}: task {config.task!r} with targets "
-                         f"{tuple(config.targets)}; expected a DDPM with a T1 target")
+    if "T1" not in config.targets:
+        raise SystemExit(f"--checkpoint {wd}: targets {tuple(config.targets)}; expected a T1 "
+                         "target")
     prot = get_protocol(config.data.protocol)
     t1s, ks = np.asarray(T1_GRID, np.float32), np.asarray(K_GRID, np.float32)
     shape = (len(t1s), len(ks) * reps)
@@ -55,9 +56,10 @@ def run(checkpoint, snr=0.0, reps=16) -> dict:
     task, state = predict_lib.load_trained(config, str(wd), (16, 16, img.shape[-1]),
                                            prefer_best=False)
     names = list(config.targets)
-    mean, _ = task.sample_split(state, {"images": img[None]})
-    cond = task_lib.condition_images(jnp.asarray(img[None]), "fit", prot)[..., -3:]
-    fit = np.asarray(task_lib.unscale_maps(cond, ("PD", "T1", "k")))[0]
+    mean = np.asarray(jax.jit(task.predict)(state, jnp.asarray(img[None]),
+                                            jax.random.key(0))["mean"])
+    cond = condition_images(jnp.asarray(img[None]), "fit", prot)[..., -3:]
+    fit = np.asarray(unscale_maps(cond, ("PD", "T1", "k")))[0]
     cells = lambda a: a.reshape(len(t1s), len(ks), reps)
     m_t1, f_t1 = cells(mean[0, ..., names.index("T1")]), cells(fit[..., 1])
     m_k = cells(mean[0, ..., names.index("k")]) if "k" in names else None

@@ -50,13 +50,13 @@ def _apply_override(cfg, item: str):
 
 
 def run(config, out_dir, workdir=None):
-    from qmri_jax import train
     from qmri_jax.evaluation import report
     from qmri_jax.fitting.maps import fit_images
     from qmri_jax.fitting.solver import SolverOptions
     from qmri_jax.physics.protocol import get_protocol
+    from qmri_jax.tasks.data import load_data
 
-    data = train.load_data(config, out_dir)
+    data = load_data(config)
     test = data["test"]
     prot = get_protocol(config.data.protocol)
     noisy = np.isfinite(float(config.data.snr))

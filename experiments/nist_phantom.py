@@ -256,7 +256,10 @@ def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm
 
     import ml_collections
 
-    from qmri_jax import predict as predict_lib, train as train_lib
+    import jax
+
+    from qmri_jax import predict as predict_lib
+    from qmri_jax.tasks import create_task, predict_in_batches
     from qmri_jax.data.acquisition import normalise_images
 
     workdir = pathlib.Path(workdir)
@@ -281,17 +284,16 @@ def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm
     if f > 1:
         cx, cy = (native[0] // f) * f, (native[1] // f) * f
         images = images[:cx, :cy].reshape(cx // f, f, cy // f, f, -1).mean(axis=(1, 3))
-    feats = config.ddpm.features if config.task == "ddpm" else config.model.get("features", 1)
-    factor = 2 ** (len(feats) - 1) if isinstance(feats, (list, tuple)) else 1  # U-Net downsamplings
-    x = predict_lib._pad_to(images[None], max(factor, 1), (1, 2))[0]
+    factor = create_task(config).size_multiple
+    x = np.pad(images[None], [(0, 0), (0, (-images.shape[0]) % factor),
+                              (0, (-images.shape[1]) % factor), (0, 0)])
     nx, ny = images.shape[:2]
     try:
-        task, state = predict_lib.load_trained(config, str(workdir), (8 * factor, 8 * factor,
-                                                                       images.shape[-1]),
+        task, state = predict_lib.load_trained(config, str(workdir), x.shape[1:],
                                                prefer_best=False)
     except FileNotFoundError:
         raise SystemExit(f"--checkpoint {workdir}: no checkpoint found") from None
-    names = list(config.targets)
+    names = list(task.targets)
 
     def back(a):  # [nx, ny] at the network's grid -> the scan grid (edge rows repeated)
         a = np.repeat(np.repeat(a[:nx, :ny], f, 0), f, 1)
@@ -299,16 +301,15 @@ def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm
                    mode="edge")
         return a[:native[0], :native[1]]
 
-    if config.task == "ddpm":
-        mean, std = task.sample_split(state, {"images": x})
-        t1 = np.where(mask, back(mean[0, ..., names.index("T1")]), np.nan)
-        sd = np.where(mask, back(std[0, ..., names.index("T1")]), np.nan)
-        return {"T1": t1, "T1_std": sd, "kind": f"ddpm posterior mean of "
-                f"{config.ddpm.num_samples} draws at {f * pixel_mm:.1f} mm"}
-    pred = train_lib.predict_split(task.predict, state, {"images": x}, config, batch_size=1)
-    return {"T1": np.where(mask, back(pred[0, ..., names.index("T1")]), np.nan),
-            "kind": f"{config.model.name} at {f * pixel_mm:.1f} mm"}
-
+    fn = jax.jit(lambda im, key: task.predict(state, im, key))
+    out = predict_in_batches(fn, x, int(config.predict.get("batch_size", 8)),
+                             jax.random.key(0))
+    i = names.index("T1")
+    res = {"T1": np.where(mask, back(out["mean"][0, ..., i]), np.nan),
+           "kind": f"{type(task).__name__} at {f * pixel_mm:.1f} mm"}
+    if "std" in out:
+        res["T1_std"] = np.where(mask, back(out["std"][0, ..., i]), np.nan)
+    return res
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -58,7 +58,7 @@ def _rician(snr: float, seed: int, sphere_mask: np.ndarray):
     return add
 
 
-def _resimulate(vir, labels, spheres, reference, set_reference: bool, fit=None):
+def resimulate_scan(vir, labels, spheres, reference, set_reference: bool, fit=None):
     """A transform of the normalised series: sphere-ROI voxels replaced by the signal model at the
     voxelwise Rician fit's PD, T1, k (T1 set to the reference with ``set_reference``), scaled like
     the normalised scan (the ratio of normalised to raw intensity is one number per series).
@@ -102,7 +102,7 @@ def run(data, checkpoint, out=None, scales=(0.7, 0.85, 1.15, 1.4), snr=50.0, see
                    for i in range(seeds)]
     if resimulate:
         fit = fit_vir(vir, mask)
-        probes += [(name, {"transform": _resimulate(vir, labels, spheres, reference, at_ref, fit)})
+        probes += [(name, {"transform": resimulate_scan(vir, labels, spheres, reference, at_ref, fit)})
                    for name, at_ref in (("re-simulated", False), ("re-simulated, ref T1", True))]
     probes += [(f"at {mm:g} mm", {"apply_mm": mm}) for mm in apply_mm]
     rows = []

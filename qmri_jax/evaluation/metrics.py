@@ -2,8 +2,9 @@
 
 All take ``pred``, ``truth`` ``[...]`` (same shape, physical units) and a boolean ``mask``. Percentage
 errors are ``100 |pred - truth| / truth`` per voxel. PSNR uses the in-mask maximum of ``truth`` as
-the peak; SSIM is the Gaussian-window SSIM (Wang et al. 2004) per 2D slice (leading axes are slices),
-averaged inside the mask, with the data range of ``truth`` in the mask.
+the peak; SSIM is the Gaussian-window SSIM (Wang et al. 2004; 11 taps, sigma 1.5, zero padding, as
+:func:`qmri_jax.losses.ssim`) per 2D slice (leading axes are slices), averaged inside the mask,
+with the data range of ``truth`` in the mask.
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ def abs_pct_errors(pred, truth, mask):
 
 
 def _gauss_filter2d(x, sigma=1.5):
+    """The 11-tap Gaussian window (sigma 1.5) with zero padding, as the SSIM loss filters."""
     from scipy import ndimage
-    return ndimage.gaussian_filter(x, sigma=(0,) * (x.ndim - 2) + (sigma, sigma), truncate=3.5)
+    return ndimage.gaussian_filter(x, sigma=(0,) * (x.ndim - 2) + (sigma, sigma), truncate=3.5,
+                                   mode="constant")
 
 
 def ssim(pred, truth, mask):

@@ -3,4 +3,5 @@
 from qmri_jax.fitting.despot1 import despot1
 from qmri_jax.fitting.maps import MapResult, auto_mask, fit_images
 from qmri_jax.fitting.models import FitModel, get_model, list_models
-from qmri_jax.fitting.solver import FitResult, SolverOptions, crlb, fit_signals, fit_voxels
+from qmri_jax.fitting.crlb import crlb
+from qmri_jax.fitting.solver import FitResult, SolverOptions, fit_signals, fit_voxels

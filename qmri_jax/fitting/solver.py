@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qmri_jax.fitting.crlb import fisher_variance, spd_solve
 from qmri_jax.fitting.models import FitModel
 from qmri_jax.physics.noise import log_i0e_and_ratio
 from qmri_jax.physics.protocol import Protocol
@@ -147,28 +148,6 @@ def _dictionary_init(model, protocol, y, w):
     return _project(model, theta)
 
 
-def _spd_solve(a, b):
-    """Solves ``a x = b`` for a small symmetric positive-definite ``a`` [P, P] by an unrolled
-    Cholesky factorisation: elementwise ops only, so ``vmap`` over voxels vectorises it (a batched
-    LAPACK call per 3x3 system is far slower on CPU)."""
-    n = a.shape[-1]
-    lower = [[None] * n for _ in range(n)]
-    for i in range(n):
-        for j in range(i + 1):
-            acc = a[i, j] - sum(lower[i][k] * lower[j][k] for k in range(j))
-            if i == j:
-                lower[i][i] = jnp.sqrt(jnp.maximum(acc, 1e-30))
-            else:
-                lower[i][j] = acc / lower[j][j]
-    z = [None] * n
-    for i in range(n):
-        z[i] = (b[i] - sum(lower[i][k] * z[k] for k in range(i))) / lower[i][i]
-    x = [None] * n
-    for i in reversed(range(n)):
-        x[i] = (z[i] - sum(lower[k][i] * x[k] for k in range(i + 1, n))) / lower[i][i]
-    return jnp.stack(x)
-
-
 def _objective_terms(loss, y, nu, w, sigma):
     """Per-sample objective and its derivative w.r.t. the model value ``nu``.
 
@@ -202,7 +181,7 @@ def _lm_one(model, protocol, loss, max_iter, tol, lambda_init, theta0, y, w, sig
         hess = jac.T @ (w[:, None] * jac)
         diag = jnp.diag(hess)
         damp = lam * (diag + 1e-9 * (jnp.max(diag) + 1e-12)) * eye
-        cand = _project(model, theta + _spd_solve(hess + damp + 1e-12 * eye, -grad))
+        cand = _project(model, theta + spd_solve(hess + damp + 1e-12 * eye, -grad))
         f, d = _objective_terms(loss, y, predict(cand), w, sigma)
         cand_cost = jnp.sum(f)
         ok = jnp.isfinite(cand_cost) & (cand_cost < cost) & jnp.all(jnp.isfinite(cand))
@@ -228,16 +207,9 @@ def _lm_one(model, protocol, loss, max_iter, tol, lambda_init, theta0, y, w, sig
 
 
 def _crlb_one(model, protocol, theta, w, sigma):
-    """Gaussian Fisher information in internal units -> variance bound [P] in internal units^2."""
-    jac = jax.jacfwd(lambda t: model.signal(_split_scaled(model, t), protocol))(theta)
-    fim = jac.T @ (w[:, None] * jac) / sigma**2
-    n_par = theta.shape[-1]
-    eye = jnp.eye(n_par, dtype=theta.dtype)
-    # diag(F^-1) by solving F x = e_i (unrolled Cholesky); singular F shows up as a non-positive or
-    # non-finite variance, reported as NaN.
-    var = jnp.stack([_spd_solve(fim, eye[i])[i] for i in range(n_par)])
-    ok = jnp.all(jnp.isfinite(var)) & jnp.all(var > 0) & (jnp.linalg.det(fim) > 0)
-    return jnp.where(ok, var, jnp.nan)
+    """Variance bound [P] in internal units^2 at ``theta`` (internal units)."""
+    return fisher_variance(lambda t: model.signal(_split_scaled(model, t), protocol), theta, w,
+                           sigma)
 
 
 def _fit_core(model, protocol, y, w, sigma, loss, max_iter, tol, lambda_init):
@@ -397,42 +369,3 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
     params = {p: phys[:, i] for i, p in enumerate(model.params)}
     crlb = {p: var[:, i] for i, p in enumerate(model.params)}
     return FitResult(params, crlb, conv, cost, None if sigma is None else float(sigma), model.name)
-
-
-def crlb(model: FitModel, protocol: Protocol, params: dict, sigma, weights=None) -> dict:
-    """Cramer-Rao lower bound on the variance of each parameter at given (e.g. true) parameters.
-
-    Gaussian noise of std ``sigma`` on every used sample: ``CRLB = diag((J^T W J)^-1) sigma^2``
-    with ``J = dS/dtheta`` from ``jax.jacfwd``, evaluated in normalised units (amplitude 1,
-    parameters divided by their typical scale) for float32 accuracy.
-
-    Args:
-      model, protocol: as for :func:`fit_voxels`.
-      params: name -> ``[V]`` physical parameter values.
-      sigma: noise std (image units), scalar or ``[V]``.
-      weights: optional ``[V, N]`` or ``[N]`` 0/1 sample mask.
-
-    Returns:
-      name -> ``[V]`` variance bounds (units squared).
-    """
-    theta = jnp.stack([jnp.atleast_1d(jnp.asarray(params[p], jnp.float32)) for p in model.params],
-                      axis=-1)  # [V, P]
-    n_vox = theta.shape[0]
-    w = jnp.broadcast_to(jnp.asarray(1.0 if weights is None else weights, jnp.float32),
-                         (n_vox, len(protocol)))
-    amp = jnp.max(jnp.abs(model.signal({p: theta[:, i] for i, p in enumerate(model.params)},
-                                       protocol)), axis=-1)
-    is_lin = jnp.asarray([p in model.linear for p in model.params])
-    scale = jnp.asarray(model.scale, jnp.float32) * jnp.where(is_lin, amp[:, None], 1.0)
-    sig = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (n_vox,))
-
-    def one(t_int, wv, s, sc, a):
-        def pred(t):
-            phys = t * sc
-            return model.signal({p: phys[i] for i, p in enumerate(model.params)}, protocol) / a
-        jac = jax.jacfwd(pred)(t_int)
-        fim = jac.T @ (wv[:, None] * jac) / (s / a) ** 2
-        return jnp.diag(jnp.linalg.inv(fim))
-
-    var = jax.vmap(one)(theta / scale, w, sig, scale, amp)
-    return {p: np.asarray(var[:, i] * scale[:, i] ** 2) for i, p in enumerate(model.params)}

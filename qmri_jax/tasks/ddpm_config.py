@@ -15,6 +15,10 @@ __all__ = ["DdpmConfig", "NETWORKS", "RESIMULATE_PD"]
 
 NETWORKS = ("unet", "voxel")
 RESIMULATE_PD = ("keep", "drop")  # the PD loss of re-simulated voxels
+# Keys removed in 2026-11 (no measured gain, no preset used them; see CHANGELOG.md), with the value
+# that meant "off": a workdir's config.json written before still loads when they are off.
+REMOVED_KEYS = {"intensity_augment": (), "ddim_spacing": "uniform", "resimulate_blocks": None}
+LAST_COMMIT_WITH_REMOVED = "0f520f4"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +61,18 @@ class DdpmConfig:
     def from_config(cls, section) -> "DdpmConfig":
         """From ``config.ddpm``; an unknown key is an error that names it."""
         d = dict(section)
+        for key, off in REMOVED_KEYS.items():
+            if key in d:
+                value = d.pop(key)
+                value = tuple(value) if isinstance(value, list) else value
+                if off is not None and value != off:
+                    raise ValueError(
+                        f"config.ddpm.{key}={value!r}: this option was removed (no measured "
+                        f"gain); reproduce its runs at commit {LAST_COMMIT_WITH_REMOVED}, or set "
+                        f"it to {off!r} (off) in the workdir's config.json")
+        if d.get("condition") == "shape":
+            raise ValueError("config.ddpm.condition='shape' was removed (no measured gain); "
+                             f"reproduce its runs at commit {LAST_COMMIT_WITH_REMOVED}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -43,12 +43,13 @@ class RegressionTask:
     """One network, one optimiser (``config.train``), a masked loss (``config.train.loss``)."""
 
     batch_keys = ("images", "targets", "mask")
-    size_multiple = 16
 
     def __init__(self, config, model=None):
         self.config = config
         self.targets = tuple(config.targets)
         self.model = model if model is not None else build_model(config)
+        feats = getattr(self.model, "features", None)  # a U-Net halves its size per level
+        self.size_multiple = 2 ** (len(feats) - 1) if isinstance(feats, (tuple, list)) else 1
         self.loss_fn = losses_lib.get_loss(config.train.loss, **dict(config.train.loss_kwargs))
         self.tx = create_optimizer(config.train, config.train.num_steps)
         self.ema_decay = float(config.train.ema_decay)

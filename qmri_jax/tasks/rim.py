@@ -18,8 +18,6 @@ class RimTask(RegressionTask):
     """:class:`~qmri_jax.tasks.regression.RegressionTask` with the RIM built from the data's
     protocol and targets."""
 
-    size_multiple = 1
-
     def __init__(self, config):
         m = config.model
         if m.get("name", "rim") != "rim":

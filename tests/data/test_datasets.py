@@ -1,4 +1,4 @@
-"""Synthetic brain data: anatomy, tissue table, deformations, acquisition noise, datasets, loader,
+"""Synthetic brain data: anatomy, tissue table, deformations, acquisition noise, datasets,
 export."""
 
 import glob
@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from qmri_jax.data import acquisition, anatomy, datasets, loader, subjects, tissues
+from qmri_jax.data import acquisition, anatomy, datasets, subjects, tissues
 from qmri_jax.physics import noise
 from qmri_jax.physics.protocol import Protocol, get_protocol, simulate
 
@@ -229,28 +229,6 @@ def test_dataset_splits_disjoint_and_byte_identical(tmp_path):
     np.testing.assert_array_equal(arr["images"][0], again["images"])
     other = datasets.DataConfig(num_subjects=4, slices_per_subject=2, snr=30.0, seed=6)
     assert other.name != cfg.name
-
-
-def test_loader_deterministic_sharded_and_complete():
-    n = 10
-    arrays = {"x": np.arange(n, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32),
-              "subject": np.arange(n)}
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-    ld = loader.Loader(arrays, batch_size=4, seed=3, mesh=mesh)
-    assert ld.steps_per_epoch() == 2
-    batches = list(ld.epoch(0))
-    assert len(batches) == 2 and batches[0]["x"].shape == (4, 3)
-    assert len(batches[0]["x"].sharding.device_set) == len(jax.devices())
-    again = list(loader.Loader(arrays, batch_size=4, seed=3, mesh=mesh).epoch(0))
-    for a, b in zip(batches, again):
-        np.testing.assert_array_equal(np.asarray(a["x"]), np.asarray(b["x"]))
-    ids = np.concatenate([np.asarray(b["subject"]) for b in batches])
-    assert len(set(ids.tolist())) == 8  # no repeats within an epoch
-    e1 = np.concatenate([np.asarray(b["subject"]) for b in ld.epoch(1)])
-    assert not np.array_equal(ids, e1)  # a new order each epoch
-    np.testing.assert_array_equal(np.asarray(ld.batch_at(3)["x"]), np.asarray(list(ld.epoch(1))[1]["x"]))
-    with pytest.raises(ValueError, match="divisible"):
-        loader.Loader(arrays, batch_size=6, mesh=mesh)
 
 
 def test_on_the_fly_epochs_are_fresh_subjects():

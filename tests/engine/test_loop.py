@@ -1,5 +1,5 @@
-"""Training engine: sharded == single device, metrics/config/checkpoints, exact resume, truncated
-checkpoints, NaN guard, schedules; prediction input checks."""
+"""The training engine: sharded == single device, metrics/config/checkpoints, exact resume,
+truncated checkpoints, NaN guard, time limit, schedules."""
 
 import json
 import os
@@ -10,55 +10,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import unet as unet_config
-from qmri_jax import checkpoint as ckpt_lib
-from qmri_jax import losses, predict, sharding, train
-from qmri_jax.data import datasets
-from qmri_jax.data.loader import Loader
-from qmri_jax.physics.protocol import get_protocol
-
-CROP = (slice(None), slice(32, 64), slice(40, 72))
-
-
-def tiny_config(**train_overrides):
-    cfg = unet_config.get_config()
-    with cfg.unlocked():
-        cfg.model.features = (4, 8)
-        cfg.train.batch_size = 4
-        cfg.train.num_steps = 4
-        cfg.train.log_every = 1
-        cfg.train.eval_every = 2
-        cfg.train.checkpoint_every = 2
-        cfg.train.warmup_steps = 1
-        cfg.train.progress_bar = False
-        cfg.eval.figures = False
-        for k, v in train_overrides.items():
-            cfg.train[k] = v
-    return cfg
+from qmri_jax import engine, train
+from qmri_jax.engine import checkpoint as ckpt_lib
+from qmri_jax.engine import sharding
+from qmri_jax.engine.loader import Loader
+from qmri_jax.tasks import RegressionTask
+from tests.tiny import four_contrast_data, unet_config_tiny as tiny_config
 
 
 @pytest.fixture(scope="module")
 def tiny_data():
-    dcfg = datasets.DataConfig(num_subjects=5, slices_per_subject=4)
-    out = {}
-    for split, idx in datasets.subject_split(dcfg).items():
-        ex = [e for i in idx for e in datasets.subject_slices(dcfg, i)]
-        arr = {k: v[CROP] if np.ndim(v) >= 3 else v for k, v in datasets._stack(ex).items()}
-        out[split] = train._as_batch_arrays(arr, ("T1", "T2", "PD"))
-    out["protocol"] = get_protocol(dcfg.protocol).to_dict()
-    return out
+    return four_contrast_data()
 
 
 def _one_step(cfg, data, mesh):
-    model = train.build_model(cfg)
-    tx = train.create_optimizer(cfg.train, cfg.train.num_steps)
+    task = RegressionTask(cfg)
     repl, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    sample = jnp.zeros((1, *data["train"]["images"].shape[1:]))
-    state = jax.device_put(train.create_train_state(jax.random.key(0), model, tx, sample), repl)
-    step = jax.jit(train.make_train_step(model, tx, losses.mae, cfg.target_scale),
-                   in_shardings=(repl, bsh, repl), out_shardings=(repl, repl))
-    ld = Loader(data["train"], 8, seed=0, mesh=mesh, keys=["images", "targets", "mask"])
+    ld = Loader(data["train"], 8, seed=0, mesh=mesh, keys=list(task.batch_keys))
     batch = ld.batch_at(0)
+    state = engine.init_state(task, {"images": data["train"]["images"][:1]}, 0, mesh)
+    step = jax.jit(task.train_step, in_shardings=(repl, bsh, repl), out_shardings=(repl, repl))
     assert len(batch["images"].sharding.device_set) == mesh.devices.size
     state, metrics = step(state, batch, jax.random.key(1))
     return jax.device_get(state.params), float(metrics["loss"]), jax.device_get(state.batch_stats)
@@ -77,7 +48,7 @@ def test_sharded_step_equals_single_device(tiny_data):
 
 
 def test_compiled_init_matches_eager_init_and_works_inside_jit():
-    """train.compiled_init (one compile at the lowest CPU optimisation level) gives the eager
+    """engine.compiled_init (one compile at the lowest CPU optimisation level) gives the eager
     init's parameters and batch statistics, passes static keywords through, and is the plain
     init while tracing."""
     import flax.linen as nn
@@ -92,8 +63,8 @@ def test_compiled_init_matches_eager_init_and_works_inside_jit():
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(1, 16, 16, 3)), jnp.float32)
     rngs = {"params": jax.random.key(3), "dropout": jax.random.key(3)}
     eager = model.init(rngs, x, train=False)
-    compiled = train.compiled_init(model.init, rngs, x, train=False)
-    traced = jax.jit(lambda r: train.compiled_init(model.init, r, x, train=False))(rngs)
+    compiled = engine.compiled_init(model.init, rngs, x, train=False)
+    traced = jax.jit(lambda r: engine.compiled_init(model.init, r, x, train=False))(rngs)
     assert jax.tree.structure(compiled) == jax.tree.structure(eager)
     for got in (compiled, traced):
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(eager)):
@@ -169,7 +140,7 @@ def test_nan_guard_stops_with_clear_message(tiny_data, tmp_path):
     tr["images"] = tr["images"].copy()
     tr["images"][:] = np.nan
     bad["train"] = tr
-    with pytest.raises(train.NonFiniteError, match="last good checkpoint"):
+    with pytest.raises(engine.NonFiniteError, match="last good checkpoint"):
         train.train_and_evaluate(tiny_config(), str(tmp_path), data=bad)
 
 
@@ -181,7 +152,7 @@ def test_nan_guard_stops_with_clear_message(tiny_data, tmp_path):
 def test_optimizer_schedules(schedule, expect):
     cfg = tiny_config(schedule=schedule, learning_rate=1.0, warmup_steps=1, decay_after=1,
                       decay_steps=1, decay_rate=0.5, grad_clip=0.0, optimizer="sgd")
-    tx = train.create_optimizer(cfg.train, 5)
+    tx = engine.create_optimizer(cfg.train, 5)
     params = {"w": jnp.zeros(())}
     state = tx.init(params)
     lrs = []
@@ -197,49 +168,3 @@ def test_optimizer_schedules(schedule, expect):
                                    rtol=1e-5)
     else:
         np.testing.assert_allclose(lrs, np.asarray(expect) * trace, rtol=1e-5)
-
-
-def test_sliding_window_fusion_reproduces_a_local_function():
-    vol = np.random.default_rng(0).uniform(size=(20, 18, 13, 2)).astype(np.float32)
-    out = predict.sliding_window_predict(lambda x: 2.0 * x[..., :1] + x[..., 1:], vol, (8, 8, 8))
-    np.testing.assert_allclose(out[..., 0], 2 * vol[..., 0] + vol[..., 1], rtol=1e-5)
-
-
-def test_predict_refuses_wrong_contrasts_and_protocol(tmp_path):
-    trained = get_protocol("four_contrast_brain").to_dict()
-    with pytest.raises(ValueError, match="3 contrasts given, but the model was trained on 4"):
-        predict.check_protocol(trained, None, 3, "a.nii.gz")
-    other = get_protocol("four_contrast_brain").to_dict()
-    other["images"][1]["te_ms"] = 80.0
-    from qmri_jax.physics.protocol import Protocol
-    with pytest.raises(ValueError, match="te_ms=80"):
-        predict.check_protocol(trained, Protocol.from_dict(other), 4, "dicom/")
-    predict.check_protocol(trained, Protocol.from_dict(other), 4, "dicom/", allow_mismatch=True)
-
-
-def test_predict_files_end_to_end(tiny_data, tmp_path):
-    import nibabel as nib
-    cfg = tiny_config(num_steps=2)
-    wd = str(tmp_path / "w")
-    train.train_and_evaluate(cfg, wd, data=tiny_data)
-    vol = np.random.default_rng(0).uniform(0, 1, (20, 24, 3, 4)).astype(np.float32)
-    files = []
-    for c in range(4):
-        f = tmp_path / f"c{c}.nii.gz"
-        nib.save(nib.Nifti1Image(vol[..., c], np.diag([2.0, 2.0, 2.0, 1.0])), f)
-        files.append(str(f))
-    with cfg.unlocked():
-        cfg.predict.inputs = ",".join(files[:3])
-    with pytest.raises(ValueError, match="3 contrasts given"):
-        predict.predict_files(cfg, wd)
-    with cfg.unlocked():
-        cfg.predict.inputs = ",".join(files)
-        cfg.predict.protocol = "ir_fse_7ti"
-    with pytest.raises(ValueError):
-        predict.predict_files(cfg, wd)
-    with cfg.unlocked():
-        cfg.predict.protocol = ""
-    out = predict.predict_files(cfg, wd)
-    t1 = nib.load(os.path.join(out, "pred_T1map.nii.gz"))
-    assert t1.shape == (20, 24, 3)
-    np.testing.assert_allclose(t1.affine, np.diag([2.0, 2.0, 2.0, 1.0]))

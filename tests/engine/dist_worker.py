@@ -1,6 +1,6 @@
-"""Worker for tests/test_distributed.py: a few sharded train steps in one of several processes.
+"""Worker for tests/engine/test_distributed.py: a few sharded train steps in one of several processes.
 
-Run by the test as ``python tests/dist_worker.py`` with ``JAX_COORDINATOR_ADDRESS``,
+Run by the test as ``python tests/engine/dist_worker.py`` with ``JAX_COORDINATOR_ADDRESS``,
 ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` set (or none of them: single process). Prints one JSON
 line with the losses and a parameter checksum.
 """
@@ -9,11 +9,11 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import jax  # noqa: E402
 
-from qmri_jax import sharding  # noqa: E402
+from qmri_jax.engine import sharding  # noqa: E402
 
 
 def main():
@@ -22,9 +22,10 @@ def main():
     import jax.numpy as jnp
     import numpy as np
 
-    from qmri_jax import losses, train
-    from qmri_jax.data.loader import Loader
-    from tests.test_train import tiny_config
+    from qmri_jax import engine
+    from qmri_jax.engine.loader import Loader
+    from qmri_jax.tasks import RegressionTask
+    from tests.tiny import unet_config_tiny
 
     rng = np.random.default_rng(0)
     n = 16
@@ -32,15 +33,12 @@ def main():
               "targets": rng.uniform(0.5, 2, (n, 16, 16, 3)).astype(np.float32)
               * np.array([1000, 100, 1], np.float32),
               "mask": (rng.uniform(size=(n, 16, 16)) > 0.2).astype(np.float32)}
-    cfg = tiny_config(batch_size=8)
+    cfg = unet_config_tiny(batch_size=8, loss="mae")
     mesh = sharding.create_mesh()
-    model = train.build_model(cfg)
-    tx = train.create_optimizer(cfg.train, cfg.train.num_steps)
+    task = RegressionTask(cfg)
     repl, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    state = jax.jit(lambda k: train.create_train_state(k, model, tx, jnp.zeros((1, 16, 16, 4))),
-                    out_shardings=repl)(jax.random.key(0))
-    step = jax.jit(train.make_train_step(model, tx, losses.mae, cfg.target_scale),
-                   in_shardings=(repl, bsh, repl), out_shardings=(repl, repl))
+    state = engine.init_state(task, {"images": jnp.zeros((1, 16, 16, 4))}, 0, mesh)
+    step = jax.jit(task.train_step, in_shardings=(repl, bsh, repl), out_shardings=(repl, repl))
     ld = Loader(arrays, 8, seed=0, mesh=mesh, keys=["images", "targets", "mask"])
     out = []
     for s in range(3):

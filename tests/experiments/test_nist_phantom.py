@@ -78,12 +78,12 @@ def test_resimulated_probe_puts_the_reference_t1_into_the_sphere_rois(nist_dir):
 
     ref = nist_phantom.load_reference(nist_dir, None)
     labels = np.asarray(np.load(nist_dir / "rois.npz")["t1_labels"]).T
-    vir = read_dicom_series(nist_phantom._series_dirs(nist_dir, "vir"), kind="ir", name="vir")
+    vir = read_dicom_series(str(nist_dir / "dicom" / "vir"), kind="ir", name="vir")
     spheres = list(range(1, 11))
     reference = np.array([ref[("T1", k)]["T1"] for k in spheres])
     raw = vir.images[:, :, 0].astype(np.float32)
     scan = normalise_images(raw, labels > 0, "p95")
-    out = gap._resimulate(vir, labels, spheres, reference, True)(scan)
+    out = gap.resimulate_scan(vir, labels, spheres, reference, True)(scan)
     np.testing.assert_array_equal(out[labels == 0], scan[labels == 0])
     sel = np.isin(labels, spheres)
     fit = fit_images(out, vir.protocol, "ir", mask=sel,

@@ -115,22 +115,19 @@ def test_every_config_loads_and_initialises(name):
     assert set(cfg.keys()) <= set(importlib.import_module("configs.default").get_config().keys())
     if cfg.mode != "train":
         return
-    import optax
-
-    from qmri_jax import train
+    from qmri_jax import engine
     from qmri_jax.physics.protocol import get_protocol
+    from qmri_jax.predict import example_batch
+    from qmri_jax.tasks import create_task
     n = len(get_protocol(cfg.data.protocol))
     x = jnp.ones((1, 16, 16, n))
-    task = train.create_task(cfg)
-    state = task.create_state(jax.random.key(0), optax.adam(1e-3), x)
-    if cfg.task == "regression":
-        out = task.model.apply({"params": state.params, **(
-            {"batch_stats": state.batch_stats} if state.batch_stats else {})}, x)
-    else:  # the DDPM's network sees its condition (the images, or the images and their fit)
-        from qmri_jax.diffusion.task import condition_images
-        out = task.net.apply({"params": state.params}, jnp.zeros((1, 16, 16, len(cfg.targets))),
-                             jnp.array([10]), condition_images(x, task.condition, task.protocol))
-    assert out.shape == (1, 16, 16, len(cfg.targets))
+    with cfg.unlocked():  # a posterior task samples briefly here
+        cfg.ddpm.sample_steps, cfg.ddpm.num_samples = 2, 2
+    task = create_task(cfg)
+    state = engine.init_state(task, example_batch(task, x.shape[1:]), 0)
+    out = task.predict(state, x, jax.random.key(0))
+    assert out["mean"].shape == (1, 16, 16, len(cfg.targets))
+    assert np.all(np.isfinite(np.asarray(out["mean"])))
     paper = mod.get_config("paper")
     assert paper.train.num_steps > cfg.train.num_steps
 
@@ -153,20 +150,20 @@ def test_reshape_pooling_equals_reduce_window(shape):
     """Values and gradients equal reduce_window's, also where a window holds tied maxima (the
     first in row-major order takes the cotangent, as select-and-scatter and PyTorch do)."""
     import flax.linen as nn
-    from qmri_jax.models.unets import _pool2x
+    from qmri_jax.models.unets import pool2x
     nd = len(shape) - 2
     w = (2,) * nd
     x = jax.random.normal(jax.random.key(0), shape)
     ties = jnp.round(jax.random.uniform(jax.random.key(1), shape) * 2)  # values 0, 1, 2: many ties
     for inp in (x, ties):
-        np.testing.assert_allclose(_pool2x(inp, "max"), nn.max_pool(inp, w, w))
-        np.testing.assert_allclose(_pool2x(inp, "avg"), nn.avg_pool(inp, w, w), rtol=1e-6)
-        cot = jax.random.normal(jax.random.key(2), _pool2x(inp, "max").shape)
+        np.testing.assert_allclose(pool2x(inp, "max"), nn.max_pool(inp, w, w))
+        np.testing.assert_allclose(pool2x(inp, "avg"), nn.avg_pool(inp, w, w), rtol=1e-6)
+        cot = jax.random.normal(jax.random.key(2), pool2x(inp, "max").shape)
         for kind, ref in (("max", nn.max_pool), ("avg", nn.avg_pool)):
-            got = jax.grad(lambda v, kind=kind: jnp.sum(_pool2x(v, kind) * cot))(inp)
+            got = jax.grad(lambda v, kind=kind: jnp.sum(pool2x(v, kind) * cot))(inp)
             want = jax.grad(lambda v, ref=ref: jnp.sum(ref(v, w, w) * cot))(inp)
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-    assert int(jnp.sum(jax.grad(lambda v: jnp.sum(_pool2x(v, "max")))(ties) != 0)) == cot.size
+    assert int(jnp.sum(jax.grad(lambda v: jnp.sum(pool2x(v, "max")))(ties) != 0)) == cot.size
 
 
 @pytest.mark.parametrize("shape,groups", [((2, 6, 5, 16), 4), ((2, 3, 4, 5, 8), 8), ((3, 4, 4, 6), 1)])
@@ -247,8 +244,8 @@ def test_rim_shapes_gradients_and_data_term():
     prot = get_protocol("nist_vir")
     # The profiled data term is zero at the truth and its gradient matches finite differences.
     t1, k = 900.0, 0.95
-    from qmri_jax.diffusion.task import SCALING, _fwd
-    xs = jnp.array([[_fwd(t1, *SCALING["T1"]), _fwd(k, *SCALING["k"])]])
+    from qmri_jax.physics.units import to_unit_range
+    xs = jnp.array([[to_unit_range(t1, "T1"), to_unit_range(k, "k")]])
     y = 3.0 * simulate({"PD": 1.0, "T1": jnp.array([t1]), "T2": 1e4, "k": k}, prot)
     nll, a = profiled_nll(xs, y, prot, ("T1", "k"))
     assert float(nll[0]) == pytest.approx(0.0, abs=1e-5) and float(a[0]) == pytest.approx(3.0, rel=1e-4)

@@ -1,0 +1,87 @@
+"""Tiny configs and data shared by the tests (seconds on 2 cores)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from configs import ddpm as ddpm_config
+from configs import unet as unet_config
+from qmri_jax.data import datasets
+from qmri_jax.physics.protocol import get_protocol
+from qmri_jax.tasks.data import as_batch_arrays
+
+CROP = (slice(None), slice(32, 64), slice(40, 72))
+
+
+def unet_config_tiny(**train_overrides):
+    """configs/unet.py with a 2-level U-Net, 4 steps, no figures."""
+    cfg = unet_config.get_config()
+    with cfg.unlocked():
+        cfg.model.features = (4, 8)
+        cfg.train.batch_size = 4
+        cfg.train.num_steps = 4
+        cfg.train.log_every = 1
+        cfg.train.eval_every = 2
+        cfg.train.checkpoint_every = 2
+        cfg.train.warmup_steps = 1
+        cfg.train.progress_bar = False
+        cfg.eval.figures = False
+        for k, v in train_overrides.items():
+            cfg.train[k] = v
+    return cfg
+
+
+def ddpm_config_tiny(num_steps=3, preset="unet"):
+    """configs/ddpm.py's ``preset`` (the U-Net by default; "" the main job's per-voxel model)
+    shrunk to seconds."""
+    cfg = ddpm_config.get_config(preset)
+    with cfg.unlocked():
+        cfg.ddpm.voxel_width = 16
+        cfg.ddpm.voxel_depth = 2
+        cfg.ddpm.voxel_batch = 64 if cfg.ddpm.voxel_batch else 0
+        cfg.ddpm.features = (8, 16)
+        cfg.ddpm.emb_dim = 16
+        cfg.ddpm.num_steps = 20
+        cfg.ddpm.sample_steps = 4
+        cfg.ddpm.num_samples = 3
+        cfg.ddpm.eval_slices = 2
+        cfg.ddpm.eval_batch = 2
+        cfg.ddpm.calibration_slices = 2
+        cfg.train.batch_size = 4
+        cfg.train.num_steps = num_steps
+        cfg.train.log_every = 1
+        cfg.train.eval_every = 2
+        cfg.train.checkpoint_every = 2
+        cfg.train.warmup_steps = 1
+        cfg.train.progress_bar = False
+    return cfg
+
+
+def _stack(examples):
+    return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
+
+
+def split_arrays(dcfg, crop, targets) -> dict:
+    """``{split: batch arrays}`` of a DataConfig, slices cropped to ``crop``, plus the protocol."""
+    out = {}
+    for split, idx in datasets.subject_split(dcfg).items():
+        ex = [e for i in idx for e in datasets.subject_slices(dcfg, i)]
+        arr = {k: v[crop] if np.ndim(v) >= 3 else v for k, v in _stack(ex).items()}
+        out[split] = as_batch_arrays(arr, targets)
+    out["protocol"] = get_protocol(dcfg.protocol).to_dict()
+    return out
+
+
+def four_contrast_data():
+    """5 brains of the four-contrast protocol, 4 slices each, 32 x 32 crops: T1 / T2 / PD."""
+    return split_arrays(datasets.DataConfig(num_subjects=5, slices_per_subject=4), CROP,
+                        ("T1", "T2", "PD"))
+
+
+def vir_data():
+    """5 subjects (2 geometric) of the NIST VIR protocol at 4 mm, noisy, p95-normalised, 32 x 32
+    crops: T1 / PD / k."""
+    dcfg = datasets.DataConfig(protocol="nist_vir", resolution_mm=4, num_subjects=5,
+                               slices_per_subject=3, geometric_fraction=0.4, snr=50.0,
+                               transmit_bias=0.05, normalisation="p95")
+    return split_arrays(dcfg, (slice(None), slice(8, 40), slice(12, 44)), ("T1", "PD", "k"))
