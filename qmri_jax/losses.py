@@ -24,8 +24,12 @@ _EPS = 1e-6
 
 
 def masked_mean(x, mask):
-    """Mean of ``x [B, *S, C]`` over voxels where ``mask [B, *S]`` is 1 (and all channels)."""
-    m = jnp.broadcast_to(mask[..., None].astype(x.dtype), x.shape)
+    """Mean of ``x [B, *S, C]`` over voxels where ``mask [B, *S]`` is 1 (and all channels), or
+    over the entries where a per-channel ``mask [B, *S, C]`` is 1; ``mask=None``: the plain mean."""
+    if mask is None:
+        return jnp.mean(x)
+    m = mask if mask.ndim == x.ndim else mask[..., None]
+    m = jnp.broadcast_to(m.astype(x.dtype), x.shape)
     return jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 

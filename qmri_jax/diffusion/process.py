@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from qmri_jax.diffusion.schedules import Schedule
+from qmri_jax.losses import masked_mean
 
 __all__ = ["q_sample", "predict_x0", "predict_eps", "diffusion_loss", "PREDICTIONS"]
 
@@ -86,7 +87,7 @@ def diffusion_loss(net_fn, schedule: Schedule, x0, key, mask=None, prediction: s
         ab = _bcast(schedule.alpha_bars[t], x0)
         weight = jnp.minimum(1 + ab / (1 - ab), snr_cap)
         err = weight * (predict_x0(schedule, x_t, t, out, prediction) - x0) ** 2
-        return _masked_mean(err, mask)
+        return masked_mean(err, mask)
     if prediction == "eps":
         target = noise
     elif prediction == "v":
@@ -96,12 +97,4 @@ def diffusion_loss(net_fn, schedule: Schedule, x0, key, mask=None, prediction: s
         target = x0
     else:
         raise ValueError(f"prediction={prediction!r}: expected one of {PREDICTIONS}")
-    return _masked_mean((out - target) ** 2, mask)
-
-
-def _masked_mean(err, mask):
-    if mask is None:
-        return jnp.mean(err)
-    m = mask if mask.ndim == err.ndim else mask[..., None]
-    m = jnp.broadcast_to(m.astype(err.dtype), err.shape)
-    return jnp.sum(err * m) / jnp.maximum(jnp.sum(m), 1.0)
+    return masked_mean((out - target) ** 2, mask)

@@ -100,15 +100,15 @@ def init_state(task, example_batch: dict, seed: int, mesh=None):
 def evaluate_split(eval_step, state, arrays: dict, keys, batch_size: int, mesh,
                    max_batches: int = 0) -> dict[str, float]:
     """Mean over batches of ``eval_step``'s scalar metrics on ``arrays`` in stored order: full
-    batches of ``batch_size`` (fewer examples: one batch of as many as divide the device count),
-    at most ``max_batches`` (0: all) of them."""
+    batches of ``batch_size``, at most ``max_batches`` (0: all) of them. A split smaller than a
+    batch is one batch of as many examples as divide the device count; one smaller than the
+    device count is repeated to fill one batch of it."""
     n = len(arrays[keys[0]])
     unit = mesh.devices.size * jax.process_count() // math.gcd(mesh.devices.size,
                                                                jax.process_count())
-    bs = batch_size if n >= batch_size else n - n % unit
-    if bs < 1:
-        raise ValueError(f"the validation split has {n} examples, fewer than the {unit} devices")
-    loader = Loader({k: arrays[k] for k in keys}, bs, mesh=mesh, shuffle=False, keys=keys)
+    bs = batch_size if n >= batch_size else max(n - n % unit, unit)
+    loader = Loader({k: arrays[k] for k in keys}, bs, mesh=mesh, shuffle=False, keys=keys,
+                    drop_remainder=n >= bs)
     steps = loader.steps_per_epoch()
     if max_batches:
         steps = min(steps, max_batches)

@@ -20,11 +20,11 @@ MODELS = {"unet": UNet, "uresnet": UResNet, "uattennet": UAttenNet, "unet_qiu": 
           "diffusion_unet": DiffusionUNet, "voxel_denoiser": VoxelDenoiser}
 
 
-def create_model(name: str, **kwargs):
+def create_model(name: str, out_scale=None, **kwargs):
     """The network ``name`` of :data:`MODELS` with its keyword arguments (e.g. ``config.model``
-    minus ``name``; image-to-map networks take ``out_scale``)."""
+    minus ``name``); image-to-map networks take ``out_scale`` (one typical value per output)."""
     if name not in MODELS:
         raise ValueError(f"model {name!r}: expected one of {sorted(MODELS)}")
-    if "out_scale" in kwargs:
-        kwargs["out_scale"] = tuple(kwargs["out_scale"])
+    if out_scale is not None:
+        kwargs["out_scale"] = tuple(out_scale)
     return MODELS[name](**kwargs)

@@ -106,7 +106,7 @@ def test_draw_voxels_takes_distinct_voxels_of_the_batch_with_their_targets():
     np.testing.assert_array_equal(np.asarray(out["targets"])[:, 0], targets.reshape(-1, 3)[rows])
     np.testing.assert_array_equal(np.asarray(out["mask"])[:, 0], mask.reshape(-1)[rows])
     # flat_T1 with no background share draws brain voxels only
-    flat = voxel_draw.draw_voxels(batch, jax.random.key(1), 200, ("T1", "PD", "k"), "flat_T1",
+    flat = voxel_draw.draw_voxels(batch, jax.random.key(1), 60, ("T1", "PD", "k"), "flat_T1",
                                   0.0)
     assert np.all(np.asarray(flat["mask"]) == 1)
     with pytest.raises(ValueError, match="has only 60 voxels"):

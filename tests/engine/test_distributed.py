@@ -9,7 +9,7 @@ import sys
 import pytest
 
 WORKER = os.path.join(os.path.dirname(__file__), "dist_worker.py")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _free_port():

@@ -103,7 +103,7 @@ def test_unet_rejects_indivisible_shapes():
 
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
-    os.path.join(os.path.dirname(__file__), "..", "configs", "*.py"))
+    os.path.join(os.path.dirname(__file__), "..", "..", "configs", "*.py"))
     if not os.path.basename(p).startswith("_") and os.path.basename(p) not in (
         "default.py", "presets.py"))
 
