@@ -302,6 +302,8 @@ def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm
         return a[:native[0], :native[1]]
 
     fn = jax.jit(lambda im, key: task.predict(state, im, key))
+    # The one slice padded to a batch of predict.batch_size copies: the noise draws (and so the
+    # numbers in docs/results.md) are those of the DDPM's evaluation batches.
     out = predict_in_batches(fn, x, int(config.predict.get("batch_size", 8)),
                              jax.random.key(0))
     i = names.index("T1")

@@ -105,7 +105,8 @@ def predict_volume(predict_fn, volume: np.ndarray, multiple: int = 16, batch: in
     [X, Y, Z, C_out]}`` for the ``outputs`` it gives."""
     x = np.moveaxis(volume, 2, 0)  # [Z, X, Y, C]
     x, (nx, ny) = _pad_to(x, multiple, (1, 2))
-    res = predict_in_batches(predict_fn, x, batch, outputs=outputs)
+    # no batch larger than the volume: a padded batch would compute copies of its last slice
+    res = predict_in_batches(predict_fn, x, min(batch, len(x)), outputs=outputs)
     return {k: np.moveaxis(v[:, :nx, :ny], 0, 2) for k, v in res.items()}
 
 
@@ -175,7 +176,8 @@ def predict_files(config, workdir: str) -> str:
     fn = jax.jit(lambda x, key: task.predict(state, jnp.asarray(x), key))
     batch = int(config.predict.get("batch_size", 8))
     print(f"predicting {images.shape[2]} slice(s) of {images.shape[0]} x {images.shape[1]} "
-          f"with {type(task).__name__} (batches of {batch}) ...", flush=True)
+          f"with {type(task).__name__} (batches of {min(batch, images.shape[2])}) ...",
+          flush=True)
     maps = predict_volume(fn, images, multiple=task.size_multiple, batch=batch,
                           outputs=("mean", "std"))
     out = config.predict.output or os.path.join(workdir, "predict")
