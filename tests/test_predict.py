@@ -67,16 +67,17 @@ def test_predict_files_end_to_end(tiny_data, tmp_path):
 @pytest.fixture(scope="module")
 def ddpm_workdir(tmp_path_factory):
     """A tiny workdir of the main job's default (the per-voxel DDPM around the fit, re-simulated
-    voxels), trained for 2 steps."""
+    voxels), stopped after 2 of 3 steps (checkpoints, no end-of-training evaluation)."""
     from tests.tiny import vir_data
     wd = str(tmp_path_factory.mktemp("ddpm") / "w")
-    cfg = ddpm_config_tiny(2, preset="")
+    cfg = ddpm_config_tiny(3, preset="")
     assert cfg.ddpm.network == "voxel" and cfg.ddpm.voxel_resimulate > 0
     with cfg.unlocked():
         cfg.eval.figures = False
     jax.config.update("jax_disable_most_optimizations", True)
     try:
-        train.train_and_evaluate(cfg, wd, data=vir_data())
+        _, metrics = train.train_and_evaluate(cfg, wd, stop_at=2, data=vir_data())
+        assert metrics is None and os.listdir(os.path.join(wd, "checkpoints_best"))
     finally:
         jax.config.update("jax_disable_most_optimizations", False)
     return cfg, wd

@@ -122,7 +122,7 @@ def test_every_config_loads_and_initialises(name):
     n = len(get_protocol(cfg.data.protocol))
     x = jnp.ones((1, 16, 16, n))
     with cfg.unlocked():  # a posterior task samples briefly here
-        cfg.ddpm.sample_steps, cfg.ddpm.num_samples = 2, 2
+        cfg.ddpm.sample_steps, cfg.ddpm.num_samples = 1, 2
     task = create_task(cfg)
     state = engine.init_state(task, example_batch(task, x.shape[1:]), 0)
     out = task.predict(state, x, jax.random.key(0))

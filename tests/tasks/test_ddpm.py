@@ -51,7 +51,8 @@ def test_ddpm_trains_samples_reports_and_resumes(vir_data, tmp_path):
     jax.config.update("jax_disable_most_optimizations", True)
     try:
         wd = str(tmp_path / "w")
-        _, m = train.train_and_evaluate(tiny_ddpm(3), wd, data=vir_data)
+        # the main job's per-voxel model (the U-Net's steps: the fit-condition test below)
+        _, m = train.train_and_evaluate(tiny_ddpm(3, preset=""), wd, data=vir_data)
         for name in ("T1", "PD", "k"):
             assert np.isfinite(m[name]["median_abs_pct"])
         unc = m["uncertainty"]
@@ -63,8 +64,10 @@ def test_ddpm_trains_samples_reports_and_resumes(vir_data, tmp_path):
         for f in ("ddpm_T1map.nii.gz", "ddpm_desc-std_T1map.nii.gz",
                   "ddpm_desc-stdcal_T1map.nii.gz", "uncertainty.png", "maps.png"):
             assert os.path.exists(os.path.join(wd, "eval", f)), f
-        state, _ = train.train_and_evaluate(tiny_ddpm(5), wd, data=vir_data)
-        assert int(state.step) == 5  # continued from step 3, not from scratch
+        # (stopped at step 5 of 6, as a killed run: no second evaluation)
+        state, m = train.train_and_evaluate(tiny_ddpm(6, preset=""), wd, stop_at=5,
+                                            data=vir_data)
+        assert int(state.step) == 5 and m is None  # continued from step 3, not from scratch
         rows = [json.loads(x) for x in open(os.path.join(wd, "metrics.jsonl"))]
         steps = [r["step"] for r in rows if "loss" in r]
         assert steps == [1, 2, 3, 4, 5]
