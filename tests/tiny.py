@@ -13,21 +13,20 @@ from qmri_jax.tasks.data import as_batch_arrays
 CROP = (slice(None), slice(32, 64), slice(40, 72))
 
 
+def _short_training(cfg, num_steps):
+    """Batches of 4, ``num_steps`` steps, logged every step, evaluated and saved every 2."""
+    cfg.train.update(batch_size=4, num_steps=num_steps, log_every=1, eval_every=2,
+                     checkpoint_every=2, warmup_steps=1, progress_bar=False)
+
+
 def unet_config_tiny(**train_overrides):
     """configs/unet.py with a 2-level U-Net, 4 steps, no figures."""
     cfg = unet_config.get_config()
     with cfg.unlocked():
         cfg.model.features = (4, 8)
-        cfg.train.batch_size = 4
-        cfg.train.num_steps = 4
-        cfg.train.log_every = 1
-        cfg.train.eval_every = 2
-        cfg.train.checkpoint_every = 2
-        cfg.train.warmup_steps = 1
-        cfg.train.progress_bar = False
+        _short_training(cfg, 4)
         cfg.eval.figures = False
-        for k, v in train_overrides.items():
-            cfg.train[k] = v
+        cfg.train.update(train_overrides)
     return cfg
 
 
@@ -47,13 +46,7 @@ def ddpm_config_tiny(num_steps=3, preset="unet"):
         cfg.ddpm.eval_slices = 2
         cfg.ddpm.eval_batch = 2
         cfg.ddpm.calibration_slices = 2
-        cfg.train.batch_size = 4
-        cfg.train.num_steps = num_steps
-        cfg.train.log_every = 1
-        cfg.train.eval_every = 2
-        cfg.train.checkpoint_every = 2
-        cfg.train.warmup_steps = 1
-        cfg.train.progress_bar = False
+        _short_training(cfg, num_steps)
     return cfg
 
 
