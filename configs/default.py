@@ -85,7 +85,7 @@ def get_config():
     # Validation batches (of batch_size) per evaluation; 0: the whole validation split.
     config.train.eval_batches = 0
 
-    config.task = "regression"  # regression (U-Nets, HighResNet, ResNet), rim or ddpm
+    config.task = "regression"  # regression (U-Nets, HighResNet, ResNet), rim, ddpm or gan
 
     # ---- conditional DDPM (config.task = "ddpm") ----
     config.ddpm = ml_collections.ConfigDict()

@@ -13,6 +13,7 @@ import os
 import jax
 
 from qmri_jax import engine
+from qmri_jax.engine import checkpoint as ckpt_lib
 from qmri_jax.io.nifti import write_json
 from qmri_jax.tasks import create_task
 from qmri_jax.tasks.data import load_data
@@ -45,4 +46,9 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None, data: d
                                    data, seed=config.seed, stop_at=stop_at)
     if not finished:
         return state, None
+    if getattr(task, "evaluate_best", False):  # the task selects its model on validation
+        restored = ckpt_lib.restore_latest(ckpt_lib.create_managers(workdir)[1],
+                                                    state)
+        if restored is not None:
+            state = restored[0]
     return state, task.evaluate(state, data, os.path.join(workdir, "eval"))

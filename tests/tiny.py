@@ -78,3 +78,23 @@ def vir_data():
                                slices_per_subject=3, geometric_fraction=0.4, snr=50.0,
                                transmit_bias=0.05, normalisation="p95")
     return split_arrays(dcfg, (slice(None), slice(8, 40), slice(12, 44)), ("T1", "PD", "k"))
+
+
+def gan_config_tiny(num_steps=3):
+    """configs/gan.py with a 2-level generator, a 2-block discriminator, batches of 4."""
+    from configs import gan as gan_config
+    cfg = gan_config.get_config()
+    with cfg.unlocked():
+        cfg.model.features = (4, 8)
+        cfg.gan.update(disc_features=(4, 8), gen_pretrain_steps=1, disc_pretrain_steps=1)
+        _short_training(cfg, num_steps)
+        cfg.train.warmup_steps = 0
+    return cfg
+
+
+def se5_data():
+    """5 subjects of the five-contrast spin-echo protocol at 4 mm, noisy, 32 x 32 crops:
+    PD / T1 / T2."""
+    dcfg = datasets.DataConfig(protocol="pelvis_se5", resolution_mm=4, num_subjects=5,
+                               slices_per_subject=3, snr=50.0)
+    return split_arrays(dcfg, (slice(None), slice(8, 40), slice(12, 44)), ("PD", "T1", "T2"))

@@ -2,22 +2,24 @@
 
 Image-to-map networks (``[B, *S, C_in] -> [B, *S, C_out]``, physical units via ``out_scale``):
 the U-Net family, HighResNet, ResNet, the RIM. Denoisers of a conditional DDPM
-(``(x_t, t, condition) -> [B, *S, C_map]``): ``diffusion_unet``, ``voxel_denoiser``.
+(``(x_t, t, condition) -> [B, *S, C_map]``): ``diffusion_unet``, ``voxel_denoiser``. The
+contrast-transfer GAN's discriminator: ``patchgan``.
 """
 
 from __future__ import annotations
 
 from qmri_jax.models.diffusion_unet import DiffusionUNet, VoxelDenoiser
+from qmri_jax.models.patchgan import PatchGAN
 from qmri_jax.models.resnets import HighResNet, ResNet
 from qmri_jax.models.rim import RIM
 from qmri_jax.models.unets import UAttenNet, UNet, UNetQiu, UResNet
 
 __all__ = ["UNet", "UResNet", "UAttenNet", "UNetQiu", "HighResNet", "ResNet", "RIM",
-           "DiffusionUNet", "VoxelDenoiser", "create_model", "MODELS"]
+           "DiffusionUNet", "VoxelDenoiser", "PatchGAN", "create_model", "MODELS"]
 
 MODELS = {"unet": UNet, "uresnet": UResNet, "uattennet": UAttenNet, "unet_qiu": UNetQiu,
           "highresnet": HighResNet, "resnet": ResNet, "rim": RIM,
-          "diffusion_unet": DiffusionUNet, "voxel_denoiser": VoxelDenoiser}
+          "diffusion_unet": DiffusionUNet, "voxel_denoiser": VoxelDenoiser, "patchgan": PatchGAN}
 
 
 def create_model(name: str, out_scale=None, **kwargs):

@@ -106,6 +106,8 @@ class UNet(nn.Module):
       up: ``"transpose"`` (learned 2x2 transposed conv) or ``"bilinear"`` (resize + conv).
       residual: residual blocks instead of plain conv blocks.
       attention: attention gates on the skips.
+      head: ``"positive"`` (softplus x ``out_scale``, physical units) or ``"linear"`` (a 1x1
+        conv to ``len(out_scale)`` unbounded channels, for a task that bounds them itself).
     """
 
     features: Sequence[int] = (32, 64, 128, 256)
@@ -117,6 +119,7 @@ class UNet(nn.Module):
     up: str = "transpose"
     residual: bool = False
     attention: bool = False
+    head: str = "positive"
 
     def _block(self, f, x, train, dropout=0.0):
         if self.residual:
@@ -148,6 +151,10 @@ class UNet(nn.Module):
                 skip = AttentionGate(max(f // 2, 1))(skip, x)
             x = jax.numpy.concatenate([skip, x], axis=-1)
             x = self._block(f, x, train)
+        if self.head == "linear":
+            return nn.Conv(len(self.out_scale), (1,) * nd)(x)
+        if self.head != "positive":
+            raise ValueError(f"head={self.head!r}: expected 'positive' or 'linear'")
         return PositiveHead(tuple(self.out_scale))(x)
 
 

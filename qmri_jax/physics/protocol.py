@@ -228,8 +228,17 @@ def _nist_vfa() -> Protocol:
                            names=tuple(f"FA{f}" for f in fa), name="nist_vfa")
 
 
+def _pelvis_se5() -> Protocol:
+    """The five spin-echo contrasts of the physics-informed contrast-transfer GAN (100 pelvic
+    patients; TE/TR in ms): T2w 75/4500, T2w 120/4500, T1w 8/400, T1w 8/750, PDw 8/4500."""
+    return Protocol.create("se", tr_ms=[4500, 4500, 400, 750, 4500], te_ms=[75, 120, 8, 8, 8],
+                           names=("T2w_TE75", "T2w_TE120", "T1w_TR400", "T1w_TR750", "PDw"),
+                           name="pelvis_se5")
+
+
 _PROTOCOLS = {
     "four_contrast_brain": _four_contrast_brain,
+    "pelvis_se5": _pelvis_se5,
     "ir_fse_7ti": _ir_fse_7ti,
     "nist_vir": _nist_vir,
     "nist_mse": _nist_mse,

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from qmri_jax.tasks.base import Task, predict_in_batches
 from qmri_jax.tasks.ddpm import DdpmTask
+from qmri_jax.tasks.gan import GanTask
 from qmri_jax.tasks.regression import RegressionTask
 from qmri_jax.tasks.rim import RimTask
 
 __all__ = ["TASKS", "Task", "create_task", "predict_in_batches", "RegressionTask", "RimTask",
-           "DdpmTask"]
+           "DdpmTask", "GanTask"]
 
-TASKS = {"regression": RegressionTask, "rim": RimTask, "ddpm": DdpmTask}
+TASKS = {"regression": RegressionTask, "rim": RimTask, "ddpm": DdpmTask, "gan": GanTask}
 
 
 def create_task(config) -> Task:

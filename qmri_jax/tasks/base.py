@@ -13,7 +13,9 @@ compiles and runs them, and :mod:`qmri_jax.predict` only calls ``predict``:
 - ``eval_step(state, batch, key) -> metrics``: pure; ``metrics["loss"]`` picks the best checkpoint;
 - ``predict(state, images [B, *S, C_in], key) -> {"mean": [B, *S, C], ["std", "samples"]}`` in
   physical units; pure (callers jit it);
-- ``evaluate(state, data, out_dir) -> dict``: the end-of-training report on ``data["test"]``.
+- ``evaluate(state, data, out_dir) -> dict``: the end-of-training report on ``data["test"]``;
+- optional ``evaluate_best = True``: the report uses the best-on-validation checkpoint instead of
+  the last state (a GAN, whose last step need not be its best).
 """
 
 from __future__ import annotations
