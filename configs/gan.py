@@ -10,11 +10,11 @@ Rician noise (SNR 50), 4 mm slices (48 x 56), not normalised (each image is divi
 one target contrast, drawn per step.
 
 Presets:
-  ""        CPU default: U-Net 16/32/64 generator, PatchGAN 32/64/128, 1500 steps of batch 8;
-            paired synthetic supervision (the target image of the same slice) on top of the
-            paper's losses, since synthetic slices have every contrast;
+  ""        CPU default: U-Net 16/32/64 generator, PatchGAN 32/64/128, 3000 steps of batch 8;
+            on top of the paper's losses, the supervision synthetic slices allow: the target
+            image of the same slice (paired) and the true maps;
   unpaired  the paper's losses only (MAE reconstruction of the input through the maps +
-            adversarial), same size and steps: what unpaired data give;
+            adversarial), same size and steps: what unpaired data without maps give;
   paper     the published setting for a GPU: 2 mm slices, U-Net 64..512, PatchGAN 128..512 with
             a 190 x 190 receptive field, Nadam 5e-4, batch 16, 500 epochs, pre-training stages,
             shifts up to 10 pixels, unpaired.
@@ -43,11 +43,12 @@ def get_config(preset: str = ""):
     config.model.name = "unet"
     config.model.features = (16, 32, 64)
     config.model.norm = "batch"
+    config.model.up = "bilinear"  # transposed convolutions left a 2-pixel checkerboard in the maps
 
     config.gan = ml_collections.ConfigDict({
         "disc_features": (32, 64, 128), "disc_extra_convs": 1, "disc_noise": 0.05,
         "disc_learning_rate": 5e-4, "recon_weight": 1.0, "adv_weight": 0.05,
-        "paired_weight": 1.0, "maps_weight": 0.0, "gen_pretrain_steps": 100,
+        "paired_weight": 1.0, "maps_weight": 1.0, "gen_pretrain_steps": 100,
         "disc_pretrain_steps": 50, "shift_px": 2})
 
     config.train.optimizer = "nadam"
@@ -56,13 +57,14 @@ def get_config(preset: str = ""):
     config.train.warmup_steps = 0
     config.train.grad_clip = 1.0
     config.train.batch_size = 8
-    config.train.num_steps = 1500
+    config.train.num_steps = 3000
     config.train.eval_every = 250
     config.train.checkpoint_every = 250
     config.train.log_every = 50
 
     if preset == "unpaired":
         config.gan.paired_weight = 0.0
+        config.gan.maps_weight = 0.0
     elif preset == "paper":
         config.data.resolution_mm = 2
         config.data.num_subjects = 97
@@ -71,6 +73,7 @@ def get_config(preset: str = ""):
         config.gan.disc_features = (128, 256, 512, 512, 512)
         config.gan.disc_extra_convs = 2  # receptive field 191 pixels
         config.gan.paired_weight = 0.0
+        config.gan.maps_weight = 0.0
         config.gan.shift_px = 10
         config.gan.gen_pretrain_steps = 2000
         config.gan.disc_pretrain_steps = 1000

@@ -6,9 +6,12 @@ it. Scans: the NIST/ISMRM phantom's multi-echo series (``nist_phantom/A/dicom/ms
 TE 10..320 ms, TR 5000 ms) and the in-vivo brain (``invivo/mese``: 30 echoes, TE 12.8..384 ms;
 its TR is not in the sidecar, so ``--invivo-tr`` states it). Each image is block-averaged to the
 network's training voxel size (``--block`` per scan) first. Scored per target echo, inside the
-Otsu foreground of the target without voxels that clip (4095) in the input or the target, as in
-:func:`qmri_jax.evaluation.transfer.image_metrics`: the model, the identity baseline (the input
-rescaled to the target's 99th percentile) and the voxelwise mono-exponential fit of all echoes
+Otsu foreground of the target (the brain mask ``*_mask.nii.gz`` where the scan has one; the input
+is then skull-stripped with it, as the training brains have no skull) without voxels that clip
+(4095) in the input or the target, each
+image over its own 99th percentile there (:func:`qmri_jax.evaluation.transfer.image_metrics`):
+the model, the identity baseline (the input echo itself) and the voxelwise mono-exponential fit
+of all echoes
 (``S = PD e^{-TE/T2}``; a reference that sees every target, not a competitor).
 
   python -m experiments.gan_real --workdir W --data ../shared --out OUT [--input-echo 0]
@@ -37,7 +40,8 @@ def _block(x, f):
 
 
 def load_scans(data: pathlib.Path, invivo_tr: float, blocks: dict) -> dict:
-    """``{scan: (images [X, Y, N], te [N], tr [N], clipped [X, Y, N])}`` for the scans present."""
+    """``{scan: (images [X, Y, N], te [N], tr [N], clipped [X, Y, N], brain [X, Y] or None)}``
+    for the scans present (``brain``: the scan's own mask, ``*_mask.nii.gz``)."""
     scans = {}
     mse_dirs = sorted(glob.glob(str(data / "nist_phantom" / "A" / "dicom" / "mse" / "*")))
     if mse_dirs:
@@ -47,7 +51,7 @@ def load_scans(data: pathlib.Path, invivo_tr: float, blocks: dict) -> dict:
         f = blocks["phantom"]
         scans["phantom"] = (_block(img, f), np.asarray(s.protocol.te_ms),
                             np.asarray(s.protocol.tr_ms), _block((~s.valid[:, :, 0]).astype(
-                                np.float32), f) > 0)
+                                np.float32), f) > 0, None)
     mese = data / "invivo" / "mese" / "sub-01_MESE.nii.gz"
     if mese.is_file():
         import nibabel as nib
@@ -58,8 +62,13 @@ def load_scans(data: pathlib.Path, invivo_tr: float, blocks: dict) -> dict:
             raise SystemExit(f"{mese}: {img.shape[-1]} echoes but {len(te)} EchoTime_ms in the "
                              "sidecar")
         f = blocks["invivo"]
+        mask_path = mese.parent / "sub-01_mask.nii.gz"
+        brain = None
+        if mask_path.is_file():
+            brain = _block(np.asarray(nib.load(str(mask_path)).dataobj, np.float32).reshape(
+                img.shape[:2]), f) >= 0.5
         scans["invivo"] = (_block(img, f), te, np.full_like(te, invivo_tr),
-                           _block((img >= CLIP).astype(np.float32), f) > 0)
+                           _block((img >= CLIP).astype(np.float32), f) > 0, brain)
     if not scans:
         raise SystemExit(f"{data}: neither nist_phantom/A/dicom/mse nor invivo/mese found")
     return scans
@@ -73,14 +82,18 @@ def load_gan(workdir: pathlib.Path, shape):
     if not cfg_path.is_file():
         raise SystemExit(f"--workdir {workdir}: no config.json (expected a qmri_jax.main workdir)")
     config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
-    if config.get("task") != "gan":
-        raise SystemExit(f"--workdir {workdir}: config.task is {config.get('task')!r}, not 'gan'")
     n = len(json.loads((workdir / "protocol.json").read_text())["images"])
-    return predict_lib.load_trained(config, str(workdir), (*shape, n))
+    task, state = predict_lib.load_trained(config, str(workdir), (*shape, n))
+    if not hasattr(task, "maps_from"):
+        raise SystemExit(f"--workdir {workdir}: its task ({type(task).__name__}) does not "
+                         "transfer contrasts (train configs/gan.py)")
+    return task, state
 
 
-def transfer_scan(task, state, images, te, tr, clipped, input_echo: int) -> dict:
-    """Per target echo: model / identity / fit metrics (see the module docstring)."""
+def transfer_scan(task, state, images, te, tr, clipped, input_echo: int, brain=None) -> dict:
+    """Per target echo: model / identity / fit metrics (see the module docstring). With a
+    ``brain`` mask, the input is skull-stripped with it (the training brains have no skull) and
+    the scores are taken inside it instead of the Otsu foreground."""
     import jax.numpy as jnp
 
     from qmri_jax.evaluation.transfer import foreground, image_metrics
@@ -90,29 +103,31 @@ def transfer_scan(task, state, images, te, tr, clipped, input_echo: int) -> dict
 
     m = task.size_multiple
     nx, ny = images.shape[:2]
-    x = np.pad(images[..., input_echo], [(0, (-nx) % m), (0, (-ny) % m)])[None]
+    x = images[..., input_echo] * (1.0 if brain is None else brain)
+    x = np.pad(x, [(0, (-nx) % m), (0, (-ny) % m)])[None]
     maps = np.asarray(task.maps_from(state, jnp.asarray(x), jnp.asarray([te[input_echo]]),
                                      jnp.asarray([tr[input_echo]])))[0, :nx, :ny]
     prot = Protocol.create("se", tr_ms=tr, te_ms=te, name="mese")
     fg_any = foreground(images[..., 0])
-    fit = fit_images(images, prot, "t2", mask=fg_any, valid=~clipped,
+    scale = float(np.percentile(images[..., 0][fg_any], 99))  # the fit's PD bound is for ~1
+    fit = fit_images(images / scale, prot, "t2", mask=fg_any, valid=~clipped,
                      options=SolverOptions(loss="gaussian"), estimate_sigma=False)
-    pd_fit, t2_fit = np.nan_to_num(fit.maps["PD"]), np.nan_to_num(fit.maps["T2"], nan=1.0)
+    pd_fit = scale * np.nan_to_num(fit.maps["PD"])
+    t2_fit = np.nan_to_num(fit.maps["T2"], nan=1.0)
     rows = []
     inp = images[..., input_echo]
     for j in range(images.shape[-1]):
         if j == input_echo:
             continue
         tgt = images[..., j]
-        mask = foreground(tgt) & ~clipped[..., j] & ~clipped[..., input_echo]
-        ref_in = np.percentile(inp[foreground(inp)], 99)
-        ref_t = np.percentile(tgt[mask], 99)
+        region = foreground(tgt) if brain is None else brain
+        mask = region & ~clipped[..., j] & ~clipped[..., input_echo]
         model = maps[..., 0] * (1 - np.exp(-tr[j] / maps[..., 1])) * np.exp(-te[j] / maps[..., 2])
         fitted = pd_fit * np.exp(-te[j] / np.maximum(t2_fit, 1e-3))
         rows.append({"target_te_ms": float(te[j]),
                      "delta_te_ms": float(te[j] - te[input_echo]),
                      "model": image_metrics(model, tgt, mask),
-                     "identity": image_metrics(inp / ref_in * ref_t, tgt, mask),
+                     "identity": image_metrics(inp, tgt, mask),
                      "fit": image_metrics(fitted, tgt, mask)})
     return {"input_te_ms": float(te[input_echo]), "tr_ms": float(tr[input_echo]), "rows": rows,
             "maps": maps}
@@ -155,14 +170,14 @@ def main(argv=None):
     scans = load_scans(args.data, args.invivo_tr,
                        {"phantom": args.phantom_block, "invivo": args.invivo_block})
     args.out.mkdir(parents=True, exist_ok=True)
-    results, lines = {}, ["| scan | input TE | target TE | PSNR model | PSNR identity | PSNR fit | "
-                          "SSIM model | SSIM identity | NRMSE model | NRMSE identity |",
-                          "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, (images, te, tr, clipped) in scans.items():
+    header = ("| scan | input TE | target TE | PSNR model | PSNR identity | PSNR fit | SSIM model "
+              "| SSIM identity | NRMSE model | NRMSE identity |")
+    results, lines = {}, [header, "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, (images, te, tr, clipped, brain) in scans.items():
         m = 4
         shape = (images.shape[0] + (-images.shape[0]) % m, images.shape[1] + (-images.shape[1]) % m)
         task, state = load_gan(args.workdir, shape)
-        res = transfer_scan(task, state, images, te, tr, clipped, args.input_echo)
+        res = transfer_scan(task, state, images, te, tr, clipped, args.input_echo, brain)
         _figure(args.out / f"transfer_{name}.png", images, res, args.input_echo)
         far = [r for r in res["rows"] if abs(r["delta_te_ms"]) > 50]
         res["far_targets_beating_identity"] = sum(r["model"]["psnr"] > r["identity"]["psnr"]

@@ -3,9 +3,11 @@ baseline, the maps in the middle against the truth and a least-squares fit, tran
 (TE, TR) settings, and the discriminator's class map over a TE x TR grid.
 
 Image metrics (per slice, then mean +- SD over slices and input/target pairs) are computed inside
-an Otsu foreground mask of the target image, every image in units of the target's 99th percentile
-in that mask. The identity baseline is the input image rescaled to the target's 99th percentile
-(its own 99th percentile divided out): the best a copy of the input can do without physics.
+an Otsu foreground mask of the target image, every image (target, synthesised, baseline) divided
+by its own 99th percentile in that mask, as images of different contrasts are compared after
+intensity normalisation: the scores measure the contrast between tissues, not the global scale.
+The identity baseline is the input image itself (normalised the same way): what a copy of the
+input scores without physics.
 
 ``write_transfer_report(task, state, split, out_dir)`` needs of ``task``: ``protocol``,
 ``transfer_all(state, images [B, H, W, K])``, ``class_probs(state, x [B, H, W])``,
@@ -58,10 +60,10 @@ def _p99(x, mask):
 
 
 def image_metrics(pred, target, mask) -> dict:
-    """MSE, NRMSE, PSNR (peak: the target's in-mask maximum) and SSIM of one image pair
-    ``[H, W]`` in units of the target's in-mask 99th percentile."""
-    ref = _p99(target, mask)
-    p, t = np.asarray(pred) / ref, np.asarray(target) / ref
+    """MSE, NRMSE, PSNR (peak: the normalised target's in-mask maximum) and SSIM of one image pair
+    ``[H, W]``, each image divided by its own 99th percentile in ``mask``."""
+    p = np.asarray(pred, np.float64) / _p99(np.asarray(pred), mask)
+    t = np.asarray(target, np.float64) / _p99(np.asarray(target), mask)
     return {"mse": float(np.mean((p[mask] - t[mask]) ** 2)), "nrmse": M.nrmse(p, t, mask),
             "psnr": M.psnr(p, t, mask), "ssim": M.ssim(p, t, mask)}
 
@@ -82,9 +84,8 @@ def transfer_metrics(pred, images) -> dict:
             for s in range(n):
                 tgt, inp = images[s, ..., j], images[s, ..., i]
                 m = foreground(tgt)
-                ident = inp / _p99(inp, foreground(inp)) * _p99(tgt, m)
                 rm.append(image_metrics(pred[i, s, ..., j], tgt, m))
-                rb.append(image_metrics(ident, tgt, m))
+                rb.append(image_metrics(inp, tgt, m))
             out["model"][(i, j)], out["baseline"][(i, j)] = rm, rb
     return out
 

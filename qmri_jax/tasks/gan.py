@@ -11,11 +11,12 @@ Each training example is one contrast of one slice (the input, drawn per example
 contrast (another one, drawn per example). The generator's loss (``config.gan``, each part
 switchable by its weight):
 
-- ``recon_weight``: MAE of the input re-synthesised through the maps (the cycle through the maps);
+- ``recon_weight``: MAE of the input re-synthesised through the maps (the cycle through the maps),
+  over the whole image (the background too: the maps of empty space must synthesise nothing);
 - ``adv_weight``: cross-entropy of the discriminator's patches of the synthesised target for the
   target's class (unpaired: the target image of that slice is never seen);
-- ``paired_weight``: MAE of the synthesised target against the acquired target of the same slice
-  (paired data only; 0 in the paper's setting);
+- ``paired_weight``: MAE of the synthesised target against the acquired target of the same slice,
+  over the whole image (paired data only; 0 in the paper's setting);
 - ``maps_weight``: MAE of log T1, log T2 and PD / PD_true against the true maps (synthetic data
   only; 0 in the paper's setting).
 
@@ -24,7 +25,9 @@ patches whose cell is at least half foreground. Both networks are updated every 
 ``gen_pretrain_steps`` train the generator alone without the adversarial term (towards the identity
 ``input -> maps -> input``), the next ``disc_pretrain_steps`` the discriminator alone. Slices are
 shifted by up to ``shift_px`` pixels. Images are divided by their 99th percentile before the
-networks (PD is multiplied back), so the maps do not depend on the scanner's scale.
+networks (PD is multiplied back), so the maps do not depend on the scanner's scale. At inference
+(``data_consistency``, default on) PD is solved from the input given the generator's T1 and T2,
+so that the input is re-synthesised exactly (:meth:`GanTask.maps_from`).
 
 The validation loss (checkpoint selection) is the MSE of contrast transfer from every contrast to
 every other, each image in units of the target's 99th percentile.
@@ -68,6 +71,7 @@ class GanConfig:
     gen_pretrain_steps: int = 0
     disc_pretrain_steps: int = 0
     shift_px: int = 0
+    data_consistency: bool = True
 
     @classmethod
     def from_config(cls, section) -> "GanConfig":
@@ -179,12 +183,24 @@ class GanTask:
                           _bounded(z[..., 1], "T1"), _bounded(z[..., 2], "T2")], -1)
         return maps, stats
 
-    def maps_from(self, state, x, te_ms, tr_ms):
+    def maps_from(self, state, x, te_ms, tr_ms, data_consistency=None):
         """Maps ``[B, H, W, 3]`` (PD in the units of ``x``, T1 and T2 in ms) from one image per
-        example ``x [B, H, W]`` acquired at ``te_ms``, ``tr_ms`` ``[B]``."""
+        example ``x [B, H, W]`` acquired at ``te_ms``, ``tr_ms`` ``[B]``.
+
+        With ``data_consistency`` (default ``config.gan.data_consistency``) PD is not the
+        generator's but the one that re-synthesises the input exactly given its T1 and T2
+        (``PD = x / ((1 - e^{-TR/T1}) e^{-TE/T2})``, the linear parameter in closed form, as a
+        variable-projection fit solves it): every transfer is then the input times the
+        generator's relative weighting, so structure the generator gets wrong on unfamiliar
+        images (real scans) is taken from the input."""
         g = state["gen"]
-        return self._gen_apply(g, g.params, x, jnp.asarray(te_ms, jnp.float32),
-                               jnp.asarray(tr_ms, jnp.float32), False)[0]
+        te, tr = jnp.asarray(te_ms, jnp.float32), jnp.asarray(tr_ms, jnp.float32)
+        maps = self._gen_apply(g, g.params, x, te, tr, False)[0]
+        dc = self.cfg.data_consistency if data_consistency is None else data_consistency
+        if dc:
+            w = synthesize(maps.at[..., 0].set(1.0), te, tr)
+            maps = maps.at[..., 0].set(jnp.maximum(x, 0.0) / jnp.maximum(w, 1e-3))
+        return maps
 
     def transfer(self, state, x, te_in, tr_in, te_out, tr_out):
         """The image ``x [B, H, W]`` acquired at (``te_in``, ``tr_in``) synthesised at
@@ -255,14 +271,12 @@ class GanTask:
             maps, stats = self._gen_apply(gen, params, x_in, te_in, tr_in, True)
             recon = synthesize(maps, te_in, tr_in)
             fake = synthesize(maps, te_out, tr_out)
-            parts = {"recon": jnp.sum(jnp.abs(recon - x_in) / s_in * mask)
-                     / jnp.maximum(jnp.sum(mask), 1.0)}
+            parts = {"recon": jnp.mean(jnp.abs(recon - x_in) / s_in)}
             fake_n = fake / image_scale(fake)[:, None, None]
             logits = self.disc.apply({"params": disc.params}, fake_n[..., None], train=True,
                                      rngs={"noise": k_d1})
             parts["adv"], _ = self._ce(logits, c_out, pmask)
-            parts["paired"] = jnp.sum(jnp.abs(fake - x_out) / s_in * mask) / jnp.maximum(
-                jnp.sum(mask), 1.0)
+            parts["paired"] = jnp.mean(jnp.abs(fake - x_out) / s_in)
             brain = mask * jnp.all(true_maps > 0, -1)
             safe = jnp.where(true_maps > 0, true_maps, 1.0)
             err = jnp.stack([maps[..., 0] / safe[..., 0] - 1,

@@ -239,13 +239,14 @@ def test_batch_norm_equals_flax_values_gradients_and_running_stats(shape, relu):
 
 
 def test_rim_shapes_gradients_and_data_term():
-    from qmri_jax.models.rim import profiled_nll
+    from qmri_jax.models.rim import K_RANGE, profiled_nll
     from qmri_jax.physics.protocol import get_protocol, simulate
     prot = get_protocol("nist_vir")
     # The profiled data term is zero at the truth and its gradient matches finite differences.
     t1, k = 900.0, 0.95
     from qmri_jax.physics.units import to_unit_range
-    xs = jnp.array([[to_unit_range(t1, "T1"), to_unit_range(k, "k")]])
+    k_unit = 2 * (k - K_RANGE[0]) / (K_RANGE[1] - K_RANGE[0]) - 1  # the RIM's own k scale
+    xs = jnp.array([[to_unit_range(t1, "T1"), k_unit]])
     y = 3.0 * simulate({"PD": 1.0, "T1": jnp.array([t1]), "T2": 1e4, "k": k}, prot)
     nll, a = profiled_nll(xs, y, prot, ("T1", "k"))
     assert float(nll[0]) == pytest.approx(0.0, abs=1e-5) and float(a[0]) == pytest.approx(3.0, rel=1e-4)
