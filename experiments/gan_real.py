@@ -90,7 +90,8 @@ def load_gan(workdir: pathlib.Path, shape):
     return task, state
 
 
-def transfer_scan(task, state, images, te, tr, clipped, input_echo: int, brain=None) -> dict:
+def transfer_scan(task, state, images, te, tr, clipped, input_echo: int, brain=None,
+                  data_consistency: bool | None = None) -> dict:
     """Per target echo: model / identity / fit metrics (see the module docstring). With a
     ``brain`` mask, the input is skull-stripped with it (the training brains have no skull) and
     the scores are taken inside it instead of the Otsu foreground."""
@@ -106,7 +107,8 @@ def transfer_scan(task, state, images, te, tr, clipped, input_echo: int, brain=N
     x = images[..., input_echo] * (1.0 if brain is None else brain)
     x = np.pad(x, [(0, (-nx) % m), (0, (-ny) % m)])[None]
     maps = np.asarray(task.maps_from(state, jnp.asarray(x), jnp.asarray([te[input_echo]]),
-                                     jnp.asarray([tr[input_echo]])))[0, :nx, :ny]
+                                     jnp.asarray([tr[input_echo]]),
+                                     data_consistency=data_consistency))[0, :nx, :ny]
     prot = Protocol.create("se", tr_ms=tr, te_ms=te, name="mese")
     fg_any = foreground(images[..., 0])
     scale = float(np.percentile(images[..., 0][fg_any], 99))  # the fit's PD bound is for ~1
@@ -164,6 +166,9 @@ def main(argv=None):
     p.add_argument("--input-echo", type=int, default=0)
     p.add_argument("--invivo-tr", type=float, default=3000.0,
                    help="TR (ms) of the in-vivo series (not in its sidecar)")
+    p.add_argument("--data-consistency", action=argparse.BooleanOptionalAction, default=None,
+                   help="PD solved from the input given the model's T1 and T2 (GanTask.maps_from;"
+                        " default: the workdir's config.gan.data_consistency)")
     p.add_argument("--phantom-block", type=int, default=4, help="block size (pixels), phantom")
     p.add_argument("--invivo-block", type=int, default=2, help="block size (pixels), in vivo")
     args = p.parse_args(argv)
@@ -177,7 +182,8 @@ def main(argv=None):
         m = 4
         shape = (images.shape[0] + (-images.shape[0]) % m, images.shape[1] + (-images.shape[1]) % m)
         task, state = load_gan(args.workdir, shape)
-        res = transfer_scan(task, state, images, te, tr, clipped, args.input_echo, brain)
+        res = transfer_scan(task, state, images, te, tr, clipped, args.input_echo, brain,
+                            args.data_consistency)
         _figure(args.out / f"transfer_{name}.png", images, res, args.input_echo)
         far = [r for r in res["rows"] if abs(r["delta_te_ms"]) > 50]
         res["far_targets_beating_identity"] = sum(r["model"]["psnr"] > r["identity"]["psnr"]
