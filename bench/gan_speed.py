@@ -2,7 +2,7 @@
 pix2pix-style step written in PyTorch, in the same run.
 
 Both steps: a 2D U-Net generator (levels 16/32/64, two conv3x3-BatchNorm-ReLU per level, 2x2 max
-pooling, 2x2 transposed-conv up-sampling with skip concatenation, 1x1 head to 3 channels) on one
+pooling, bilinear 2x up-sampling + conv3x3 with skip concatenation, 1x1 head to 3 channels) on one
 image plus TE and TR channels -> PD, T1, T2 (softplus / log-sigmoid bounds) -> the spin-echo
 layer at the input's and the target's (TE, TR); a PatchGAN (conv3x3 stride 2 + LeakyReLU(0.2) at
 32/64/128, one conv3x3 at 128, 1x1 to 6 classes, Gaussian input noise); generator loss = MAE
@@ -91,8 +91,11 @@ def build_peer(batch):
             super().__init__()
             self.down = nn.ModuleList([block(3, feats[0]), block(feats[0], feats[1])])
             self.mid = block(feats[1], feats[2])
-            self.up = nn.ModuleList([nn.ConvTranspose2d(feats[2], feats[1], 2, 2),
-                                     nn.ConvTranspose2d(feats[1], feats[0], 2, 2)])
+            self.up = nn.ModuleList([
+                nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear"),
+                              nn.Conv2d(feats[2], feats[1], 3, padding=1)),
+                nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear"),
+                              nn.Conv2d(feats[1], feats[0], 3, padding=1))])
             self.dec = nn.ModuleList([block(2 * feats[1], feats[1]), block(2 * feats[0], feats[0])])
             self.head = nn.Conv2d(feats[0], 3, 1)
 
