@@ -87,6 +87,24 @@ def get_config():
 
     config.task = "regression"  # regression (U-Nets, HighResNet, ResNet), rim, ddpm or gan
 
+    # ---- contrast-transfer GAN (config.task = "gan"; qmri_jax.tasks.gan.GanConfig) ----
+    config.gan = ml_collections.ConfigDict()
+    config.gan.disc_features = (32, 64, 128)  # PatchGAN: channels of its stride-2 blocks
+    config.gan.disc_extra_convs = 1  # stride-1 conv3x3 after them (receptive field)
+    config.gan.disc_noise = 0.05  # std of the Gaussian noise on its input in training
+    config.gan.disc_learning_rate = 5e-4  # the rest of its optimiser is config.train's
+    # Generator loss weights: MAE of the input re-synthesised through the maps; cross-entropy of
+    # the synthesised target for its class; MAE against the acquired target of the same slice
+    # (paired data); MAE of log T1, log T2, PD / PD_true against the true maps (synthetic data).
+    config.gan.recon_weight = 1.0
+    config.gan.adv_weight = 0.05
+    config.gan.paired_weight = 0.0
+    config.gan.maps_weight = 0.0
+    config.gan.gen_pretrain_steps = 0  # the generator alone first, without the adversarial term
+    config.gan.disc_pretrain_steps = 0  # then the discriminator alone
+    config.gan.shift_px = 0  # random in-plane shifts of each training slice, up to this
+    config.gan.data_consistency = False  # at inference: PD solved from the input given T1, T2
+
     # ---- conditional DDPM (config.task = "ddpm") ----
     config.ddpm = ml_collections.ConfigDict()
     config.ddpm.features = (32, 64, 64)

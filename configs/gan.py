@@ -20,8 +20,6 @@ Presets:
             shifts up to 10 pixels, unpaired.
 """
 
-import ml_collections
-
 from configs import default
 
 
@@ -45,11 +43,8 @@ def get_config(preset: str = ""):
     config.model.norm = "batch"
     config.model.up = "bilinear"  # transposed convolutions left a 2-pixel checkerboard in the maps
 
-    config.gan = ml_collections.ConfigDict({
-        "disc_features": (32, 64, 128), "disc_extra_convs": 1, "disc_noise": 0.05,
-        "disc_learning_rate": 5e-4, "recon_weight": 1.0, "adv_weight": 0.05,
-        "paired_weight": 1.0, "maps_weight": 1.0, "gen_pretrain_steps": 100,
-        "disc_pretrain_steps": 50, "shift_px": 2})
+    config.gan.update(paired_weight=1.0, maps_weight=1.0, gen_pretrain_steps=100,
+                      disc_pretrain_steps=50, shift_px=2)  # the other keys: configs/default.py
 
     config.train.optimizer = "nadam"
     config.train.learning_rate = 5e-4

@@ -83,7 +83,8 @@ def plot_example(path, images, pred, maps, truth, brain, names) -> None:
         axes[0, j].set_title(f"acquired {names[j]}", fontsize=8)
         axes[1, j].imshow(pred[0, ..., j].T, cmap="gray", vmin=0, vmax=vmax, origin="lower")
         axes[1, j].set_title(f"from {names[0]}", fontsize=8)
-    for c, (name, cmap) in enumerate((("PD", "gray"), ("T1 (ms)", "viridis"), ("T2 (ms)", "magma"))):
+    panels = (("PD", "gray"), ("T1 (ms)", "viridis"), ("T2 (ms)", "magma"))
+    for c, (name, cmap) in enumerate(panels):
         vmax = np.percentile(truth[..., c][brain], 99) if brain.any() else None
         for col, (src, label) in enumerate(((maps[0], "model"), (truth, "true"))):
             ax = axes[2, 2 * c + col]

@@ -10,7 +10,8 @@ Estimated quantities live in [-1, 1]: T1 on the log scale of
 :func:`qmri_jax.physics.units.from_unit_range` and, when the protocol's signal depends on it, the
 inversion efficiency k, linear over the RIM's own ``k_range`` (default 0.5-1.05: with the shared
 map scaling's 0.5-1.25, made for the DDPM's apparent k > 1, the trained RIM put every T1 at its
-10 ms bound). PD comes from a head on the final hidden state. ``[B, H, W, N] -> [B, H, W, len(targets)]`` in physical units.
+10 ms bound). PD comes from a head on the final hidden state.
+``[B, H, W, N] -> [B, H, W, len(targets)]`` in physical units.
 """
 
 from __future__ import annotations

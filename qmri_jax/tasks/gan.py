@@ -214,7 +214,8 @@ class GanTask:
         """Discriminator class probabilities per patch ``[B, h, w, K + 1]`` of images
         ``x [B, H, W]`` (each divided by its 99th percentile first)."""
         d = state["disc"]
-        logits = self.disc.apply({"params": d.params}, (x / image_scale(x)[:, None, None])[..., None])
+        x = x / image_scale(x)[:, None, None]
+        logits = self.disc.apply({"params": d.params}, x[..., None])
         return jax.nn.softmax(logits, -1)
 
     def patch_mask(self, mask):
@@ -345,7 +346,8 @@ class GanTask:
         return {"mean": jnp.mean(maps, 0), "std": jnp.std(maps, 0), "samples": maps}
 
     def evaluate(self, state, data, out_dir):
-        """The contrast-transfer report on ``data["test"]`` (:mod:`qmri_jax.evaluation.transfer`)."""
+        """The contrast-transfer report on ``data["test"]`` (see
+        :mod:`qmri_jax.evaluation.transfer`)."""
         from qmri_jax.evaluation import transfer
         os.makedirs(out_dir, exist_ok=True)
         return transfer.write_transfer_report(self, state, data["test"], out_dir)
