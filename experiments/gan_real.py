@@ -75,15 +75,20 @@ def load_scans(data: pathlib.Path, invivo_tr: float, blocks: dict) -> dict:
 
 
 def load_gan(workdir: pathlib.Path, shape):
+    """``(task, state)`` of a GAN workdir, shaped for images ``shape`` (``(X, Y)``, padded to the
+    generator's size multiple as :func:`transfer_scan` pads them)."""
     import ml_collections
 
     from qmri_jax import predict as predict_lib
+    from qmri_jax.tasks import create_task
     cfg_path = workdir / "config.json"
     if not cfg_path.is_file():
         raise SystemExit(f"--workdir {workdir}: no config.json (expected a qmri_jax.main workdir)")
     config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
     n = len(json.loads((workdir / "protocol.json").read_text())["images"])
-    task, state = predict_lib.load_trained(config, str(workdir), (*shape, n))
+    m = create_task(config).size_multiple
+    padded = tuple(s + (-s) % m for s in shape)
+    task, state = predict_lib.load_trained(config, str(workdir), (*padded, n))
     if not hasattr(task, "maps_from"):
         raise SystemExit(f"--workdir {workdir}: its task ({type(task).__name__}) does not "
                          "transfer contrasts (train configs/gan.py)")
@@ -179,9 +184,7 @@ def main(argv=None):
               "| SSIM identity | NRMSE model | NRMSE identity |")
     results, lines = {}, [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for name, (images, te, tr, clipped, brain) in scans.items():
-        m = 4
-        shape = (images.shape[0] + (-images.shape[0]) % m, images.shape[1] + (-images.shape[1]) % m)
-        task, state = load_gan(args.workdir, shape)
+        task, state = load_gan(args.workdir, images.shape[:2])
         res = transfer_scan(task, state, images, te, tr, clipped, args.input_echo, brain,
                             args.data_consistency)
         _figure(args.out / f"transfer_{name}.png", images, res, args.input_echo)

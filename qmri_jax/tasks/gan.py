@@ -159,8 +159,7 @@ class GanTask:
                                  extra_convs=c.disc_extra_convs, noise_std=c.disc_noise)
         steps = int(config.train.num_steps)
         self.tx_gen = create_optimizer(config.train, steps)
-        with config.unlocked():
-            dtrain = config.train.copy_and_resolve_references()
+        dtrain = config.train.copy_and_resolve_references()
         with dtrain.unlocked():
             dtrain.learning_rate = c.disc_learning_rate
         self.tx_disc = create_optimizer(dtrain, steps)
