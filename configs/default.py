@@ -46,6 +46,10 @@ def get_config():
     config.data.slice_thickness_vox = 1
     config.data.normalisation = "none"
     config.data.seed = 0
+    # k-fold cross-validation (sweeps: qmri_jax.sweeps.folds): 0 = the fixed 80/10/10 split; k >= 2:
+    # the test split is fold cv_fold of the subjects, validation 10% of the others.
+    config.data.cv_folds = 0
+    config.data.cv_fold = 0
     config.data.data_dir = ""  # "" = ~/.cache/qmri_jax/tfds (shared between workdirs)
     config.data.on_the_fly = False  # True: fresh training subjects every epoch
 

@@ -3,6 +3,8 @@
 Modes: ``fit`` (voxelwise fitting job), ``train`` (train, then evaluate on the test split),
 ``eval`` (evaluate the latest checkpoint), ``predict`` (maps from weighted NIfTI/DICOM inputs).
 Dispatch only; the work lives in library modules. Overrides: ``--config.train.num_steps=100``.
+SIGTERM / SIGUSR1 / SIGUSR2 (a cluster's preemption or time-out warning) make training checkpoint and exit
+with code 75 (:mod:`qmri_jax.engine.preemption`); the same command then resumes.
 """
 
 from __future__ import annotations
@@ -33,15 +35,19 @@ def main(argv):
         fit_job.run(FLAGS.config, FLAGS.workdir)
         return
     from qmri_jax import predict, train  # noqa: F401 (imports set absl verbosity)
-    from qmri_jax.engine import sharding
+    from qmri_jax.engine import preemption, sharding
     if not FLAGS["verbosity"].present:  # Orbax and TFDS log every file operation at INFO
         logging.set_verbosity(logging.WARNING)
         for name in ("absl", "jax", "orbax", "tensorflow_datasets"):
             pylogging.getLogger(name).setLevel(pylogging.WARNING)
     sharding.initialize_distributed()
+    preemption.install_handlers()
     if mode == "train":
         from qmri_jax import train
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        if preemption.stop_requested():
+            raise preemption.Preempted(f"training stopped on request; checkpoint in "
+                                       f"{FLAGS.workdir}/checkpoints: run again to resume")
     elif mode == "eval":
         from qmri_jax import predict
         predict.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)

@@ -22,6 +22,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -59,6 +60,10 @@ class DataConfig:
         each axis's size.
       split_fractions: train / validation / test fractions of subjects.
       seed: master seed.
+      cv_folds: 0: the split by ``split_fractions``; k >= 2: k-fold cross-validation, the test
+        split is fold ``cv_fold`` of the subjects (folds of one seeded permutation, disjoint,
+        covering every subject once), validation ``split_fractions[1]`` of the rest.
+      cv_fold: the test fold, ``0 <= cv_fold < cv_folds``.
     """
 
     protocol: str = "four_contrast_brain"
@@ -77,6 +82,8 @@ class DataConfig:
     normalisation: str = "none"
     split_fractions: tuple = (0.8, 0.1, 0.1)
     seed: int = 0
+    cv_folds: int = 0
+    cv_fold: int = 0
 
     def __post_init__(self):
         get_protocol(self.protocol)  # raises with the list of known protocols
@@ -89,6 +96,14 @@ class DataConfig:
         if len(radius) != 2 or not 0.0 < radius[0] <= radius[1] <= 0.5:
             raise ValueError(f"geometric_radius={self.geometric_radius}: expected (low, high) "
                              "fractions with 0 < low <= high <= 0.5")
+        if self.cv_folds == 1 or self.cv_folds < 0 or self.cv_folds > self.num_subjects:
+            raise ValueError(f"cv_folds={self.cv_folds}: expected 0 (no cross-validation) or "
+                             f"2..num_subjects ({self.num_subjects})")
+        if self.cv_folds and not 0 <= self.cv_fold < self.cv_folds:
+            raise ValueError(f"cv_fold={self.cv_fold}: expected 0 <= cv_fold < cv_folds "
+                             f"({self.cv_folds})")
+        if not self.cv_folds and self.cv_fold:
+            raise ValueError(f"cv_fold={self.cv_fold} without cv_folds: set cv_folds >= 2")
         self.acquisition()  # validates the acquisition fields
 
     def acquisition(self) -> acquisition.AcquisitionConfig:
@@ -107,6 +122,8 @@ class DataConfig:
             del d["geometric_radius"]
         else:
             d["geometric_radius"] = [float(r) for r in self.geometric_radius]
+        if not self.cv_folds:  # likewise
+            del d["cv_folds"], d["cv_fold"]
         return d
 
     @property
@@ -121,6 +138,15 @@ def subject_split(config: DataConfig) -> dict[str, list[int]]:
     """Subject indices of each split (disjoint, covering ``range(num_subjects)``)."""
     n = config.num_subjects
     perm = np.random.default_rng([config.seed, 7919]).permutation(n)
+    if config.cv_folds:
+        fold = np.array_split(perm, config.cv_folds)[config.cv_fold]
+        rest = np.array([i for i in perm if i not in set(fold.tolist())])
+        n_val = max(1, int(round(config.split_fractions[1] * n)))
+        if len(rest) - n_val < 1:
+            raise ValueError(f"num_subjects={n} with cv_folds={config.cv_folds} leaves no "
+                             "training subject")
+        return {"train": sorted(rest[n_val:].tolist()), "validation": sorted(rest[:n_val].tolist()),
+                "test": sorted(fold.tolist())}
     n_val = max(1, int(round(config.split_fractions[1] * n)))
     n_test = max(1, int(round(config.split_fractions[2] * n)))
     n_train = n - n_val - n_test
@@ -319,10 +345,17 @@ def build(config: DataConfig, data_dir: str, dims: int = 2, quiet: bool = True):
     cls = _classes()[0 if dims == 2 else 1]
     data_dir = os.path.expanduser(data_dir)
     os.makedirs(data_dir, exist_ok=True)
-    builder = cls(qmri_config=config, data_dir=data_dir)
     if quiet:
         tfds.disable_progress_bar()
-    builder.download_and_prepare()
+    # Trials of a sweep started together build the same dataset: one builds, the others wait
+    # and reuse it (an exclusive lock per config on the data folder).
+    with open(os.path.join(data_dir, f".{config.name}_{dims}d.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            builder = cls(qmri_config=config, data_dir=data_dir)
+            builder.download_and_prepare()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return builder
 
 

@@ -12,7 +12,10 @@ gives ``create_state(key, example_batch)``, ``train_step(state, batch, key) -> (
 - logs every scalar a step returns (``metrics.jsonl``, TensorBoard), raises on a non-finite loss
   (the last good checkpoint stays), evaluates the validation split every ``eval_every`` steps,
   keeps the best checkpoint on its smoothed ``loss``, stops early after ``early_stopping_patience``
-  evaluations without improvement, and at a wall-clock budget.
+  evaluations without improvement, and at a wall-clock budget;
+- on a stop request (:mod:`~qmri_jax.engine.preemption`: SIGTERM / SIGUSR1 from a cluster that
+  preempts the job or reaches its time limit) saves a checkpoint at the current step and returns
+  unfinished.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import jax
 import numpy as np
 
 from qmri_jax.engine import checkpoint as ckpt_lib
+from qmri_jax.engine import preemption
 from qmri_jax.engine import sharding as sharding_lib
 from qmri_jax.engine.loader import Loader
 from qmri_jax.engine.metrics_log import MetricWriter, scalars
@@ -173,47 +177,59 @@ def train(task, workdir: str, cfg: LoopConfig, data: dict, seed: int = 0,
                disable=jax.process_index() != 0 or not cfg.progress_bar)
     t0, last_good, step, timed_out = time.time(), start, start, False
     limit_s = 60.0 * float(cfg.time_limit_minutes or 0.0)
-    while step < end and not extra["stopped"] and not timed_out:
-        state, metrics = step_fn(state, loader.batch_at(step), jax.random.fold_in(key, step))
-        step += 1
-        if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == end:
-            m = jax.device_get(metrics)
-            _check_finite(m, step, last_good, workdir)
-            rate = (step - start) / max(time.time() - t0, 1e-9)
-            writer.write(step, {**scalars(m), "steps_per_s": rate})
-            if "loss" in m:
-                bar.set_postfix(loss=f"{float(m['loss']):.4f}", steps_s=f"{rate:.2f}")
-        bar.update(1)
-        if step % cfg.eval_every == 0 or step == cfg.num_steps:
-            val = evaluate_split(eval_fn, state, data["validation"], keys, cfg.batch_size, mesh,
-                                 cfg.eval_batches)
-            prev = extra["smoothed_val"]
-            sm = val["loss"] if prev is None else (cfg.smoothing * prev
-                                                    + (1 - cfg.smoothing) * val["loss"])
-            extra["smoothed_val"] = sm
-            if sm < extra["best_val"] - 1e-6:
-                extra["best_val"], extra["bad_evals"] = sm, 0
-                ckpt_lib.save(best, step, state, extra, metrics={"val_loss": val["loss"]})
-            else:
-                extra["bad_evals"] += 1
-                if cfg.early_stopping_patience and extra["bad_evals"] >= \
-                        cfg.early_stopping_patience:
-                    extra["stopped"] = True
-                    print(f"early stopping at step {step}: smoothed validation loss has not "
-                          f"improved for {extra['bad_evals']} evaluations")
-            writer.write(step, {**{f"val_{k}": v for k, v in val.items()},
-                                "val_loss_smoothed": sm})
-        if limit_s and step < end and (jax.process_count() == 1 or step % cfg.log_every == 0):
-            # Every process must take the same decision: with several, process 0's clock decides,
-            # at steps all of them reach (log_every).
-            timed_out = _on_all_processes(time.time() - t0 >= limit_s)
-            if timed_out:
-                print(f"time limit: stopping at step {step} after {cfg.time_limit_minutes:g} min "
-                      "(train.time_limit_minutes); resume the workdir to continue")
-        if step % cfg.checkpoint_every == 0 or step == end or extra["stopped"] or timed_out:
-            ckpt_lib.save(latest, step, state, extra)
-            last_good = step
+    preempted = False
+    with preemption.in_training_loop():
+        while step < end and not extra["stopped"] and not timed_out and not preempted:
+            state, metrics = step_fn(state, loader.batch_at(step), jax.random.fold_in(key, step))
+            step += 1
+            if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == end:
+                m = jax.device_get(metrics)
+                _check_finite(m, step, last_good, workdir)
+                rate = (step - start) / max(time.time() - t0, 1e-9)
+                writer.write(step, {**scalars(m), "steps_per_s": rate})
+                if "loss" in m:
+                    bar.set_postfix(loss=f"{float(m['loss']):.4f}", steps_s=f"{rate:.2f}")
+            bar.update(1)
+            if step % cfg.eval_every == 0 or step == cfg.num_steps:
+                _evaluate(eval_fn, state, data, keys, cfg, mesh, extra, best, writer, step)
+            if step < end and (jax.process_count() == 1 or step % cfg.log_every == 0):
+                # Every process must take the same decision: with several, process 0's clock and
+                # signals decide, at steps all of them reach (log_every).
+                if limit_s:
+                    timed_out = _on_all_processes(time.time() - t0 >= limit_s)
+                    if timed_out:
+                        print(f"time limit: stopping at step {step} after "
+                              f"{cfg.time_limit_minutes:g} min (train.time_limit_minutes); "
+                              "resume the workdir to continue")
+                preempted = _on_all_processes(preemption.stop_requested())
+                if preempted:
+                    print(f"stop requested (preemption or time-out): checkpoint at step {step}; "
+                          "running the same workdir again resumes from there", flush=True)
+            if (step % cfg.checkpoint_every == 0 or step == end or extra["stopped"] or timed_out
+                    or preempted):
+                ckpt_lib.save(latest, step, state, extra)
+                last_good = step
     bar.close()
     writer.close()
     finished = not (stop_at is not None and step < cfg.num_steps and not extra["stopped"])
-    return state, finished
+    return state, finished and not preempted
+
+
+def _evaluate(eval_fn, state, data, keys, cfg, mesh, extra, best, writer, step):
+    """Validation loss, its smoothed value, the best checkpoint and early stopping (in ``extra``)."""
+    val = evaluate_split(eval_fn, state, data["validation"], keys, cfg.batch_size, mesh,
+                         cfg.eval_batches)
+    prev = extra["smoothed_val"]
+    sm = val["loss"] if prev is None else (cfg.smoothing * prev
+                                            + (1 - cfg.smoothing) * val["loss"])
+    extra["smoothed_val"] = sm
+    if sm < extra["best_val"] - 1e-6:
+        extra["best_val"], extra["bad_evals"] = sm, 0
+        ckpt_lib.save(best, step, state, extra, metrics={"val_loss": val["loss"]})
+    else:
+        extra["bad_evals"] += 1
+        if cfg.early_stopping_patience and extra["bad_evals"] >= cfg.early_stopping_patience:
+            extra["stopped"] = True
+            print(f"early stopping at step {step}: smoothed validation loss has not "
+                  f"improved for {extra['bad_evals']} evaluations")
+    writer.write(step, {**{f"val_{k}": v for k, v in val.items()}, "val_loss_smoothed": sm})

@@ -257,3 +257,23 @@ def test_export_cli_writes_bids_nifti_and_montage(tmp_path):
     png = (d / "sub-01_montage.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     assert not list(d.glob("*.tmp*"))
+
+
+def test_cross_validation_folds_cover_every_subject_once_as_test():
+    base = dict(num_subjects=10, slices_per_subject=1)
+    tests_seen = []
+    for f in range(3):
+        split = datasets.subject_split(datasets.DataConfig(cv_folds=3, cv_fold=f, **base))
+        assert not set(split["train"]) & set(split["test"])
+        assert not set(split["validation"]) & set(split["test"])
+        assert sorted(split["train"] + split["validation"] + split["test"]) == list(range(10))
+        assert len(split["validation"]) == 1
+        tests_seen += split["test"]
+    assert sorted(tests_seen) == list(range(10))  # folds of 4, 3, 3
+    # Without folds the dataset name (its cache) is what it was before cv_folds existed.
+    assert "cv_fold" not in datasets.DataConfig(**base).to_dict()
+    assert datasets.DataConfig(cv_folds=3, **base).name != datasets.DataConfig(**base).name
+    with pytest.raises(ValueError, match="cv_fold=3: expected 0 <= cv_fold < cv_folds"):
+        datasets.DataConfig(cv_folds=3, cv_fold=3, **base)
+    with pytest.raises(ValueError, match="cv_folds=1"):
+        datasets.DataConfig(cv_folds=1, **base)

@@ -12,7 +12,7 @@ import pytest
 
 from qmri_jax import engine, train
 from qmri_jax.engine import checkpoint as ckpt_lib
-from qmri_jax.engine import sharding
+from qmri_jax.engine import preemption, sharding
 from qmri_jax.engine.loader import Loader
 from qmri_jax.tasks import RegressionTask
 from tests.tiny import four_contrast_data, unet_config_tiny as tiny_config
@@ -133,6 +133,40 @@ def test_time_limit_stops_saves_evaluates_and_resumes(tiny_data, tmp_path, capsy
     resumed, _ = train.train_and_evaluate(tiny_config(), wd, data=tiny_data)
     assert int(resumed.step) == 4
 
+
+
+def test_stop_request_checkpoints_the_current_step_and_resume_is_exact(tiny_data, tmp_path,
+                                                                       capsys):
+    # A preemption signal sets the request: the loop finishes the step it is in (step 1, not a
+    # checkpoint step), saves it, returns without evaluating; the rerun ends bit-identical.
+    cfg = tiny_config()
+    full, _ = train.train_and_evaluate(cfg, str(tmp_path / "full"), data=tiny_data)
+    wd = str(tmp_path / "w")
+    preemption.request_stop()
+    try:
+        state, metrics = train.train_and_evaluate(cfg, wd, data=tiny_data)
+    finally:
+        preemption.clear()
+    assert int(state.step) == 1 and metrics is None
+    assert "stop requested" in capsys.readouterr().out
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["1"]
+    assert not os.path.exists(os.path.join(wd, "eval"))
+    resumed, metrics = train.train_and_evaluate(cfg, wd, data=tiny_data)
+    assert int(resumed.step) == 4 and metrics is not None
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_signal_outside_the_loop_exits_with_the_preempted_code():
+    import signal
+    with pytest.raises(preemption.Preempted) as e:
+        preemption.request_stop(signal.SIGTERM, None)
+    preemption.clear()
+    assert e.value.code == preemption.PREEMPTED_EXIT_CODE == 75
+    with preemption.in_training_loop():
+        preemption.request_stop(signal.SIGTERM, None)  # inside: only the flag
+    assert preemption.stop_requested()
+    preemption.clear()
 
 def test_nan_guard_stops_with_clear_message(tiny_data, tmp_path):
     bad = dict(tiny_data)

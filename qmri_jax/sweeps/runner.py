@@ -1,0 +1,163 @@
+"""Run one trial of a sweep: ``python -m qmri_jax.main`` in its workdir, its state on disk.
+
+A trial is a child process (its own JAX runtime and device memory). Its workdir holds
+``sweep_trial.json`` (config, overrides, command), ``trial.log`` (every attempt's stdout and
+stderr, appended) and ``sweep_status.json``: ``{"state": "running" | "done" | "failed" |
+"preempted", "attempts": n, "error": ...}``. ``done`` means the job exited 0 and wrote
+``eval/metrics.json``: such a trial is never run again. ``failed`` keeps the log's last lines as
+its error. ``preempted`` (exit code 75: the job checkpointed on SIGTERM / SIGUSR1, see
+:mod:`qmri_jax.engine.preemption`) and a ``running`` trial whose process is gone (killed) are run
+again by the next run of the sweep, resuming from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from qmri_jax.engine.preemption import PREEMPTED_EXIT_CODE
+from qmri_jax.sweeps.spec import format_value
+
+__all__ = ["write_json", "trial_spec", "command", "read_status", "run_trial", "TrialProcess", "STATUS_FILE",
+           "TERMINAL"]
+
+STATUS_FILE = "sweep_status.json"
+TERMINAL = ("done", "failed")
+
+
+def trial_spec(trial, config_path: str, sweep_dir: str, env: dict | None = None,
+               cwd: str | None = None) -> dict:
+    """The JSON-able description of one trial that a runner (local or SLURM) needs."""
+    return {"name": trial.name, "workdir": os.path.join(sweep_dir, trial.name),
+            "config": config_path, "overrides": [[k, v] for k, v in trial.overrides.items()],
+            "env": dict(env or {}), "cwd": cwd or os.getcwd()}
+
+
+def command(spec: dict) -> list[str]:
+    """The trial's command line (``sys.executable -m qmri_jax.main ...``)."""
+    return [sys.executable, "-m", "qmri_jax.main", f"--config={spec['config']}",
+            f"--workdir={spec['workdir']}", "--config.train.progress_bar=False",
+            *(f"--config.{k}={format_value(v)}" for k, v in spec["overrides"])]
+
+
+def write_json(path: str, obj) -> None:
+    """``obj`` as JSON at ``path``, written to a temporary name and renamed (never half-written)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def read_status(workdir: str) -> dict:
+    """The trial's status (``{"state": "pending"}`` when it never started)."""
+    path = os.path.join(workdir, STATUS_FILE)
+    if not os.path.isfile(path):
+        return {"state": "pending", "attempts": 0}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _last_error(log_path: str, max_lines: int = 15) -> str:
+    try:
+        with open(log_path, errors="replace") as f:
+            lines = [ln.rstrip() for ln in f.readlines()[-400:] if ln.strip()]
+    except OSError:
+        return "(no log)"
+    for i in range(len(lines) - 1, -1, -1):  # the last traceback's final line, if any
+        if lines[i].startswith("Traceback"):
+            return "\n".join(lines[i:][-max_lines:])
+    return "\n".join(lines[-max_lines:])
+
+
+def _rank() -> int:
+    return int(os.environ.get("SLURM_PROCID", "0"))
+
+
+class TrialProcess:
+    """Runs one trial's child process; :meth:`stop` asks it to checkpoint and exit."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.proc: subprocess.Popen | None = None
+
+    def run(self) -> str:
+        """Run the trial to its end (or to a stop request); returns its new state."""
+        spec, rank = self.spec, _rank()
+        workdir = spec["workdir"]
+        os.makedirs(workdir, exist_ok=True)
+        status = read_status(workdir)
+        if status["state"] == "done":
+            return "done"
+        attempts = int(status.get("attempts", 0)) + 1
+        if rank == 0:
+            write_json(os.path.join(workdir, "sweep_trial.json"),
+                        {**spec, "command": command(spec)})
+            write_json(os.path.join(workdir, STATUS_FILE),
+                        {"state": "running", "attempts": attempts, "host": socket.gethostname(),
+                         "slurm_job": os.environ.get("SLURM_JOB_ID"), "started": _now()})
+        log_path = os.path.join(workdir, "trial.log" if rank == 0 else f"trial.rank{rank}.log")
+        env = {**os.environ, **{k: str(v) for k, v in spec["env"].items()}}
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (spec["cwd"], env.get("PYTHONPATH", "")) if p)
+        t0 = time.time()
+        with open(log_path, "a") as log:
+            log.write(f"\n=== attempt {attempts} on {socket.gethostname()} at {_now()}: "
+                      f"{' '.join(command(spec))}\n")
+            log.flush()
+            self.proc = subprocess.Popen(command(spec), cwd=spec["cwd"], env=env, stdout=log,
+                                         stderr=subprocess.STDOUT)
+            rc = self._wait()
+        metrics = os.path.join(workdir, "eval", "metrics.json")
+        if rc == 0 and os.path.isfile(metrics):
+            state, error = "done", None
+        elif rc == PREEMPTED_EXIT_CODE:
+            state, error = "preempted", None
+        else:
+            state = "failed"
+            error = (f"exit code {rc}" + ("" if rc else " but no eval/metrics.json") + ":\n"
+                     + _last_error(log_path))
+        if rank == 0:
+            write_json(os.path.join(workdir, STATUS_FILE),
+                        {"state": state, "attempts": attempts, "returncode": rc, "error": error,
+                         "seconds": round(time.time() - t0, 1), "host": socket.gethostname(),
+                         "slurm_job": os.environ.get("SLURM_JOB_ID"), "finished": _now()})
+        return state
+
+    def _wait(self) -> int:
+        while True:
+            try:
+                return self.proc.wait()
+            except KeyboardInterrupt:  # Ctrl-C: the child got SIGINT too; wait for it to end
+                self.proc.wait()
+                raise
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM to the child (it checkpoints at its current step and exits 75); waits for it.
+
+        Returns:
+          The child's exit code, or None where no child runs.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def run_trial(spec: dict) -> str:
+    """Run one trial in this process's foreground; returns its final state."""
+    return TrialProcess(spec).run()
