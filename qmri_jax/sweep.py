@@ -144,14 +144,19 @@ def main(argv=None) -> int:
                            gpus_per_trial=args.gpus_per_trial or 0)
     elif specs:
         jobs = backends.run_slurm(specs, os.path.join(sweep_dir, ".submitit"),
-                                  _slurm_options(sweep, args))
+                                  _slurm_options(sweep, args), name=sweep.name)
         job_ids = [j.job_id for j in jobs]
         runner.write_json(os.path.join(sweep_dir, "slurm_jobs.json"),
                           dict(zip([s["name"] for s in specs], job_ids)))
         print(f"submitted {len(jobs)} trials as SLURM job array {job_ids[0].split('_')[0]}")
         if args.no_wait:
             return 0
-        backends.wait_for_trials(specs, job_ids)
+        states = backends.wait_for_trials(specs, job_ids)
+        lost = [n for n, st in states.items() if st not in runner.TERMINAL]
+        if lost:
+            print(f"{len(lost)} trials left SLURM's queue without finishing (cancelled, node "
+                  f"failure, or the job could not start): their SLURM logs are in "
+                  f"{sweep_dir}/.submitit/; run the same command again to resume them")
     _print_table(trials, sweep_dir)
     summary = collect_lib.collect(sweep_dir)
     print(f"wrote {sweep_dir}/results.csv, results.md")

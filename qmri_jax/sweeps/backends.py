@@ -14,10 +14,12 @@ import concurrent.futures
 import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
 
+from qmri_jax.engine.preemption import Preempted
 from qmri_jax.sweeps import runner
 
 __all__ = ["run_local", "SlurmOptions", "run_slurm", "slurm_available", "SlurmTrial",
@@ -27,27 +29,47 @@ __all__ = ["run_local", "SlurmOptions", "run_slurm", "slurm_available", "SlurmTr
 def run_local(specs: list[dict], parallel: int = 1, gpus_per_trial: int = 0,
               progress: bool = True) -> dict[str, str]:
     """Run ``specs`` here, ``parallel`` at a time; with ``gpus_per_trial``, slot i of the pool sees
-    GPUs ``[i * g, (i + 1) * g)`` (``CUDA_VISIBLE_DEVICES``). Returns ``{name: state}``."""
+    GPUs ``[i * g, (i + 1) * g)`` (``CUDA_VISIBLE_DEVICES``).
+
+    SIGTERM to this process (a batch system ending the job that runs the whole sweep) is passed
+    on to the running trials, which checkpoint and stop; no further trial starts, and the next
+    run of the sweep resumes them. Returns ``{name: state}`` of the trials that ran.
+    """
     from tqdm import tqdm
 
     if parallel < 1:
         raise ValueError(f"--parallel={parallel}: expected >= 1")
     slots = list(range(parallel))
     lock = threading.Lock()
-    states = {}
+    states, active, stopping = {}, set(), threading.Event()
     bar = tqdm(total=len(specs), desc="trials", disable=not progress, dynamic_ncols=True)
 
+    def on_term(signum, frame):
+        stopping.set()
+        with lock:
+            for proc in list(active):
+                proc.stop(timeout_s=0)
+
     def work(spec):
+        if stopping.is_set():
+            return None
         with lock:
             slot = slots.pop(0)
+        if gpus_per_trial:
+            gpus = range(slot * gpus_per_trial, (slot + 1) * gpus_per_trial)
+            spec = {**spec, "env": {**spec["env"],
+                                    "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}}
+        proc = runner.TrialProcess(spec)
+        with lock:
+            if stopping.is_set():  # SIGTERM came while this slot was being set up
+                slots.append(slot)
+                return None
+            active.add(proc)
         try:
-            if gpus_per_trial:
-                gpus = range(slot * gpus_per_trial, (slot + 1) * gpus_per_trial)
-                spec = {**spec, "env": {**spec["env"],
-                                        "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}}
-            state = runner.run_trial(spec)
+            state = proc.run()
         finally:
             with lock:
+                active.discard(proc)
                 slots.append(slot)
         with lock:
             states[spec["name"]] = state
@@ -55,9 +77,16 @@ def run_local(specs: list[dict], parallel: int = 1, gpus_per_trial: int = 0,
             bar.set_postfix(last=f"{spec['name']}: {state}")
         return state
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-        list(pool.map(work, specs))
-    bar.close()
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+            list(pool.map(work, specs))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        bar.close()
+    if stopping.is_set():
+        raise Preempted("sweep stopped by SIGTERM: the running trials checkpointed; run the "
+                        "same command again to resume them")
     return states
 
 
@@ -160,19 +189,23 @@ class SlurmTrial(_Checkpointable):
         return submitit.helpers.DelayedSubmission(SlurmTrial(self.stop_timeout_s), spec)
 
 
-def run_slurm(specs: list[dict], folder: str, options: SlurmOptions) -> list:
-    """Submit ``specs`` as one job array; returns the submitit jobs (one per spec)."""
+def run_slurm(specs: list[dict], folder: str, options: SlurmOptions, name: str = "sweep") -> list:
+    """Submit ``specs`` as one job array named ``name``; submitit's files and the jobs' logs go
+    to ``folder`` (``<job>_<task>_log.out``). Returns the submitit jobs (one per spec)."""
     import submitit
 
     reason = slurm_available()
     if reason:
         raise RuntimeError(f"--backend=slurm: {reason}")
-    executor = submitit.AutoExecutor(folder=os.path.join(folder, "%A_%a"), cluster="slurm",
+    # One flat folder: SLURM does not create the folders of its --output paths.
+    os.makedirs(folder, exist_ok=True)
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm",
                                      slurm_max_num_timeout=int(options.max_requeues))
-    executor.update_parameters(name=os.path.basename(folder.rstrip("/")) or "sweep",
-                               **options.executor_parameters())
+    executor.update_parameters(name=name, **options.executor_parameters())
     with executor.batch():
-        jobs = [executor.submit(SlurmTrial(), spec) for spec in specs]
+        # The trial must have checkpointed before SLURM's limit: signal_delay_s minus a margin.
+        trial = SlurmTrial(stop_timeout_s=max(5.0, options.signal_delay_s - 20.0))
+        jobs = [executor.submit(trial, spec) for spec in specs]
     return jobs
 
 
@@ -181,7 +214,7 @@ def _queued(job_ids: list[str]) -> set[str]:
     if not job_ids:
         return set()
     arrays = ",".join(sorted({j.split("_")[0] for j in job_ids}))
-    out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", arrays], capture_output=True,
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", arrays], capture_output=True,
                          text=True, timeout=60, check=False)
     if out.returncode != 0:  # a finished job array: squeue says "Invalid job id"
         return set()

@@ -90,6 +90,7 @@ class TrialProcess:
     def __init__(self, spec: dict):
         self.spec = spec
         self.proc: subprocess.Popen | None = None
+        self._stop = False
 
     def run(self) -> str:
         """Run the trial to its end (or to a stop request); returns its new state."""
@@ -117,6 +118,8 @@ class TrialProcess:
             log.flush()
             self.proc = subprocess.Popen(command(spec), cwd=spec["cwd"], env=env, stdout=log,
                                          stderr=subprocess.STDOUT)
+            if self._stop:  # stop() came before the child existed
+                self.proc.send_signal(signal.SIGTERM)
             rc = self._wait()
         metrics = os.path.join(workdir, "eval", "metrics.json")
         if rc == 0 and os.path.isfile(metrics):
@@ -135,27 +138,38 @@ class TrialProcess:
         return state
 
     def _wait(self) -> int:
+        # Short timed waits rather than one blocking wait: a blocking Popen.wait holds the
+        # Popen's lock, and stop() may run inside a signal handler of this same thread.
         while True:
             try:
-                return self.proc.wait()
-            except KeyboardInterrupt:  # Ctrl-C: the child got SIGINT too; wait for it to end
+                return self.proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
+            except KeyboardInterrupt:  # Ctrl-C: the child got SIGINT too; let it end
                 self.proc.wait()
                 raise
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
-        """SIGTERM to the child (it checkpoints at its current step and exits 75); waits for it.
+        """SIGTERM to the child (it checkpoints at its current step and exits 75); waits up to
+        ``timeout_s`` for it, then kills it. Safe inside a signal handler (it only polls).
 
         Returns:
-          The child's exit code, or None where no child runs.
+          The child's exit code, or None where no child runs, ``timeout_s`` is 0 (no wait) or it
+          had to be killed.
         """
+        self._stop = True
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
         self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+        t0 = time.time()
+        while timeout_s and time.time() - t0 < timeout_s:
+            rc = self.proc.poll()
+            if rc is not None:
+                return rc
+            time.sleep(0.1)
+        if timeout_s:
             self.proc.kill()
-            return self.proc.wait()
+        return None
 
 
 def run_trial(spec: dict) -> str:
