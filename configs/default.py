@@ -50,6 +50,9 @@ def get_config():
     # the test split is fold cv_fold of the subjects, validation 10% of the others.
     config.data.cv_folds = 0
     config.data.cv_fold = 0
+    # The protocol's images the network sees, by name, e.g. ("T1w", "T2w"); () = all. The
+    # workdir's protocol.json (read by --mode=predict) is then that subset.
+    config.data.inputs = ()
     config.data.data_dir = ""  # "" = ~/.cache/qmri_jax/tfds (shared between workdirs)
     config.data.on_the_fly = False  # True: fresh training subjects every epoch
 

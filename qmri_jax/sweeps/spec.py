@@ -101,16 +101,18 @@ def format_value(v: Any) -> str:
         return str(v)
     if isinstance(v, float):
         return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "(" + ",".join(format_value(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, (list, tuple)):  # a Python literal: strings inside it quoted
+        return "(" + ",".join(repr(x) if isinstance(x, str) else format_value(x) for x in v) \
+            + ("," if len(v) == 1 else "") + ")"
     return str(v)
 
 
 def _name_part(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:g}"
-    if isinstance(v, (list, tuple)):
-        return "x".join(_name_part(x) for x in v)
+    if isinstance(v, (list, tuple)):  # (16, 32) -> 16x32; ("T1w", "T2w") -> T1w+T2w
+        sep = "+" if v and all(isinstance(x, str) for x in v) else "x"
+        return sep.join(_name_part(x) for x in v) or "none"
     return str(v)
 
 

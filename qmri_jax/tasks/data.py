@@ -47,10 +47,41 @@ def load_data(config) -> dict:
     data_dir = config.data.data_dir or os.path.join(os.path.expanduser("~"), ".cache", "qmri_jax",
                                                     "tfds")
     builder = datasets.build(dcfg, data_dir, dims=2)
-    out = {s: as_batch_arrays(datasets.load_split_arrays(builder, s), config.targets)
+    protocol = get_protocol(dcfg.protocol)
+    index = input_index(protocol, tuple(config.data.get("inputs", ())))
+    out = {s: select_inputs(as_batch_arrays(datasets.load_split_arrays(builder, s),
+                                            config.targets), index)
            for s in datasets.SPLITS}
     if config.data.on_the_fly:
-        out["train_fn"] = lambda epoch: as_batch_arrays(
-            datasets.epoch_arrays(dcfg, "train", epoch), config.targets)
-    out["protocol"] = get_protocol(dcfg.protocol).to_dict()
+        out["train_fn"] = lambda epoch: select_inputs(as_batch_arrays(
+            datasets.epoch_arrays(dcfg, "train", epoch), config.targets), index)
+    out["protocol"] = (protocol if index is None else protocol.subset(index)).to_dict()
     return out
+
+
+def input_protocol(config):
+    """The protocol of the images a task sees: ``config.data.protocol`` restricted to
+    ``config.data.inputs``."""
+    protocol = get_protocol(config.data.protocol)
+    index = input_index(protocol, tuple(config.data.get("inputs", ())))
+    return protocol if index is None else protocol.subset(index)
+
+
+def input_index(protocol, names: tuple) -> list[int] | None:
+    """Channel indices of the images ``names`` (``config.data.inputs``) in ``protocol``; None for
+    all of them (``()``)."""
+    if not names:
+        return None
+    unknown = [n for n in names if n not in protocol.names]
+    if unknown or len(set(names)) != len(names):
+        raise ValueError(f"config.data.inputs={list(names)}: expected distinct image names of "
+                         f"protocol {protocol.name!r} {list(protocol.names)}"
+                         + (f"; unknown {unknown}" if unknown else ""))
+    return [protocol.names.index(n) for n in names]
+
+
+def select_inputs(arrays: dict, index: list[int] | None) -> dict:
+    """``arrays`` with ``images [..., C]`` restricted to the channels ``index`` (None: all)."""
+    if index is None:
+        return arrays
+    return {**arrays, "images": np.ascontiguousarray(arrays["images"][..., index])}

@@ -63,8 +63,8 @@ class DdpmTask:
         self.protocol = None
         if d.condition == "fit" or d.voxel_resimulate:  # both fit / simulate the IR model
             from qmri_jax.fitting import get_model
-            from qmri_jax.physics.protocol import get_protocol
-            self.protocol = get_protocol(config.data.protocol)
+            from qmri_jax.tasks.data import input_protocol
+            self.protocol = input_protocol(config)
             what = ("condition='fit'" if d.condition == "fit"
                     else f"voxel_resimulate={d.voxel_resimulate}")
             try:

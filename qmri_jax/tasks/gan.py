@@ -48,8 +48,8 @@ import optax
 from qmri_jax.engine import create_optimizer, create_state
 from qmri_jax.engine.state import apply_gradients
 from qmri_jax.models import create_model
-from qmri_jax.physics.protocol import get_protocol
 from qmri_jax.physics.signals import spin_echo
+from qmri_jax.tasks.data import input_protocol
 
 __all__ = ["GanTask", "GanConfig", "synthesize", "image_scale", "MAP_BOUNDS"]
 
@@ -140,7 +140,7 @@ class GanTask:
         self.cfg = GanConfig.from_config(config.get("gan", {}))
         if tuple(config.targets) != TARGETS:
             raise ValueError(f"config.targets={tuple(config.targets)}: the GAN predicts {TARGETS}")
-        self.protocol = get_protocol(config.data.protocol)
+        self.protocol = input_protocol(config)
         bad = [k for k in self.protocol.kinds if k != "se"]
         if bad:
             raise ValueError(f"config.data.protocol={config.data.protocol!r}: the GAN's signal "

@@ -65,8 +65,9 @@ def test_values_are_formatted_as_ml_collections_parses_them(tmp_path, monkeypatc
     path = tmp_path / "c.py"
     path.write_text("import ml_collections\n\ndef get_config():\n    return "
                     "ml_collections.ConfigDict({'f': (16, 32), 'one': (4,), 'lr': 1e-3, "
-                    "'b': False, 's': 'mae', 'n': 3})\n")
-    new = {"f": (4, 8), "one": (7,), "lr": 1e-4, "b": True, "s": "nmse", "n": 5}
+                    "'b': False, 's': 'mae', 'n': 3, 'names': ()})\n")
+    new = {"f": (4, 8), "one": (7,), "lr": 1e-4, "b": True, "s": "nmse", "n": 5,
+           "names": ("T1w", "T2w")}
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("cfg", flag_values=fv)
     argv = ["prog", f"--cfg={path}", *(f"--cfg.{k}={format_value(v)}" for k, v in new.items())]
@@ -86,3 +87,12 @@ def test_shipped_thesis_grid_full_and_cpu():
         "unet", "uresnet", "uattennet"}
     with pytest.raises(ValueError, match="unknown preset"):
         load_sweep(os.path.join(REPO, "configs/sweeps/thesis_grid.py:gpu"))
+
+
+def test_shipped_thesis_inputs_names_and_overrides():
+    cpu, _ = load_sweep(os.path.join(REPO, "configs/sweeps/thesis_inputs.py:cpu"))
+    trials = cpu.trials()
+    assert [t.name for t in trials[::2]] == ["inputs=T1w+T2w+PDw+FLAIR_seed=0",
+                                             "inputs=T1w+T2w+PDw_seed=0", "inputs=T1w+T2w_seed=0",
+                                             "inputs=T1w_seed=0"]
+    assert format_value(trials[-1].overrides["data.inputs"]) == "('T1w',)"
