@@ -15,6 +15,8 @@ kind       equation                                                             
 ``flair``  as ``ir`` (long TI)                                                   PD, T1, T2, k
 ``ir_fse`` ``|PD (1 - B e^{-TI/T1})|``                                           PD, T1, B
 ``spgr``   ``PD sin a (1-E1)/(1 - cos a E1) e^{-TE/T2*}``                        PD, T1, (T2s, B1)
+``mprage`` steady-state MPRAGE k-space centre (:func:`signals.mprage`; TR between PD, T1, (k, T2s,
+           inversions, TI to the centre pulse, 176 pulses 7.1 ms apart)           B1)
 ========== ===================================================================== ==================
 
 Missing optional maps default to ``k = 1`` (perfect inversion), ``B = 2``, no T2*, ``B1 = 1``.
@@ -34,7 +36,7 @@ from qmri_jax.physics.units import MAP_UNITS  # re-exported
 
 __all__ = ["Protocol", "SEQUENCE_KINDS", "simulate", "get_protocol", "list_protocols", "MAP_UNITS"]
 
-SEQUENCE_KINDS = ("se", "ir", "ir_signed", "flair", "ir_fse", "spgr")
+SEQUENCE_KINDS = ("se", "ir", "ir_signed", "flair", "ir_fse", "spgr", "mprage")
 
 
 @jax.tree_util.register_dataclass
@@ -73,6 +75,16 @@ class Protocol:
             if shape is not None and len(shape) == 1 and shape[0] != n:
                 raise ValueError(f"Protocol {self.name!r}: field {field} has {shape[0]} entries, "
                                  f"expected {n} (one per image)")
+        if "mprage" in self.kinds:
+            try:  # concrete timing only (not under a transformation)
+                tr = np.asarray(self.tr_ms, dtype=np.float64)
+                ti = np.asarray(self.ti_ms, dtype=np.float64)
+            except (TypeError, ValueError, jax.errors.TracerArrayConversionError,
+                    jax.errors.ConcretizationTypeError):
+                return
+            for i, kind in enumerate(self.kinds):
+                if kind == "mprage" and tr.shape == (n,):
+                    _check_mprage(self.name, self.names[i], float(tr[i]), float(ti[i]))
 
     @classmethod
     def create(cls, kinds, *, tr_ms, te_ms=0.0, ti_ms=0.0, flip_deg=90.0, names=None,
@@ -140,6 +152,17 @@ class Protocol:
             name=d.get("name", "custom"))
 
 
+def _check_mprage(protocol_name, image_name, tr, ti):
+    esp, n = signals.MPRAGE_ECHO_SPACING_MS, signals.MPRAGE_READOUT_PULSES
+    t_a = ti - (n // 2) * esp
+    t_d = tr - t_a - n * esp
+    if t_a < 0 or t_d < 0:
+        raise ValueError(
+            f"Protocol {protocol_name!r}: image {image_name!r} (mprage) TR {tr:g} / TI "
+            f"{ti:g} ms does not fit its readout of {n} pulses {esp:g} ms apart: expected TI >= "
+            f"{(n // 2) * esp:g} ms and TR >= TI + {(n - n // 2) * esp:g} ms")
+
+
 def _required(maps, key, kind):
     if key not in maps:
         raise KeyError(f"simulate: sequence kind {kind!r} needs map {key!r}; got maps {sorted(maps)}")
@@ -161,6 +184,10 @@ def _one_image(maps, kind, tr, te, ti, flip):
         return signals.spoiled_gradient_echo(
             _required(maps, "PD", kind), _required(maps, "T1", kind), tr, flip, te_ms=te,
             t2s_ms=maps.get("T2s", jnp.inf), b1=maps.get("B1", 1.0))
+    if kind == "mprage":
+        return signals.mprage(_required(maps, "PD", kind), _required(maps, "T1", kind), tr, ti,
+                              flip, te_ms=te, t2s_ms=maps.get("T2s", jnp.inf),
+                              k=maps.get("k", 1.0), b1=maps.get("B1", 1.0))
     raise ValueError(f"unknown sequence kind {kind!r}")
 
 
@@ -236,8 +263,18 @@ def _pelvis_se5() -> Protocol:
                            name="pelvis_se5")
 
 
+def _qiu_mprage_gre_flair() -> Protocol:
+    """The inputs of Qiu et al. (3 T): MPRAGE TR 1900 / TI 900 / TE 2.93 ms, 9 deg (176 readout
+    pulses 7.1 ms apart, assumed: the paper gives no readout); spoiled GRE TR 3 / TE 1.5 ms,
+    18 deg (TE assumed); FLAIR TR 4800 / TI 1800 / TE 352 ms (3D, modelled as a 2D IR)."""
+    return Protocol.create(("mprage", "spgr", "flair"), tr_ms=[1900, 3, 4800],
+                           te_ms=[2.93, 1.5, 352], ti_ms=[900, 0, 1800], flip_deg=[9, 18, 90],
+                           names=("MPRAGE", "GRE", "FLAIR"), name="qiu_mprage_gre_flair")
+
+
 _PROTOCOLS = {
     "four_contrast_brain": _four_contrast_brain,
+    "qiu_mprage_gre_flair": _qiu_mprage_gre_flair,
     "pelvis_se5": _pelvis_se5,
     "ir_fse_7ti": _ir_fse_7ti,
     "nist_vir": _nist_vir,
