@@ -266,7 +266,12 @@ def _pelvis_se5() -> Protocol:
 def _qiu_mprage_gre_flair() -> Protocol:
     """The inputs of Qiu et al. (3 T): MPRAGE TR 1900 / TI 900 / TE 2.93 ms, 9 deg (176 readout
     pulses 7.1 ms apart, assumed: the paper gives no readout); spoiled GRE TR 3 / TE 1.5 ms,
-    18 deg (TE assumed); FLAIR TR 4800 / TI 1800 / TE 352 ms (3D, modelled as a 2D IR)."""
+    18 deg (TE assumed); FLAIR TR 4800 / TI 1800 / TE 352 ms (3D SPACE, modelled as a 2D IR).
+
+    Caveat: 352 ms is SPACE's echo time at the k-space centre; its variable refocusing angles
+    give a T2 weighting like a much shorter spin-echo TE. Applied as a spin-echo TE here, it
+    makes white matter darker than the imperfectly nulled CSF (long T2), unlike the paper's
+    images; an equivalent TE needs a source (or an EPG model of the echo train)."""
     return Protocol.create(("mprage", "spgr", "flair"), tr_ms=[1900, 3, 4800],
                            te_ms=[2.93, 1.5, 352], ti_ms=[900, 0, 1800], flip_deg=[9, 18, 90],
                            names=("MPRAGE", "GRE", "FLAIR"), name="qiu_mprage_gre_flair")
