@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["masked_metrics", "psnr", "rmse", "nrmse", "mae", "abs_pct_errors", "ssim",
-           "mutual_information", "bland_altman", "METRIC_KEYS"]
+           "mutual_information", "bland_altman", "METRIC_KEYS", "per_sample_metrics"]
 
 METRIC_KEYS = ("median_abs_pct", "mean_abs_pct", "psnr", "ssim", "rmse", "nrmse", "mae",
                "mutual_information", "num_voxels")
@@ -84,6 +84,30 @@ def mutual_information(pred, truth, mask, bins: int = 128):
     px, py = pxy.sum(1, keepdims=True), pxy.sum(0, keepdims=True)
     nz = pxy > 0
     return float(np.sum(pxy[nz] * np.log(pxy[nz] / (px @ py)[nz])))
+
+
+def per_sample_metrics(pred, truth, mask, min_voxels: int = 10) -> dict:
+    """Each metric per test sample (the first axis: slices or volumes), then mean +- SD over the
+    samples, as papers report them (beside the pooled :func:`masked_metrics`).
+
+    Args:
+      pred, truth, mask: ``[N, ...]``.
+      min_voxels: samples with fewer mask voxels are left out (a slice at the brain's edge).
+
+    Returns:
+      ``{metric: {"mean", "sd", "n"}}`` for every metric of :data:`METRIC_KEYS` but the voxel
+      count (SD with ``ddof=1``; NaN where fewer than 2 samples count).
+    """
+    p, t, m = _check(pred, truth, mask)
+    rows = [masked_metrics(p[i], t[i], m[i]) for i in range(p.shape[0])
+            if m[i].sum() >= min_voxels]
+    out = {}
+    for k in METRIC_KEYS[:-1]:
+        v = np.array([r[k] for r in rows], np.float64)
+        v = v[np.isfinite(v)]
+        out[k] = {"mean": float(v.mean()) if v.size else float("nan"),
+                  "sd": float(v.std(ddof=1)) if v.size > 1 else float("nan"), "n": int(v.size)}
+    return out
 
 
 def masked_metrics(pred, truth, mask) -> dict:

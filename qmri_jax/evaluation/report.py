@@ -2,7 +2,8 @@
 
 ``metrics.json`` holds, per map (``T1``, ``T2``, ``PD`` ...), the metrics of
 :func:`~qmri_jax.evaluation.metrics.masked_metrics` in the brain, and ``by_tissue`` (WM, GM, CSF),
-``excluding_CSF`` and ``lesion`` dicts of the same; ``roi`` holds per-subject tissue means with
+``excluding_CSF`` and ``lesion`` dicts of the same, ``per_sample`` each metric's mean, SD and count over the
+test samples (slices), as papers report them; ``roi`` holds per-subject tissue means with
 Bland-Altman bias and limits of agreement. Figures (PNG, units and colour bars): truth / prediction /
 difference / % error per map, box plots of % error per tissue, Bland-Altman plots.
 """
@@ -27,6 +28,7 @@ def evaluate_maps(pred: np.ndarray, arrays: dict, targets) -> dict:
     for c, name in enumerate(targets):
         p, t = pred[..., c], arrays["targets"][..., c]
         entry = M.masked_metrics(p, t, brain)
+        entry["per_sample"] = M.per_sample_metrics(p, t, brain)
         by = {}
         for tissue in ("WM", "GM", "CSF"):
             if tissue in arrays:

@@ -70,3 +70,20 @@ def test_ssim_metric_and_ssim_loss_agree_on_the_same_images():
                        jnp.asarray(mask, jnp.float32), data_range=rng_t)
     assert 0.2 < metric < 0.95
     assert 1.0 - float(loss) == pytest.approx(metric, abs=1e-5)
+
+
+def test_per_sample_metrics_are_mean_and_sd_over_slices():
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(500, 1500, (4, 16, 16))
+    pred = truth * (1 + rng.normal(0, [[[0.01]], [[0.05]], [[0.1]], [[0.2]]], truth.shape))
+    mask = np.ones_like(truth, bool)
+    mask[3] = False
+    mask[3, :2, :2] = True  # 4 voxels: below min_voxels, left out
+    out = M.per_sample_metrics(pred, truth, mask)
+    per = [M.masked_metrics(pred[i], truth[i], mask[i]) for i in range(3)]
+    for k in ("median_abs_pct", "psnr", "ssim", "rmse"):
+        vals = [r[k] for r in per]
+        assert out[k]["n"] == 3
+        np.testing.assert_allclose(out[k]["mean"], np.mean(vals), rtol=1e-12)
+        np.testing.assert_allclose(out[k]["sd"], np.std(vals, ddof=1), rtol=1e-12)
+    assert out["median_abs_pct"]["mean"] != M.masked_metrics(pred, truth, mask)["median_abs_pct"]
