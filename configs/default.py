@@ -34,6 +34,10 @@ def get_config():
     config.data.slices_per_subject = 16
     config.data.geometric_fraction = 0.0
     config.data.pathology_fraction = 0.25
+    # The splits whose subjects may have pathology (() = all; ("test",): train on healthy brains,
+    # test on patients) and the kinds drawn, alternating by subject: "tumour", "ms".
+    config.data.pathology_splits = ()
+    config.data.pathology_kinds = ("tumour", "ms")
     config.data.snr = float("inf")  # noise-free, as in the thesis; e.g. 30.0 for noisy data
     config.data.receive_bias = 0.0
     config.data.transmit_bias = 0.0

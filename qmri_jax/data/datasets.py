@@ -52,6 +52,11 @@ class DataConfig:
       num_subjects: total subjects (split by ``split_fractions``).
       geometric_fraction: fraction of subjects that are random-ellipsoid "geometric" subjects.
       pathology_fraction: fraction of brain subjects with pathology (alternating tumour / MS).
+      pathology_splits: the splits whose subjects may have pathology; ``()`` = every split.
+        ``("test",)`` trains on healthy brains only and tests on patients (the thesis's tumour
+        experiment).
+      pathology_kinds: the kinds drawn, alternating by subject index: ``("tumour", "ms")``,
+        ``("tumour",)`` or ``("ms",)``.
       slices_per_subject: axial slices per subject for 2D data (evenly spaced over slices whose
         brain area is >= 40% of the largest).
       snr, receive_bias, transmit_bias, slice_thickness_vox, normalisation: see
@@ -72,6 +77,8 @@ class DataConfig:
     num_subjects: int = 40
     geometric_fraction: float = 0.0
     pathology_fraction: float = 0.25
+    pathology_splits: tuple = ()
+    pathology_kinds: tuple = ("tumour", "ms")
     slices_per_subject: int = 16
     snr: float = float("inf")
     receive_bias: float = 0.0
@@ -96,6 +103,14 @@ class DataConfig:
         if len(radius) != 2 or not 0.0 < radius[0] <= radius[1] <= 0.5:
             raise ValueError(f"geometric_radius={self.geometric_radius}: expected (low, high) "
                              "fractions with 0 < low <= high <= 0.5")
+        bad = [x for x in self.pathology_splits if x not in SPLITS]
+        if bad:
+            raise ValueError(f"pathology_splits={self.pathology_splits}: unknown {bad}; expected "
+                             f"names from {SPLITS}")
+        kinds = tuple(self.pathology_kinds)
+        if not kinds or any(k not in ("tumour", "ms") for k in kinds):
+            raise ValueError(f"pathology_kinds={self.pathology_kinds}: expected a non-empty "
+                             "tuple of 'tumour' and/or 'ms'")
         if self.cv_folds == 1 or self.cv_folds < 0 or self.cv_folds > self.num_subjects:
             raise ValueError(f"cv_folds={self.cv_folds}: expected 0 (no cross-validation) or "
                              f"2..num_subjects ({self.num_subjects})")
@@ -124,6 +139,14 @@ class DataConfig:
             d["geometric_radius"] = [float(r) for r in self.geometric_radius]
         if not self.cv_folds:  # likewise
             del d["cv_folds"], d["cv_fold"]
+        if not self.pathology_splits:  # likewise
+            del d["pathology_splits"]
+        else:
+            d["pathology_splits"] = list(self.pathology_splits)
+        if tuple(self.pathology_kinds) == ("tumour", "ms"):  # likewise
+            del d["pathology_kinds"]
+        else:
+            d["pathology_kinds"] = list(self.pathology_kinds)
         return d
 
     @property
@@ -169,8 +192,11 @@ def _subject(config: DataConfig, index: int, epoch: int | None = None):
                                                    radius=tuple(config.geometric_radius))
     else:
         pathology = None
-        if u[1] < config.pathology_fraction:
-            pathology = "tumour" if index % 2 == 0 else "ms"
+        allowed = not config.pathology_splits or any(
+            index in subject_split(config)[sp] for sp in config.pathology_splits)
+        if allowed and u[1] < config.pathology_fraction:
+            kinds = tuple(config.pathology_kinds)
+            pathology = kinds[index % len(kinds)]
         subj = subjects_lib.make_brain_subject(rng, anat, config.field, pathology=pathology)
     return subj, rng, anat
 

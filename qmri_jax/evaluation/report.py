@@ -2,7 +2,7 @@
 
 ``metrics.json`` holds, per map (``T1``, ``T2``, ``PD`` ...), the metrics of
 :func:`~qmri_jax.evaluation.metrics.masked_metrics` in the brain, and ``by_tissue`` (WM, GM, CSF),
-``excluding_CSF`` and ``lesion`` dicts of the same, ``per_sample`` each metric's mean, SD and count over the
+``excluding_CSF``, ``lesion`` and ``healthy`` (brain without lesion) dicts of the same, ``per_sample`` each metric's mean, SD and count over the
 test samples (slices), as papers report them; ``roi`` holds per-subject tissue means with
 Bland-Altman bias and limits of agreement. Figures (PNG, units and colour bars): truth / prediction /
 difference / % error per map, box plots of % error per tissue, Bland-Altman plots.
@@ -37,7 +37,9 @@ def evaluate_maps(pred: np.ndarray, arrays: dict, targets) -> dict:
         if "CSF" in arrays:
             entry["excluding_CSF"] = M.masked_metrics(p, t, brain & ~arrays["CSF"].astype(bool))
         if "lesion" in arrays and arrays["lesion"].any():
-            entry["lesion"] = M.masked_metrics(p, t, brain & arrays["lesion"].astype(bool))
+            lesion = arrays["lesion"].astype(bool)
+            entry["lesion"] = M.masked_metrics(p, t, brain & lesion)
+            entry["healthy"] = M.masked_metrics(p, t, brain & ~lesion)
         entry["roi"] = _roi_agreement(p, t, arrays)
         entry["units"] = unit_label(name)
         out[name] = entry

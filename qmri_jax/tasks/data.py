@@ -25,6 +25,8 @@ def data_config(config) -> datasets.DataConfig:
         snr=float(d.snr), receive_bias=d.receive_bias, transmit_bias=d.transmit_bias,
         k_spread=float(d.get("k_spread", 0.0)), slice_thickness_vox=d.slice_thickness_vox,
         geometric_radius=tuple(d.get("geometric_radius", datasets.DataConfig.geometric_radius)),
+        pathology_splits=tuple(d.get("pathology_splits", ())),
+        pathology_kinds=tuple(d.get("pathology_kinds", ("tumour", "ms"))),
         normalisation=d.normalisation, seed=d.seed, cv_folds=int(d.get("cv_folds", 0)),
         cv_fold=int(d.get("cv_fold", 0)))
 

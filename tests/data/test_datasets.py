@@ -277,3 +277,21 @@ def test_cross_validation_folds_cover_every_subject_once_as_test():
         datasets.DataConfig(cv_folds=3, cv_fold=3, **base)
     with pytest.raises(ValueError, match="cv_folds=1"):
         datasets.DataConfig(cv_folds=1, **base)
+
+
+def test_pathology_only_in_the_test_split_and_of_the_chosen_kind():
+    cfg = datasets.DataConfig(num_subjects=10, slices_per_subject=1, pathology_fraction=1.0,
+                              pathology_splits=("test",), pathology_kinds=("tumour",),
+                              resolution_mm=4)
+    split = datasets.subject_split(cfg)
+    for sp, idx in split.items():
+        for i in idx:
+            vol = datasets.subject_volume(cfg, i)
+            assert bool(vol["lesion"].any()) == (sp == "test"), (sp, i)
+            if sp == "test":
+                assert "tumour" in str(vol["_meta"]).lower()
+    assert "pathology_splits" not in datasets.DataConfig().to_dict()  # old dataset names kept
+    with pytest.raises(ValueError, match="unknown \\['tset'\\]"):
+        datasets.DataConfig(pathology_splits=("tset",))
+    with pytest.raises(ValueError, match="pathology_kinds"):
+        datasets.DataConfig(pathology_kinds=("stroke",))
