@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("slurm (defaults from the sweep file's `slurm` dict)")
     g.add_argument("--partition")
     g.add_argument("--nodes", type=int)
+    g.add_argument("--tasks-per-node", type=int,
+                   help="processes per node (default: one per GPU, or 1)")
     g.add_argument("--cpus-per-trial", type=int, help="CPU cores per task (process)")
     g.add_argument("--mem-gb", type=float)
     g.add_argument("--time-min", type=int, help="time limit of one attempt (minutes)")
@@ -61,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 def _slurm_options(sweep, args) -> backends.SlurmOptions:
     opts = backends.SlurmOptions(**sweep.slurm)
     for name, attr in (("partition", "partition"), ("nodes", "nodes"),
+                       ("tasks_per_node", "tasks_per_node"),
                        ("cpus_per_trial", "cpus_per_task"), ("mem_gb", "mem_gb"),
                        ("time_min", "time_min"), ("array_parallelism", "array_parallelism"),
                        ("signal_delay_s", "signal_delay_s"), ("max_requeues", "max_requeues"),

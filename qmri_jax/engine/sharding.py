@@ -30,6 +30,10 @@ def initialize_distributed() -> bool:
       True when a multi-process runtime was started.
     """
     addr = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    multi = addr or os.environ.get("QMRI_DISTRIBUTED") == "1" or int(
+        os.environ.get("SLURM_NTASKS", "1")) > 1
+    if multi:  # CPU devices of several processes need a collectives library (no effect on GPUs)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if addr:
         jax.distributed.initialize(coordinator_address=addr,
                                    num_processes=int(os.environ["JAX_NUM_PROCESSES"]),

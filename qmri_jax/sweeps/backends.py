@@ -97,6 +97,8 @@ class SlurmOptions:
     Attributes:
       partition: ``--partition`` ("" = the cluster's default).
       gpus_per_node: GPUs per node of one trial; one task (process) per GPU.
+      tasks_per_node: processes per node (0: one per GPU, or 1 without GPUs); e.g. several CPU
+        processes per node on a CPU cluster.
       nodes: nodes per trial (multi-node data parallelism: ``nodes x gpus_per_node`` processes).
       cpus_per_task: CPU cores per process.
       mem_gb: memory per node (0 = the partition's default).
@@ -111,6 +113,7 @@ class SlurmOptions:
 
     partition: str = ""
     gpus_per_node: int = 0
+    tasks_per_node: int = 0
     nodes: int = 1
     cpus_per_task: int = 0
     mem_gb: float = 0.0
@@ -122,7 +125,7 @@ class SlurmOptions:
     setup: tuple = ()
 
     def executor_parameters(self) -> dict:
-        tasks = max(1, self.gpus_per_node)
+        tasks = self.tasks_per_node or max(1, self.gpus_per_node)
         params = {"timeout_min": int(self.time_min), "nodes": int(self.nodes),
                   "tasks_per_node": tasks, "slurm_array_parallelism": int(self.array_parallelism),
                   "slurm_signal_delay_s": int(self.signal_delay_s),
