@@ -77,12 +77,14 @@ def run_local(specs: list[dict], parallel: int = 1, gpus_per_trial: int = 0,
             bar.set_postfix(last=f"{spec['name']}: {state}")
         return state
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    main = threading.current_thread() is threading.main_thread()  # handlers: main thread only
+    previous = signal.signal(signal.SIGTERM, on_term) if main else None
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
             list(pool.map(work, specs))
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
         bar.close()
     if stopping.is_set():
         raise Preempted("sweep stopped by SIGTERM: the running trials checkpointed; run the "
