@@ -25,7 +25,8 @@ import time
 from qmri_jax.engine.preemption import PREEMPTED_EXIT_CODE
 from qmri_jax.sweeps.spec import format_value
 
-__all__ = ["write_json", "trial_spec", "command", "read_status", "run_trial", "TrialProcess", "STATUS_FILE",
+__all__ = ["write_json", "trial_spec", "command", "read_status", "run_trial", "TrialProcess",
+           "STATUS_FILE",
            "TERMINAL"]
 
 STATUS_FILE = "sweep_status.json"

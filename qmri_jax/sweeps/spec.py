@@ -89,7 +89,7 @@ def repeats(n: int, key: str = "seed", start: int = 0) -> Axis:
 
 
 def folds(k: int, fold_key: str = "data.cv_fold", count_key: str = "data.cv_folds") -> Axis:
-    """``k``-fold cross-validation: fold i is the test split of trial i (``config.data.cv_fold``)."""
+    """``k``-fold cross-validation: fold i is trial i's test split (``config.data.cv_fold``)."""
     if k < 2:
         raise ValueError(f"folds({k}): expected k >= 2")
     return Axis(tuple({count_key: k, fold_key: i} for i in range(k)), kind="repeat")
