@@ -210,7 +210,7 @@ def collect(sweep_dir: str, figures: bool = True) -> dict:
         md.append("| " + " | ".join(cells) + " |")
     higher = set(meta.get("higher_is_better", []))
     group = meta.get("group") or meta.get("compare")
-    if metrics and group:
+    if metrics and group and [k for k in keys if k != group]:  # else each group is one point
         m0 = metrics[0]
         sign = -1 if m0 in higher else 1
         better = "higher" if sign < 0 else "lower"
