@@ -13,7 +13,8 @@ import numpy as np
 from qmri_jax.io.series import ImageSeries
 from qmri_jax.physics.protocol import MAP_UNITS, Protocol
 
-__all__ = ["read_nifti_series", "write_nifti", "write_json", "bids_map_name", "write_fit_outputs"]
+__all__ = ["read_nifti_series", "write_nifti", "write_json", "write_text", "bids_map_name",
+           "write_fit_outputs"]
 
 #: BIDS qMRI suffixes for the parameters this package fits.
 _BIDS_SUFFIX = {"T1": "T1map", "T2": "T2map", "T2s": "T2starmap", "PD": "PDmap", "a": "PDmap",
@@ -68,6 +69,15 @@ def write_json(path, obj) -> pathlib.Path:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=False, default=float)
             f.write("\n")
+    _atomic(path, w)
+    return pathlib.Path(path)
+
+
+def write_text(path, text: str) -> pathlib.Path:
+    """Writes ``text`` atomically (temp name, then rename)."""
+    def w(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
     _atomic(path, w)
     return pathlib.Path(path)
 

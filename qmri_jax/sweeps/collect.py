@@ -22,6 +22,7 @@ import tempfile
 
 import numpy as np
 
+from qmri_jax.io.nifti import write_text
 from qmri_jax.sweeps import runner
 
 __all__ = ["collect", "flatten", "load_trials"]
@@ -58,13 +59,6 @@ def load_trials(sweep_dir: str) -> tuple[dict, list[dict]]:
                 metrics = flatten(json.load(f))
         rows.append({**t, "state": status["state"], "status": status, "metrics": metrics})
     return meta, rows
-
-
-def _write_text(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _csv(header: list, rows: list) -> str:
@@ -178,7 +172,7 @@ def collect(sweep_dir: str, figures: bool = True) -> dict:
     trial_rows = [[r["name"], r["state"], *(json.dumps(r["point"].get(k)) for k in keys),
                    *(json.dumps(r["repeat"].get(k)) for k in meta["repeat_keys"]),
                    *(r["metrics"].get(m, "") for m in all_metrics)] for r in rows]
-    _write_text(os.path.join(sweep_dir, "trials.csv"),
+    write_text(os.path.join(sweep_dir, "trials.csv"),
                 _csv(["trial", "state", *keys, *meta["repeat_keys"], *all_metrics], trial_rows))
 
     summary_points, csv_rows = [], []
@@ -190,7 +184,7 @@ def collect(sweep_dir: str, figures: bool = True) -> dict:
         csv_rows.append([*(p["point"].get(k) for k in keys), done, len(p["trials"]),
                          *(x for m in metrics for x in stats_[m])])
     header = [*keys, "done", "trials", *(f"{m}_{s}" for m in metrics for s in ("mean", "sd"))]
-    _write_text(os.path.join(sweep_dir, "results.csv"), _csv(header, csv_rows))
+    write_text(os.path.join(sweep_dir, "results.csv"), _csv(header, csv_rows))
 
     states: dict = {}
     for r in rows:
@@ -245,7 +239,7 @@ def collect(sweep_dir: str, figures: bool = True) -> dict:
     if unfinished:
         md += ["", f"Not finished ({len(unfinished)}): " + ", ".join(f"`{n}`" for n in
                                                                      unfinished)]
-    _write_text(os.path.join(sweep_dir, "results.md"), "\n".join(md) + "\n")
+    write_text(os.path.join(sweep_dir, "results.md"), "\n".join(md) + "\n")
     if figures and any(r["metrics"] for r in rows):
         for m in metrics:
             _figure(os.path.join(sweep_dir, f"{m.replace('/', '_')}.png"), points, m, keys)

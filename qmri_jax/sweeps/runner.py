@@ -19,10 +19,10 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 from qmri_jax.engine.preemption import PREEMPTED_EXIT_CODE
+from qmri_jax.io.nifti import write_json  # atomic; re-exported for the sweep tools
 from qmri_jax.sweeps.spec import format_value
 
 __all__ = ["write_json", "trial_spec", "command", "read_status", "run_trial", "TrialProcess",
@@ -46,14 +46,6 @@ def command(spec: dict) -> list[str]:
     return [sys.executable, "-m", "qmri_jax.main", f"--config={spec['config']}",
             f"--workdir={spec['workdir']}", "--config.train.progress_bar=False",
             *(f"--config.{k}={format_value(v)}" for k, v in spec["overrides"])]
-
-
-def write_json(path: str, obj) -> None:
-    """``obj`` as JSON at ``path``, written to a temporary name and renamed (never half-written)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.replace(tmp, path)
 
 
 def read_status(workdir: str) -> dict:
