@@ -157,12 +157,12 @@ def _objective_terms(loss, y, nu, w, sigma):
     if loss == "gaussian":
         r = nu - y
         return 0.5 * w * r**2, w * r
-    # sigma^2 * NLL up to nu-independent terms: nu^2/2 - sigma^2 log I0(z), z = y nu / sigma^2.
-    # With log I0(z) = z + log i0e(z) this is (nu - y)^2 / 2 - sigma^2 log i0e(z) + const, a form
-    # that keeps float32 precision at high SNR.
+    # sigma^2 * NLL up to nu-independent terms (physics.rician_objective): the magnitude depends on
+    # |nu| only, so a negative model value (e.g. t2_offset) is scored by its absolute value.
     s2 = sigma**2
-    log_i0e, ratio = log_i0e_and_ratio(y * nu / s2)
-    return w * (0.5 * (nu - y) ** 2 - s2 * log_i0e), w * (nu - y * ratio)
+    a = jnp.abs(nu)
+    log_i0e, ratio = log_i0e_and_ratio(y * a / s2)
+    return w * (0.5 * (a - y) ** 2 - s2 * log_i0e), w * jnp.sign(nu) * (a - y * ratio)
 
 
 def _lm_one(model, protocol, loss, max_iter, tol, lambda_init, theta0, y, w, sigma):

@@ -3,7 +3,7 @@
 from qmri_jax.physics.epg import cpmg_echo_train
 from qmri_jax.physics.noise import (add_rician_noise, estimate_sigma_background, gaussian_nll,
                                     log_i0_and_ratio, log_i0e_and_ratio, rician_moments,
-                                    rician_nll)
+                                    rician_nll, rician_objective)
 from qmri_jax.physics.protocol import (MAP_UNITS, SEQUENCE_KINDS, Protocol, get_protocol,
                                        list_protocols, simulate)
 from qmri_jax.physics.signals import (decay, flair, inversion_recovery, ir_fse_magnitude,

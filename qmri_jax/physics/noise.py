@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["add_rician_noise", "rician_nll", "gaussian_nll", "rician_moments",
+__all__ = ["add_rician_noise", "rician_nll", "rician_objective", "gaussian_nll", "rician_moments",
            "estimate_sigma_background", "log_i0_and_ratio", "log_i0e_and_ratio"]
 
 
@@ -78,20 +78,32 @@ def log_i0_and_ratio(x):
     return log_i0e + jnp.abs(x), ratio
 
 
-def _log_i0(x):
-    return log_i0_and_ratio(x)[0]
-
-
 def rician_nll(measured, model, sigma):
     """Negative log-likelihood of magnitude data under the Rice distribution, per sample.
 
-    ``-log p = -log m + 2 log sigma + (m^2 + nu^2)/(2 sigma^2) - log I0(m nu / sigma^2)``.
-    Differentiable in ``model`` (``nu``) and stable for high SNR.
+    ``-log p = -log m + 2 log sigma + (m^2 + nu^2)/(2 sigma^2) - log I0(m nu / sigma^2)``, evaluated
+    as ``-log m + 2 log sigma + (m - |nu|)^2/(2 sigma^2) - log(I0(z) e^-z)`` (``z = m |nu| / sigma^2``)
+    so that float32 keeps its precision at any SNR. The magnitude depends on ``|nu|`` only.
+    Differentiable in ``model`` (``nu``).
     """
     m = jnp.maximum(measured, 1e-30)
     s2 = sigma**2
-    return (-jnp.log(m) + jnp.log(s2) + (measured**2 + model**2) / (2 * s2)
-            - _log_i0(measured * model / s2))
+    nu = jnp.abs(model)
+    log_i0e, _ = log_i0e_and_ratio(measured * nu / s2)
+    return -jnp.log(m) + jnp.log(s2) + (measured - nu) ** 2 / (2 * s2) - log_i0e
+
+
+def rician_objective(measured, model, sigma):
+    """``sigma^2`` times the Rician NLL up to terms that do not depend on ``model``: the objective of
+    the Rician maximum-likelihood fit, in units of squared signal like least squares.
+
+    ``(|nu| - m)^2 / 2 - sigma^2 log(I0(z) e^-z)``, ``z = m |nu| / sigma^2``; it equals
+    ``(nu - m)^2 / 2`` plus a bias correction that vanishes at high SNR. Even in ``nu``.
+    """
+    nu = jnp.abs(model)
+    s2 = sigma**2
+    log_i0e, _ = log_i0e_and_ratio(measured * nu / s2)
+    return 0.5 * (nu - measured) ** 2 - s2 * log_i0e
 
 
 def gaussian_nll(measured, model, sigma):
@@ -103,15 +115,26 @@ def rician_moments(nu, sigma):
     """Mean and std of the Rice distribution (closed form with Laguerre L_{1/2}).
 
     ``mean = sigma sqrt(pi/2) L_{1/2}(-nu^2 / (2 sigma^2))``,
-    ``var = 2 sigma^2 + nu^2 - mean^2``.
+    ``var = 2 sigma^2 + nu^2 - mean^2``; above ``|nu| / sigma = 30``, where that difference loses
+    float32 precision, the asymptotic series ``mean = sigma (a + 1/(2a) + 1/(8a^3))``,
+    ``var = sigma^2 (1 - 1/(2a^2) - 1/(2a^4))`` (relative error < 1e-8 there).
     """
-    x = -(nu**2) / (2 * sigma**2)
+    nu = jnp.abs(nu)
+    a = nu / sigma
+    high = a > 30.0
+    a_lo = jnp.where(high, 0.0, a)
+    x = -(a_lo**2) / 2
     # L_{1/2}(x) = e^{x/2} [(1 - x) I0(-x/2) - x I1(-x/2)], with exponentially scaled Bessels.
     half = -x / 2
     lag = (1 - x) * jax.scipy.special.i0e(half) - x * jax.scipy.special.i1e(half)
-    mean = sigma * jnp.sqrt(jnp.pi / 2) * lag
-    var = 2 * sigma**2 + nu**2 - mean**2
-    return mean, jnp.sqrt(jnp.maximum(var, 0.0))
+    mean_lo = jnp.sqrt(jnp.pi / 2) * lag
+    var_lo = jnp.maximum(2 + a_lo**2 - mean_lo**2, 0.0)
+    a_hi = jnp.where(high, a, 30.0)
+    mean_hi = a_hi + 1 / (2 * a_hi) + 1 / (8 * a_hi**3)
+    var_hi = 1 - 1 / (2 * a_hi**2) - 1 / (2 * a_hi**4)
+    mean = sigma * jnp.where(high, mean_hi, mean_lo)
+    var = sigma**2 * jnp.where(high, var_hi, var_lo)
+    return mean, jnp.sqrt(var)
 
 
 def estimate_sigma_background(images: np.ndarray, background: np.ndarray | None = None,

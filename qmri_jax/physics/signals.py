@@ -39,18 +39,21 @@ def decay(t_ms, tau_ms):
     Args:
       t_ms: elapsed time (ms), ``>= 0``.
       tau_ms: relaxation time (ms). ``tau <= 0`` is treated as instantaneous relaxation
-        (result 0 for ``t > 0``, 1 for ``t == 0``); ``tau = inf`` gives 1.
+        (result 0 for ``t > 0``, 1 for ``t == 0``); ``tau = inf`` gives 1; a NaN ``tau`` (a missing
+        value) gives NaN, with a NaN gradient.
 
     Returns:
-      ``exp(-t/tau)`` broadcast over the inputs.
+      ``exp(-t/tau)`` broadcast over the inputs. Where ``t / tau > 80`` the result is exactly 0 with
+      a zero gradient (the true one is below 1e-33), so tiny ``tau`` never overflows ``t / tau^2``.
     """
     t_ms = jnp.asarray(t_ms)
     tau_ms = jnp.asarray(tau_ms)
-    ok = tau_ms > 0
+    ok = ~(tau_ms <= 0)  # NaN stays on the differentiable branch, so it propagates
     safe_tau = jnp.where(ok, tau_ms, 1.0)
-    value = jnp.exp(-t_ms / safe_tau)
+    fast = ok & ~(t_ms > 80.0 * safe_tau)
+    value = jnp.exp(-t_ms / jnp.where(fast, safe_tau, 1.0))
     limit = jnp.where(t_ms > 0, 0.0, 1.0)
-    return jnp.where(ok, value, limit)
+    return jnp.where(fast, value, jnp.where(ok, 0.0, limit))
 
 
 def spin_echo(pd, t1_ms, t2_ms, tr_ms, te_ms):
