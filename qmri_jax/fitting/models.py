@@ -82,21 +82,32 @@ def _need_kinds(model, allowed):
     return check
 
 
+def _magnitude(protocol, raw):
+    """``|raw|`` for magnitude images, ``raw`` for signed (phase-corrected) ones; ``raw [..., N]``."""
+    signed = np.asarray([k == "ir_signed" for k in protocol.kinds])
+    if signed.all():
+        return raw
+    if not signed.any():
+        return jnp.abs(raw)
+    return jnp.where(signed, raw, jnp.abs(raw))
+
+
 def _ir_basis(nl, protocol):
     e_ti = signals.decay(protocol.ti_ms, nl["T1"][..., None])
     e_tr = signals.decay(protocol.tr_ms, nl["T1"][..., None])
     k = nl["k"][..., None]
-    return jnp.abs(1.0 - (1.0 + k) * e_ti + k * e_tr)[..., None]
+    return _magnitude(protocol, 1.0 - (1.0 + k) * e_ti + k * e_tr)[..., None]
 
 
 def _ir3_basis(nl, protocol):
     e_ti = signals.decay(protocol.ti_ms, nl["T1"][..., None])
     e_tr = signals.decay(protocol.tr_ms, nl["T1"][..., None])
-    return jnp.abs(1.0 - nl["b"][..., None] * e_ti + e_tr)[..., None]
+    return _magnitude(protocol, 1.0 - nl["b"][..., None] * e_ti + e_tr)[..., None]
 
 
 def _ir_fse_basis(nl, protocol):
-    return jnp.abs(1.0 - nl["B"][..., None] * signals.decay(protocol.ti_ms, nl["T1"][..., None]))[..., None]
+    e_ti = signals.decay(protocol.ti_ms, nl["T1"][..., None])
+    return _magnitude(protocol, 1.0 - nl["B"][..., None] * e_ti)[..., None]
 
 
 def _t2_basis(nl, protocol):
@@ -146,7 +157,8 @@ def _models() -> dict[str, FitModel]:
         "ir": FitModel(
             "ir", ("PD", "T1", "k"), ("PD",), (0.0, 1.0, 0.0), (50.0, 10000.0, 1.5),
             (1.0, 1000.0, 1.0), (t1_grid, (0.6, 0.8, 0.95)), _ir_basis,
-            "S = |PD (1 - (1+k) exp(-TI/T1) + k exp(-TR/T1))| (TE weighting absorbed in PD)",
+            "S = |PD (1 - (1+k) exp(-TI/T1) + k exp(-TR/T1))| (TE weighting absorbed in PD; no |.| for "
+            "ir_signed images)",
             _need_kinds("ir", ("ir", "ir_signed", "flair", "ir_fse"))),
         "ir3": FitModel(
             "ir3", ("a", "T1", "b"), ("a",), (0.0, 1.0, 0.0), (50.0, 10000.0, 3.0),

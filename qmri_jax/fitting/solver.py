@@ -2,7 +2,7 @@
 
 The pipeline for one chunk of voxels (all under one ``jax.jit``, ``vmap`` over voxels):
 
-1. normalise each voxel by its largest valid sample (amplitudes become O(1));
+1. normalise each voxel by its largest valid |sample| (amplitudes become O(1));
 2. dictionary search over the model's nonlinear-parameter grid, with the amplitudes solved in
    closed form for every atom (weighted variable projection): a global initialisation that avoids
    the wrong minima of magnitude signals;
@@ -215,7 +215,7 @@ def _crlb_one(model, protocol, theta, w, sigma):
 def _fit_core(model, protocol, y, w, sigma, loss, max_iter, tol, lambda_init):
     """Steps 1-3 of the module docstring. y, w: [V, N]; sigma: [] (<= 0 when unknown).
     Returns (theta_int [V, P], amp [V], per-voxel normalised sigma [V], converged, cost)."""
-    amp = jnp.max(jnp.where(w > 0, y, 0.0), axis=-1)
+    amp = jnp.max(jnp.where(w > 0, jnp.abs(y), 0.0), axis=-1)
     amp = jnp.where(amp > 0, amp, 1.0)
     yn = y / amp[:, None]
     sig_n = jnp.where(sigma > 0, sigma, 1.0) / amp
@@ -341,6 +341,9 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
             raise ValueError(f"fit_voxels: weights shape {w.shape} != signals shape {y.shape}")
     if options.loss == "rician" and (sigma is None or sigma <= 0):
         raise ValueError("fit_voxels: the Rician loss needs the noise sigma (> 0)")
+    if options.loss == "rician" and "ir_signed" in protocol.kinds:
+        raise ValueError(f"fit_voxels: the Rician loss is for magnitude images; protocol "
+                         f"{protocol.name!r} has signed (ir_signed) images: use loss='gaussian'")
     sig = np.float32(sigma if sigma is not None else -1.0)
     n_vox = y.shape[0]
     chunk = _chunk_size(model, n_vox, options.chunk_size)
