@@ -48,7 +48,7 @@ def auto_mask(images: np.ndarray, fraction: float = 0.1) -> np.ndarray:
 
 def fit_images(images, protocol: Protocol, model: str | FitModel, mask=None, valid=None,
                sigma=None, options: SolverOptions = SolverOptions(), progress: bool = False,
-               estimate_sigma: bool = True) -> MapResult:
+               estimate_sigma: bool = True, n_coils: int | str = 1) -> MapResult:
     """Fits every voxel of an image series.
 
     Args:
@@ -57,7 +57,9 @@ def fit_images(images, protocol: Protocol, model: str | FitModel, mask=None, val
       model: a fit-model name (``"ir"``, ``"t2"``, ...) or a :class:`FitModel`.
       mask: optional ``[...]`` bool of voxels to fit (default :func:`auto_mask`).
       valid: optional ``[..., N]`` bool, False for samples to exclude (clipped pixels).
-      sigma: noise std; when None and ``estimate_sigma`` it is estimated from the background.
+      sigma: noise std; when None and ``estimate_sigma`` it is estimated from the background
+        (:func:`~qmri_jax.physics.estimate_noise_background`, ``n_coils`` root-sum-of-squares
+        channels or ``"auto"``).
       options, progress: passed to :func:`fit_voxels`.
 
     Returns:
@@ -84,7 +86,7 @@ def fit_images(images, protocol: Protocol, model: str | FitModel, mask=None, val
     if sigma is None and estimate_sigma:
         try:
             sigma = estimate_sigma_background(np.where(finite[..., None], images, 0.0),
-                                              background=None, valid=valid)
+                                              background=None, valid=valid, n_coils=n_coils)
         except ValueError as e:
             if options.loss == "rician":
                 raise ValueError(f"fit_images: the Rician loss needs sigma and {e}") from None

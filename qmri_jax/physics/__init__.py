@@ -1,7 +1,8 @@
 """Differentiable MRI signal physics: signal equations, EPG, protocols, noise models."""
 
 from qmri_jax.physics.epg import cpmg_echo_train
-from qmri_jax.physics.noise import (add_rician_noise, estimate_sigma_background, gaussian_nll,
+from qmri_jax.physics.noise import (add_rician_noise, estimate_noise_background,
+                                    estimate_sigma_background, gaussian_nll,
                                     log_i0_and_ratio, log_i0e_and_ratio, rician_moments,
                                     rician_nll, rician_objective)
 from qmri_jax.physics.protocol import (MAP_UNITS, SEQUENCE_KINDS, Protocol, get_protocol,

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from qmri_jax.physics.background_noise import estimate_noise_background, estimate_sigma_background
 
 __all__ = ["add_rician_noise", "rician_nll", "rician_objective", "gaussian_nll", "rician_moments",
-           "estimate_sigma_background", "log_i0_and_ratio", "log_i0e_and_ratio"]
+           "estimate_sigma_background", "estimate_noise_background", "log_i0_and_ratio",
+           "log_i0e_and_ratio"]
 
 
 def add_rician_noise(key: jax.Array, signal: jax.Array, sigma) -> jax.Array:
@@ -135,35 +137,3 @@ def rician_moments(nu, sigma):
     mean = sigma * jnp.where(high, mean_hi, mean_lo)
     var = sigma**2 * jnp.where(high, var_hi, var_lo)
     return mean, jnp.sqrt(var)
-
-
-def estimate_sigma_background(images: np.ndarray, background: np.ndarray | None = None,
-                              valid: np.ndarray | None = None) -> float:
-    """Per-channel noise sigma from the background of magnitude images (Rayleigh statistics).
-
-    Args:
-      images: magnitude images ``[..., N]`` (image axis last).
-      background: boolean ``[...]`` mask of signal-free voxels. When None it is taken as the voxels
-        whose maximum over images is below 10% of the 99th percentile of that maximum, excluding
-        exact zeros (zero-filled regions carry no noise).
-      valid: optional boolean ``[..., N]``; samples marked False (e.g. clipped) are ignored.
-
-    Returns:
-      sigma = mean(background) / sqrt(pi / 2).
-
-    Raises:
-      ValueError: when fewer than 50 background samples are found.
-    """
-    images = np.asarray(images, np.float64)
-    peak = images.max(axis=-1)
-    if background is None:
-        thr = 0.1 * np.percentile(peak, 99)
-        background = (peak < thr) & (peak > 0)
-    samples = images[background]
-    if valid is not None:
-        samples = samples[np.asarray(valid)[background]]
-    samples = samples[samples > 0]
-    if samples.size < 50:
-        raise ValueError(f"estimate_sigma_background: only {samples.size} background samples; "
-                         "pass sigma explicitly or a background mask")
-    return float(samples.mean() / np.sqrt(np.pi / 2))
