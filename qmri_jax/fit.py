@@ -58,6 +58,10 @@ def _nifti_protocol(args, n_files, parser) -> Protocol:
     n = max(len(v) for v in lists.values() if v) if any(lists.values()) else n_files
     if kind in ("ir", "ir_fse") and not args.ti:
         parser.error(f"--model {args.model} with --nifti needs --ti (one inversion time per image)")
+    if args.model in ("ir", "ir3") and not args.tr:
+        parser.error(f"--model {args.model} with --nifti needs --tr: its inversion efficiency is "
+                     "fitted against the recovery over TR, so a guessed TR biases it (use --model "
+                     "ir_fse when TR is unknown or >> T1)")
     if kind == "se" and not args.te:
         parser.error(f"--model {args.model} with --nifti needs --te (one echo time per image)")
     if kind == "spgr" and not (args.flip and args.tr):
@@ -65,11 +69,11 @@ def _nifti_protocol(args, n_files, parser) -> Protocol:
     for k, v in lists.items():
         if v and len(v) not in (1, n):
             parser.error(f"--{k} has {len(v)} values; expected 1 or {n} (one per image)")
-    tr = args.tr or [10000.0]
     def values(v, default):
         return default if not v else (v[0] if len(v) == 1 else v)
 
-    return Protocol.create([kind] * n, tr_ms=values(tr, 10000.0), te_ms=values(args.te, 0.0),
+    # Without --tr (only ir_fse and t2 models get here) TR is long: it enters no fitted model.
+    return Protocol.create([kind] * n, tr_ms=values(args.tr, 10000.0), te_ms=values(args.te, 0.0),
                            ti_ms=values(args.ti, 0.0), flip_deg=values(args.flip, 90.0), name="cli")
 
 

@@ -48,6 +48,20 @@ def _float(ds, keyword, path, required=True):
         raise DicomError(f"{path}: DICOM field {keyword} = {value!r} is not a number") from None
 
 
+def _inversion_time(ds, path):
+    """InversionTime in ms, or None when absent or 0 (spin-echo headers often carry TI = 0)."""
+    ti = _float(ds, "InversionTime", path, required=False)
+    return None if ti is None or ti == 0 else ti
+
+
+def _clipped(raw, bits, pixel_representation):
+    """Samples at the stored range's limits: ``2^b - 1`` for unsigned pixels; ``2^(b-1) - 1`` and
+    ``-2^(b-1)`` for signed ones (PixelRepresentation 1)."""
+    if pixel_representation == 1:
+        return (raw >= 2 ** (bits - 1) - 1) | (raw <= -(2 ** (bits - 1)))
+    return raw >= 2**bits - 1
+
+
 def _sequence(ds) -> tuple[str, ...]:
     seq = ds.get("ScanningSequence", "")
     items = [seq] if isinstance(seq, str) else list(seq)
@@ -73,7 +87,8 @@ def read_dicom_series(paths, kind: str | None = None, name: str = "dicom") -> Im
     Args:
       paths: files or folders (searched recursively), e.g. one folder per inversion time.
       kind: sequence kind for every image (``"ir"``, ``"se"``, ``"spgr"``); default from the headers
-        (InversionTime present or ScanningSequence IR -> ``ir``; GR -> ``spgr``; else ``se``).
+        (InversionTime present and > 0, or ScanningSequence IR -> ``ir``; GR -> ``spgr``; else
+        ``se``). FlipAngle is required for ``spgr``; for spin-echo and IR it defaults to 90.
       name: protocol name.
 
     Returns:
@@ -81,7 +96,9 @@ def read_dicom_series(paths, kind: str | None = None, name: str = "dicom") -> Im
 
     Raises:
       DicomError: no DICOM files; mixed series (different matrix, orientation, sequence or slice
-        sets); an IR image without InversionTime; duplicate images.
+        sets); an IR image without InversionTime; a gradient-echo image without FlipAngle;
+        duplicate images. Clipped samples (at the limits of the stored range, signed or unsigned
+        per PixelRepresentation) are marked invalid in ``valid``.
     """
     import pydicom
 
@@ -106,7 +123,7 @@ def read_dicom_series(paths, kind: str | None = None, name: str = "dicom") -> Im
     ref_shape = (int(first.Rows), int(first.Columns))
     ref_iop = np.asarray(first.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float)
     ref_seq = _sequence(first)
-    any_ti = any(ds.get("InversionTime", None) not in (None, "") for _, ds in records)
+    any_ti = any(_inversion_time(ds, path) is not None for path, ds in records)
     for path, ds in records:
         shape = (int(ds.Rows), int(ds.Columns))
         if shape != ref_shape:
@@ -122,14 +139,16 @@ def read_dicom_series(paths, kind: str | None = None, name: str = "dicom") -> Im
                              f"{first_path} has {list(ref_seq)} (one acquisition type per input)")
     groups = collections.defaultdict(list)
     for path, ds in records:
-        ti = _float(ds, "InversionTime", path, required=False)
+        ti = _inversion_time(ds, path)
         if any_ti and ti is None:
             raise DicomError(f"{path}: missing InversionTime (0018,0082); other images of this "
                              "inversion-recovery series have it")
         tr = _float(ds, "RepetitionTime", path)
         te = _float(ds, "EchoTime", path)
-        fa = _float(ds, "FlipAngle", path, required=False) or 90.0
         k = kind or _kind(ds, ti)
+        # The flip angle drives the gradient-echo signal; spin-echo and IR models do not use it.
+        fa = _float(ds, "FlipAngle", path, required=k in ("spgr", "mprage"))
+        fa = 90.0 if fa is None else fa
         contrast = (k, round(ti or 0.0, 3), round(te, 3), round(tr, 3), round(fa, 3))
         groups[contrast].append((path, ds))
 
@@ -172,7 +191,7 @@ def read_dicom_series(paths, kind: str | None = None, name: str = "dicom") -> Im
             raw = ds.pixel_array
             b = int(ds.get("BitsStored", 16))
             bits = b if bits is None else min(bits, b)
-            clipped = raw >= (2**b - 1)
+            clipped = _clipped(raw, b, int(ds.get("PixelRepresentation", 0) or 0))
             slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
             inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
             img = raw.astype(np.float32) * slope + inter

@@ -95,7 +95,8 @@ def test_nifti_shape_mismatch_and_nan(tmp_path, capsys):
     nib.save(nib.Nifti1Image(np.ones((5, 5, 2), np.float32), affine), files[3])
     with pytest.raises(ValueError, match=r"NIfTI shapes disagree: .*ti3.nii.gz is \(5, 5, 2\)"):
         read_nifti_series(files, prot)
-    rc = fit_cli.main(["--model", "ir", "--nifti", *files, "--ti", *["100"] * 10, "--out", str(tmp_path / "o")])
+    rc = fit_cli.main(["--model", "ir", "--nifti", *files, "--ti", *["100"] * 10, "--tr", "4500",
+                       "--out", str(tmp_path / "o")])
     assert rc == 2 and "NIfTI shapes disagree" in capsys.readouterr().err
     files, prot, _, affine = _write_ir_niftis(tmp_path)
     bad = np.ones((12, 10, 2), np.float32)
@@ -111,6 +112,15 @@ def test_nifti_count_must_match_protocol(tmp_path):
         read_nifti_series(files[:9], prot)
     with pytest.raises(SystemExit):
         fit_cli.main(["--model", "ir", "--nifti", *files, "--out", str(tmp_path / "o")])  # no --ti
+
+
+def test_nifti_ir_needs_tr(tmp_path, capsys):
+    """The ir model's k depends on TR: without --tr the CLI refuses (it used to assume 10000 ms)."""
+    files, _, _, _ = _write_ir_niftis(tmp_path)
+    with pytest.raises(SystemExit):
+        fit_cli.main(["--model", "ir", "--nifti", *files, "--ti", *["100"] * 10,
+                      "--out", str(tmp_path / "o")])
+    assert "needs --tr" in capsys.readouterr().err
 
 
 def test_write_nifti_is_atomic(tmp_path):
