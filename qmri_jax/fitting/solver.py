@@ -3,15 +3,22 @@
 The pipeline for one chunk of voxels (all under one ``jax.jit``, ``vmap`` over voxels):
 
 1. normalise each voxel by its largest valid |sample| (amplitudes become O(1));
-2. dictionary search over the model's nonlinear-parameter grid, with the amplitudes solved in
-   closed form for every atom (weighted variable projection): a global initialisation that avoids
-   the wrong minima of magnitude signals;
+2. a global initialisation: for the inversion-recovery models, variable projection over T1 with
+   polarity restoration (:mod:`qmri_jax.fitting.ir_varpro`: the least-squares optimum, null
+   position included); for the others a dictionary search over the model's nonlinear-parameter grid
+   with the amplitudes solved in closed form for every atom;
 3. Levenberg-Marquardt (Marquardt diagonal scaling, projected onto the bounds) on all parameters
    in internal units ``theta / scale``. For the Rician likelihood the gradient is exact and the
    curvature is the Gauss-Newton (high-SNR Fisher) matrix; every step is accepted only if the
    negative log-likelihood decreases;
-4. the Cramer-Rao lower bound ``diag((J^T W J / sigma^2)^-1)`` at the estimate (Gaussian Fisher
-   information; the Rician one approaches it above SNR ~ 5), with ``J`` from ``jax.jacfwd``.
+4. diagnostics at the estimate, from one Jacobian ``J`` (``jax.jacfwd``): the Cramer-Rao lower
+   bound ``diag(F^-1)`` with the Gaussian or, for the Rician loss, the Rician Fisher information
+   (:mod:`qmri_jax.fitting.crlb`); ``at_bound``; and ``converged``, which needs all of: a finite
+   estimate, a Newton decrement ``g^T H^-1 g / 2`` below ``tol`` times the objective (a stationary
+   point), no parameter at a bound, a non-zero voxel and, when sigma is known, a signal detected:
+   the likelihood-ratio statistic against "no signal" (``nu = 0``; Rician likelihood for magnitude
+   data whatever the loss) above the chi-square 0.999 quantile with P degrees of freedom. Pure-noise
+   voxels therefore do not count as converged.
 
 Voxels are processed in fixed-size chunks (the last one padded), so one compiled function serves any
 number of voxels and memory stays bounded on CPU and GPU.
@@ -33,9 +40,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qmri_jax.fitting import ir_varpro
 from qmri_jax.fitting.crlb import fisher_variance, spd_solve
+from qmri_jax.fitting.dictionary import dictionary_init
 from qmri_jax.fitting.models import FitModel
-from qmri_jax.physics.noise import log_i0e_and_ratio
+from qmri_jax.fitting.objective import (bounds, no_signal_statistic, no_signal_threshold,
+                                        objective_terms, project, split_scaled)
 from qmri_jax.physics.protocol import Protocol
 
 __all__ = ["FitResult", "fit_voxels", "fit_signals", "SolverOptions"]
@@ -49,10 +59,12 @@ class SolverOptions:
       loss: ``"gaussian"`` (nonlinear least squares) or ``"rician"`` (maximum likelihood for
         magnitude data; needs sigma).
       max_iter: Levenberg-Marquardt iterations (fixed count; converged voxels stop moving).
-      tol: relative decrease of the objective over the last iterations below which a voxel counts as
-        converged.
+      tol: Newton decrement (predicted further decrease of the objective), relative to the
+        objective, below which an estimate counts as a stationary point.
       chunk_size: voxels per compiled call (``None``: chosen from the dictionary size).
       lambda_init: initial Marquardt damping.
+      init: ``"auto"`` (variable projection for the IR models where it applies, else the
+        dictionary), ``"varpro"`` or ``"dictionary"``.
     """
 
     loss: str = "gaussian"
@@ -60,10 +72,14 @@ class SolverOptions:
     tol: float = 1e-5
     chunk_size: int | None = None
     lambda_init: float = 1e-2
+    init: str = "auto"
 
     def __post_init__(self):
         if self.loss not in ("gaussian", "rician"):
             raise ValueError(f"SolverOptions.loss must be 'gaussian' or 'rician', got {self.loss!r}")
+        if self.init not in ("auto", "varpro", "dictionary"):
+            raise ValueError(f"SolverOptions.init must be 'auto', 'varpro' or 'dictionary', got "
+                             f"{self.init!r}")
         if self.max_iter < 1:
             raise ValueError(f"SolverOptions.max_iter must be >= 1, got {self.max_iter}")
 
@@ -76,7 +92,9 @@ class FitResult:
       params: parameter name -> estimate (physical units).
       crlb: parameter name -> Cramer-Rao lower bound on the variance (units squared); NaN where the
         Fisher information is singular or sigma is unknown.
-      converged: True where the solver converged to a finite estimate.
+      converged: True where the solver reached a finite, interior, stationary estimate of a voxel
+        with signal (module docstring).
+      at_bound: True where a parameter sits on one of its bounds (not a free optimum).
       cost: final objective (sum of squared residuals, or Rician NLL) in normalised units.
       sigma: the noise sigma used (image units).
       model: the fit model's name.
@@ -88,141 +106,99 @@ class FitResult:
     cost: np.ndarray
     sigma: float | None
     model: str
+    at_bound: np.ndarray | None = None
 
     def crlb_sd(self, name: str) -> np.ndarray:
         """``sqrt(CRLB)`` of one parameter: the smallest achievable standard deviation."""
         return np.sqrt(self.crlb[name])
 
 
-def _atoms(model: FitModel):
-    grids = [np.asarray(g, np.float32) for g in model.grid]
-    mesh = np.meshgrid(*grids, indexing="ij")
-    return {p: jnp.asarray(m.ravel()) for p, m in zip(model.nonlinear, mesh)}
-
-
-def _split_scaled(model, theta_int):
-    scale = jnp.asarray(model.scale, theta_int.dtype)
-    phys = theta_int * scale
-    return {p: phys[..., i] for i, p in enumerate(model.params)}
-
-
-def _project(model, theta_int):
-    lo = jnp.asarray(model.lower, theta_int.dtype) / jnp.asarray(model.scale, theta_int.dtype)
-    hi = jnp.asarray(model.upper, theta_int.dtype) / jnp.asarray(model.scale, theta_int.dtype)
-    return jnp.clip(theta_int, lo, hi)
-
-
-def _dictionary_init(model, protocol, y, w):
-    """Grid search with closed-form amplitudes. y, w: [V, N] -> theta_int [V, P]."""
-    atoms = _atoms(model)
-    basis = model.basis_fn(atoms, protocol)  # [A, N, L]
-    n_lin = basis.shape[-1]
-    wy = w * y
-    lin_idx = [model.params.index(p) for p in model.linear]
-    lo = jnp.asarray([model.lower[i] for i in lin_idx], y.dtype)
-    hi = jnp.asarray([model.upper[i] for i in lin_idx], y.dtype)
-    yy = jnp.sum(wy * y, axis=-1)[:, None]
-    if n_lin == 1:
-        # Plain matmuls: b = <w y, B>, g = <w, B^2> for every voxel and atom.
-        b0 = basis[..., 0]
-        b = wy @ b0.T  # [V, A]
-        g = w @ (b0 * b0).T + 1e-8
-        c = jnp.clip(b / g, lo[0], hi[0])
-        resid = yy - 2 * c * b + c * c * g
-        coeff = c[..., None]
-    else:
-        b = jnp.einsum("vn,anl->val", wy, basis)  # [V, A, L]
-        gram = jnp.einsum("vn,anl,anm->valm", w, basis, basis) + 1e-8 * jnp.eye(n_lin, dtype=y.dtype)
-        coeff = jnp.clip(jnp.linalg.solve(gram, b[..., None])[..., 0], lo, hi)
-        resid = (yy - 2 * jnp.sum(coeff * b, axis=-1)
-                 + jnp.einsum("val,valm,vam->va", coeff, gram, coeff))
-    best = jnp.argmin(resid, axis=-1)  # [V]
-    best_coeff = jnp.take_along_axis(coeff, best[:, None, None], axis=1)[:, 0]
-    theta = []
-    for p in model.params:
-        if p in model.linear:
-            theta.append(best_coeff[:, model.linear.index(p)])
-        else:
-            theta.append(atoms[p][best])
-    theta = jnp.stack(theta, axis=-1) / jnp.asarray(model.scale, y.dtype)
-    return _project(model, theta)
-
-
-def _objective_terms(loss, y, nu, w, sigma):
-    """Per-sample objective and its derivative w.r.t. the model value ``nu``.
-
-    Both losses are in units of squared signal (the Rician NLL is multiplied by sigma^2), so the
-    Gauss-Newton curvature is ``w`` for both.
-    """
-    if loss == "gaussian":
-        r = nu - y
-        return 0.5 * w * r**2, w * r
-    # sigma^2 * NLL up to nu-independent terms (physics.rician_objective): the magnitude depends on
-    # |nu| only, so a negative model value (e.g. t2_offset) is scored by its absolute value.
-    s2 = sigma**2
-    a = jnp.abs(nu)
-    log_i0e, ratio = log_i0e_and_ratio(y * a / s2)
-    return w * (0.5 * (a - y) ** 2 - s2 * log_i0e), w * jnp.sign(nu) * (a - y * ratio)
-
-
-def _lm_one(model, protocol, loss, max_iter, tol, lambda_init, theta0, y, w, sigma):
-    """Levenberg-Marquardt for one voxel in internal units. Returns (theta, cost, converged)."""
+def _lm_one(model, protocol, loss, max_iter, lambda_init, theta0, y, w, sigma):
+    """Levenberg-Marquardt for one voxel in internal units. Returns (theta, cost)."""
 
     def predict(theta):
-        return model.signal(_split_scaled(model, theta), protocol)
+        return model.signal(split_scaled(model, theta), protocol)
 
     n_par = theta0.shape[-1]
     eye = jnp.eye(n_par, dtype=theta0.dtype)
 
     def body(_, state):
-        theta, cost, deriv, lam, hist = state
+        theta, cost, deriv, lam = state
         jac = jax.jacfwd(predict)(theta)  # [N, P]
         grad = jac.T @ deriv
         hess = jac.T @ (w[:, None] * jac)
         diag = jnp.diag(hess)
         damp = lam * (diag + 1e-9 * (jnp.max(diag) + 1e-12)) * eye
-        cand = _project(model, theta + spd_solve(hess + damp + 1e-12 * eye, -grad))
-        f, d = _objective_terms(loss, y, predict(cand), w, sigma)
+        cand = project(model, theta + spd_solve(hess + damp + 1e-12 * eye, -grad))
+        f, d = objective_terms(loss, y, predict(cand), w, sigma)
         cand_cost = jnp.sum(f)
         ok = jnp.isfinite(cand_cost) & (cand_cost < cost) & jnp.all(jnp.isfinite(cand))
         theta = jnp.where(ok, cand, theta)
         cost = jnp.where(ok, cand_cost, cost)
         deriv = jnp.where(ok, d, deriv)
         lam = jnp.clip(jnp.where(ok, lam * 0.3, lam * 4.0), 1e-7, 1e7)
-        hist = jnp.roll(hist, 1).at[0].set(cost)
-        return theta, cost, deriv, lam, hist
+        return theta, cost, deriv, lam
 
-    f0, d0 = _objective_terms(loss, y, predict(theta0), w, sigma)
-    cost0 = jnp.sum(f0)
-    hist0 = jnp.full((4,), jnp.inf, theta0.dtype).at[0].set(cost0)
-    state0 = (theta0, cost0, d0, jnp.asarray(lambda_init, theta0.dtype), hist0)
-    theta, cost, _, _, hist = jax.lax.fori_loop(0, max_iter, body, state0)
-    # Converged: over the last three iterations the objective changed by less than tol (relative),
-    # or by less than float32 resolution of the data energy (exact fits of noiseless data).
-    change = hist[-1] - cost
-    floor = 1e-9 * jnp.sum(w * y * y)
-    converged = (jnp.isfinite(cost) & jnp.all(jnp.isfinite(theta))
-                 & (change <= tol * jnp.abs(cost) + floor))
-    return theta, cost, converged
+    f0, d0 = objective_terms(loss, y, predict(theta0), w, sigma)
+    state0 = (theta0, jnp.sum(f0), d0, jnp.asarray(lambda_init, theta0.dtype))
+    theta, cost, _, _ = jax.lax.fori_loop(0, max_iter, body, state0)
+    return theta, cost
 
 
-def _crlb_one(model, protocol, theta, w, sigma):
-    """Variance bound [P] in internal units^2 at ``theta`` (internal units)."""
-    return fisher_variance(lambda t: model.signal(_split_scaled(model, t), protocol), theta, w,
-                           sigma)
+def _diagnose(model, protocol, loss, tol, theta, cost, y, w, sigma, sigma_known):
+    """At the estimate of one voxel: (CRLB variance [P] in internal units^2, converged, at_bound)."""
+
+    def predict(t):
+        return model.signal(split_scaled(model, t), protocol)
+
+    jac = jax.jacfwd(predict)(theta)
+    nu = predict(theta)
+    _, d = objective_terms(loss, y, nu, w, sigma)
+    grad = jac.T @ d
+    hess = jac.T @ (w[:, None] * jac)
+    n_par = theta.shape[-1]
+    ridge = 1e-9 * (jnp.trace(hess) + 1e-20) * jnp.eye(n_par, dtype=theta.dtype)
+    decrement = 0.5 * grad @ spd_solve(hess + ridge, grad)
+    energy = jnp.sum(w * y * y)
+    stationary = decrement <= tol * jnp.abs(cost) + 1e-9 * energy
+    lo, hi = bounds(model, theta.dtype)
+    margin = 1e-6 * jnp.maximum(1.0, jnp.abs(hi - lo))
+    at_bound = jnp.any((theta <= lo + margin) | (theta >= hi - margin))
+    magnitude = "ir_signed" not in protocol.kinds
+    lr = no_signal_statistic(y[None], nu[None], w[None], sigma[None, None], magnitude)[0]
+    detected = ~sigma_known | (lr > no_signal_threshold(n_par))
+    var = fisher_variance(predict, theta, w, sigma, loss, jac=jac)
+    converged = (jnp.isfinite(cost) & jnp.all(jnp.isfinite(theta)) & stationary & ~at_bound
+                 & detected)
+    return var, converged, at_bound
 
 
-def _fit_core(model, protocol, y, w, sigma, loss, max_iter, tol, lambda_init):
-    """Steps 1-3 of the module docstring. y, w: [V, N]; sigma: [] (<= 0 when unknown).
-    Returns (theta_int [V, P], amp [V], per-voxel normalised sigma [V], converged, cost)."""
-    amp = jnp.max(jnp.where(w > 0, jnp.abs(y), 0.0), axis=-1)
-    amp = jnp.where(amp > 0, amp, 1.0)
+def _resolve_init(model, protocol, init):
+    """``"varpro"`` or ``"dictionary"`` for :class:`SolverOptions`' ``init`` (outside ``jit``)."""
+    return "varpro" if init != "dictionary" and ir_varpro.supports(model, protocol) else "dictionary"
+
+
+def _fit_core(model, protocol, y, w, sigma, loss, max_iter, tol, lambda_init, init):
+    """Steps 1-4 of the module docstring. y, w: [V, N]; sigma: [] (<= 0 when unknown).
+    Returns (theta_int [V, P], amp [V], CRLB variance [V, P] (internal units), converged,
+    at_bound, cost)."""
+    amp_raw = jnp.max(jnp.where(w > 0, jnp.abs(y), 0.0), axis=-1)
+    amp = jnp.where(amp_raw > 0, amp_raw, 1.0)
     yn = y / amp[:, None]
-    sig_n = jnp.where(sigma > 0, sigma, 1.0) / amp
-    theta0 = _dictionary_init(model, protocol, yn, w)
-    lm = functools.partial(_lm_one, model, protocol, loss, max_iter, tol, lambda_init)
-    theta, cost, converged = jax.vmap(lm)(theta0, yn, w, sig_n)
-    return theta, amp, sig_n, converged, cost
+    sigma_known = sigma > 0
+    sig_n = jnp.where(sigma_known, sigma, 1.0) / amp
+    if init == "varpro":
+        theta, var, converged, at_bound, cost = ir_varpro.fit_ir(
+            model, protocol, yn, w, sig_n, sigma_known, loss, max_iter, tol, lambda_init)
+        return theta, amp, var, converged & (amp_raw > 0), at_bound, cost
+    theta0 = dictionary_init(model, protocol, yn, w)
+    lm = functools.partial(_lm_one, model, protocol, loss, max_iter, lambda_init)
+    theta, cost = jax.vmap(lm)(theta0, yn, w, sig_n)
+    diag = functools.partial(_diagnose, model, protocol, loss, tol)
+    var, converged, at_bound = jax.vmap(diag, in_axes=(0, 0, 0, 0, 0, None))(
+        theta, cost, yn, w, sig_n, sigma_known)
+    converged = converged & (amp_raw > 0)
+    return theta, amp, var, converged, at_bound, cost
 
 
 def _to_physical(model, theta, amp):
@@ -232,15 +208,15 @@ def _to_physical(model, theta, amp):
     return theta * factor, factor
 
 
-@functools.partial(jax.jit, static_argnames=("model", "loss", "max_iter", "tol", "lambda_init"))
-def _fit_chunk(model, protocol, y, w, sigma, *, loss, max_iter, tol, lambda_init):
+@functools.partial(jax.jit, static_argnames=("model", "loss", "max_iter", "tol", "lambda_init",
+                                             "init"))
+def _fit_chunk(model, protocol, y, w, sigma, *, loss, max_iter, tol, lambda_init, init):
     """y, w: [V, N] raw signals and 0/1 weights; sigma: [] (image units, <= 0 when unknown)."""
-    theta, amp, sig_n, converged, cost = _fit_core(model, protocol, y, w, sigma, loss, max_iter,
-                                                   tol, lambda_init)
-    var = jax.vmap(functools.partial(_crlb_one, model, protocol))(theta, w, sig_n)
+    theta, amp, var, converged, at_bound, cost = _fit_core(model, protocol, y, w, sigma, loss,
+                                                           max_iter, tol, lambda_init, init)
     var = jnp.where(sigma > 0, var, jnp.nan)
     phys, factor = _to_physical(model, theta, amp)
-    return phys, var * factor**2, converged, cost
+    return phys, var * factor**2, converged, at_bound, cost
 
 
 def fit_signals(model: FitModel, protocol: Protocol, signals, *, max_iter: int = 5,
@@ -248,7 +224,7 @@ def fit_signals(model: FitModel, protocol: Protocol, signals, *, max_iter: int =
     """The Gaussian least-squares fit of :func:`fit_voxels` as a pure function of an array, to be
     called inside other jitted code (e.g. to condition a network on the voxelwise estimate).
 
-    The same dictionary initialisation and Levenberg-Marquardt steps (a fixed ``max_iter``; no
+    The same initialisation and Levenberg-Marquardt steps (a fixed ``max_iter``; no
     CRLB, no chunking, no sharding, no checks of the data: the caller's batch is fitted at once).
 
     Args:
@@ -267,9 +243,10 @@ def fit_signals(model: FitModel, protocol: Protocol, signals, *, max_iter: int =
                          f"{protocol.name!r} with {len(protocol)} images")
     lead = y.shape[:-1]
     y = y.reshape(-1, y.shape[-1])
-    theta, amp, _, converged, _ = _fit_core(model, protocol, y, jnp.ones_like(y),
-                                            jnp.float32(-1.0), "gaussian", max_iter, tol,
-                                            lambda_init)
+    theta, amp, _, converged, _, _ = _fit_core(model, protocol, y, jnp.ones_like(y),
+                                               jnp.float32(-1.0), "gaussian", max_iter, tol,
+                                               lambda_init,
+                                               _resolve_init(model, protocol, "auto"))
     phys, _ = _to_physical(model, theta, amp)
     out = {p: phys[:, i].reshape(lead) for i, p in enumerate(model.params)}
     out["converged"] = converged.reshape(lead)
@@ -326,6 +303,10 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
       :class:`FitResult`.
     """
     model.check(protocol)
+    if options.init == "varpro" and not ir_varpro.supports(model, protocol):
+        raise ValueError(f"fit_voxels: init='varpro' needs an IR model (ir, ir3, ir_fse) on one TR "
+                         f"and images all magnitude or all signed; got model {model.name!r}, "
+                         f"protocol {protocol.name!r} {sorted(set(protocol.kinds))}")
     y = np.asarray(signals, np.float32)
     if y.ndim != 2 or y.shape[1] != len(protocol):
         raise ValueError(f"fit_voxels: signals must be [V, {len(protocol)}] for protocol "
@@ -345,6 +326,7 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
         raise ValueError(f"fit_voxels: the Rician loss is for magnitude images; protocol "
                          f"{protocol.name!r} has signed (ir_signed) images: use loss='gaussian'")
     sig = np.float32(sigma if sigma is not None else -1.0)
+    init = _resolve_init(model, protocol, options.init)
     n_vox = y.shape[0]
     chunk = _chunk_size(model, n_vox, options.chunk_size)
     sharding, n_dev = _voxel_sharding(devices)
@@ -364,11 +346,12 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
             yc, wc = jax.device_put(yc, sharding), jax.device_put(wc, sharding)
         res = _fit_chunk(model, protocol, jnp.asarray(yc), jnp.asarray(wc), jnp.asarray(sig),
                          loss=options.loss, max_iter=options.max_iter, tol=options.tol,
-                         lambda_init=options.lambda_init)
+                         lambda_init=options.lambda_init, init=init)
         outs.append([np.asarray(r)[: chunk - pad] for r in res])
-    phys, var, conv, cost = (np.concatenate([o[i] for o in outs]) for i in range(4))
+    phys, var, conv, at_bound, cost = (np.concatenate([o[i] for o in outs]) for i in range(5))
     too_few = (w > 0).sum(axis=1) < len(model.params)
     conv = conv & ~too_few
     params = {p: phys[:, i] for i, p in enumerate(model.params)}
     crlb = {p: var[:, i] for i, p in enumerate(model.params)}
-    return FitResult(params, crlb, conv, cost, None if sigma is None else float(sigma), model.name)
+    return FitResult(params, crlb, conv, cost, None if sigma is None else float(sigma), model.name,
+                     at_bound)
