@@ -7,7 +7,9 @@ same 3-parameter magnitude model the data were made with, |a (1 - b e^{-TI/T1} +
 
 The project fit uses every CPU core (one host device per core, voxels sharded over them; set
 XLA_FLAGS yourself to override) and its Rician maximum-likelihood option with the data's known
-sigma; timings are the best of 3 after a warm-up call (compilation excluded). The peer is
+sigma: a variable-projection start with polarity restoration, then ``--max-iter`` Levenberg-Marquardt
+iterations (default 6), all vectorised over voxels; timings are the best of 3 after a warm-up call
+(compilation excluded). The peer is
 scipy.optimize.curve_fit (Levenberg-Marquardt, start a = max(S), T1 = 1000 ms, b = 2), one voxel at a
 time as MR-BIAS-style tools do. The last line is one JSON object.
 """
@@ -36,7 +38,7 @@ def _errors(t1_est, t1_true):
     return float(np.median(err)), float(np.percentile(err, 95)), int(np.sum(err > 50))
 
 
-def run_project(d):
+def run_project(d, max_iter):
     import jax
 
     from qmri_jax.fitting import SolverOptions, fit_voxels, get_model
@@ -44,7 +46,7 @@ def run_project(d):
 
     prot = Protocol.create("ir", tr_ms=float(d["tr"]), ti_ms=d["ti"], te_ms=0.0, name="ir_voxels")
     model = get_model("ir3")
-    opts = SolverOptions(loss="rician")
+    opts = SolverOptions(loss="rician", max_iter=max_iter)
     y = np.asarray(d["signal"], np.float32)
     sigma = float(d["sigma"])
     fit_voxels(model, prot, y, sigma=sigma, options=opts)  # compile
@@ -82,6 +84,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=pathlib.Path, default=DEFAULT_DATA)
     ap.add_argument("--peer-voxels", type=int, default=None, help="peer on the first N voxels only")
+    ap.add_argument("--max-iter", type=int, default=6,
+                    help="Levenberg-Marquardt iterations after the variable-projection start")
     args = ap.parse_args(argv)
     if not args.data.is_file():
         sys.exit(f"{args.data}: benchmark data not found (pass --data)")
@@ -89,7 +93,7 @@ def main(argv=None):
     t1_true = np.asarray(d["t1"], float)
     n = len(t1_true)
 
-    t1_proj, proj_rate, conv, devices = run_project(d)
+    t1_proj, proj_rate, conv, devices = run_project(d, args.max_iter)
     pm, pp, pg = _errors(t1_proj, t1_true)
     n_peer = args.peer_voxels or n
     t1_peer, peer_rate = run_peer(d, n_peer)
@@ -98,7 +102,8 @@ def main(argv=None):
     print(f"data: {args.data} ({n} voxels, SNR {float(d['snr']):g}); devices: {len(devices)} x "
           f"{devices[0].platform}")
     print(f"{'method':<44} {'voxels/s':>10} {'median |%|':>11} {'p95 |%|':>8} {'>50% off':>9}")
-    print(f"{'qmri_jax ir3, Rician MLE (dictionary + LM)':<44} {proj_rate:>10,.0f} {pm:>11.2f} "
+    label = f"qmri_jax ir3, Rician MLE (VarPro + {args.max_iter} LM)"
+    print(f"{label:<44} {proj_rate:>10,.0f} {pm:>11.2f} "
           f"{pp:>8.2f} {pg:>9}   converged {conv:.2%}")
     print(f"{'scipy curve_fit LM, per voxel':<44} {peer_rate:>10,.0f} {qm:>11.2f} {qp:>8.2f} {qg:>9}"
           f"   ({n_peer} voxels)")
