@@ -265,7 +265,7 @@ def _chunk_size(model: FitModel, n_vox: int, requested: int | None) -> int:
     to a multiple of 1024 so that similar sizes share one compilation."""
     cap = requested or _max_chunk(model)
     n_chunks = max(1, math.ceil(n_vox / cap))
-    per = math.ceil(n_vox / n_chunks)
+    per = max(1, math.ceil(n_vox / n_chunks))
     return int(min(cap, math.ceil(per / 1024) * 1024)) if requested is None else int(cap)
 
 
@@ -348,6 +348,9 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
                          loss=options.loss, max_iter=options.max_iter, tol=options.tol,
                          lambda_init=options.lambda_init, init=init)
         outs.append([np.asarray(r)[: chunk - pad] for r in res])
+    if not outs:  # no voxels: empty results of the right shapes
+        empty = np.zeros((0, len(model.params)), np.float32)
+        outs = [[empty, empty, np.zeros(0, bool), np.zeros(0, bool), np.zeros(0, np.float32)]]
     phys, var, conv, at_bound, cost = (np.concatenate([o[i] for o in outs]) for i in range(5))
     too_few = (w > 0).sum(axis=1) < len(model.params)
     conv = conv & ~too_few
