@@ -1,6 +1,7 @@
 """Real-scan validation on the NIST/ISMRM phantom (needs ../shared; skips with a reason otherwise)."""
 
 import json
+import re
 
 import numpy as np
 
@@ -38,6 +39,10 @@ def _check_session(session, tmp_path):
     assert (tmp_path / "maps" / "vir_T1map.nii.gz").is_file()
     assert (tmp_path / "maps" / "vir_T1map.json").is_file()
     assert (tmp_path / "t1_map.png").stat().st_size > 10_000
+    # The one-page report: a single-page PDF beside results.json, ROI SDs in the JSON.
+    pdf = (tmp_path / "report.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page[^s]", pdf)) == 1
+    assert len(pdf) > 20_000 and all(np.isfinite(t1[k]["roi_sd_ms"]) for k in range(1, 11))
 
 
 def test_temperature_picks_reference_row(nist_dir):
