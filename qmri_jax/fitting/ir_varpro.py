@@ -42,7 +42,7 @@ import numpy as np
 from qmri_jax.fitting.crlb import rician_information, spd_solve
 from qmri_jax.fitting.models import FitModel
 from qmri_jax.fitting.objective import (bounds, no_signal_statistic, no_signal_threshold,
-                                        objective_terms, project, split_scaled)
+                                        objective_terms, on_bound, project, split_scaled)
 from qmri_jax.physics.protocol import Protocol
 
 __all__ = ["supports", "fit_ir"]
@@ -252,9 +252,8 @@ def fit_ir(model: FitModel, protocol: Protocol, y, w, sigma, sigma_known, loss: 
     var = jnp.where(ok_var[:, None], var, jnp.nan)
 
     lo, hi = bounds(model, y.dtype)
-    margin = 1e-6 * jnp.maximum(1.0, jnp.abs(hi - lo))
     finite = jnp.all(jnp.isfinite(theta), axis=-1) & jnp.isfinite(cost)
-    at_bound = jnp.any((theta <= lo + margin) | (theta >= hi - margin), axis=-1)
+    at_bound = on_bound(model, theta)
     theta = project(model, jnp.where(finite[:, None], theta, 0.5 * (lo + hi)))
     moved = at_bound | ~finite
 

@@ -13,8 +13,8 @@ from scipy import stats
 
 from qmri_jax.physics.noise import log_i0e_and_ratio
 
-__all__ = ["bounds", "no_signal_statistic", "no_signal_threshold", "objective_terms", "project",
-           "split_scaled"]
+__all__ = ["bounds", "no_signal_statistic", "no_signal_threshold", "objective_terms", "on_bound",
+           "project", "split_scaled"]
 
 
 def split_scaled(model, theta_int):
@@ -27,6 +27,14 @@ def project(model, theta_int):
     lo = jnp.asarray(model.lower, theta_int.dtype) / jnp.asarray(model.scale, theta_int.dtype)
     hi = jnp.asarray(model.upper, theta_int.dtype) / jnp.asarray(model.scale, theta_int.dtype)
     return jnp.clip(theta_int, lo, hi)
+
+
+def on_bound(model, theta_int):
+    """True where a parameter of ``theta_int [..., P]`` (internal units) sits on a bound (within
+    1e-6 of the bound range), over the last axis."""
+    lo, hi = bounds(model, theta_int.dtype)
+    margin = 1e-6 * jnp.maximum(1.0, jnp.abs(hi - lo))
+    return jnp.any((theta_int <= lo + margin) | (theta_int >= hi - margin), axis=-1)
 
 
 def bounds(model, dtype):

@@ -44,8 +44,8 @@ from qmri_jax.fitting import ir_varpro
 from qmri_jax.fitting.crlb import fisher_variance, spd_solve
 from qmri_jax.fitting.dictionary import dictionary_init
 from qmri_jax.fitting.models import FitModel
-from qmri_jax.fitting.objective import (bounds, no_signal_statistic, no_signal_threshold,
-                                        objective_terms, project, split_scaled)
+from qmri_jax.fitting.objective import (no_signal_statistic, no_signal_threshold, objective_terms,
+                                        on_bound, project, split_scaled)
 from qmri_jax.physics.protocol import Protocol
 
 __all__ = ["FitResult", "fit_voxels", "fit_signals", "SolverOptions"]
@@ -161,9 +161,7 @@ def _diagnose(model, protocol, loss, tol, theta, cost, y, w, sigma, sigma_known)
     decrement = 0.5 * grad @ spd_solve(hess + ridge, grad)
     energy = jnp.sum(w * y * y)
     stationary = decrement <= tol * jnp.abs(cost) + 1e-9 * energy
-    lo, hi = bounds(model, theta.dtype)
-    margin = 1e-6 * jnp.maximum(1.0, jnp.abs(hi - lo))
-    at_bound = jnp.any((theta <= lo + margin) | (theta >= hi - margin))
+    at_bound = on_bound(model, theta)
     magnitude = "ir_signed" not in protocol.kinds
     lr = no_signal_statistic(y[None], nu[None], w[None], sigma[None, None], magnitude)[0]
     detected = ~sigma_known | (lr > no_signal_threshold(n_par))
