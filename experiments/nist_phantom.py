@@ -18,10 +18,18 @@ Analysis choices (stated in results.json):
 * clipped samples (stored value = 2^BitsStored - 1) are excluded, never fitted;
 * T1: IR magnitude model with inversion efficiency, ``|PD (1 - (1+k) e^{-TI/T1} + k e^{-TR/T1})|``,
   Rician maximum likelihood, sigma from the background;
-* T2: the first echo is excluded from the mono-exponential fits (it carries no stimulated echo,
-  unlike every later echo of an imperfect CPMG train; MR-BIAS does the same); reported are the
-  mono-exponential fit with offset (the T2 estimate), the plain mono-exponential Rician MLE, and an
-  EPG fit with fitted refocusing angle.
+* T2 (the estimate): EPG summed over a slice profile (Hann-sinc pulses, TBW 3, refocusing slice
+  1.2x the excitation slice, T1 fixed at 1000 ms) with a transmit field B1 that is smooth over the
+  phantom (``qmri_jax.fitting.fit_t2_smooth_b1``): B1 fitted per voxel in the sphere ROIs whose
+  echoes are >= 90% unclipped, a plane fitted to it robustly (CRLB weights, Tukey biweights), T2
+  refitted with B1 fixed; all unclipped echoes, Rician MLE. The B1 map (x 180 = the central
+  refocusing angle) is written and drawn. Reported beside it: the mono-exponential fit with offset
+  and the mono-exponential Rician MLE (first echo excluded: it carries no stimulated echo, unlike
+  every later echo of an imperfect CPMG train; MR-BIAS does the same).
+* Temperature: the scan's was not recorded. With ``reference_all_temperatures.csv`` beside the data
+  the T2 bias is tabulated at every listed temperature and the one with the smallest median |bias|
+  over the judged spheres is named (``temperature_sensitivity`` in results.json); the judged
+  numbers stay at ``--temperature`` (default 20 C).
 Accuracy is judged on T1 spheres 1-10 and T2 spheres 2-12; the others lie outside the protocols'
 fittable range (README of the phantom data) and are reported only.
 """
@@ -39,8 +47,8 @@ import numpy as np
 
 from experiments.phantom_report import roi_sd, write_report
 from qmri_jax.evaluation import plot_maps, roi_medians
-from qmri_jax.fitting import SolverOptions, auto_mask, fit_images
-from qmri_jax.io import read_dicom_series, write_fit_outputs, write_json
+from qmri_jax.fitting import SolverOptions, auto_mask, fit_images, fit_t2_smooth_b1
+from qmri_jax.io import read_dicom_series, write_fit_outputs, write_json, write_nifti
 
 T1_JUDGED = range(1, 11)
 T2_JUDGED = range(2, 13)
@@ -141,20 +149,23 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
     # ROIs. (The t2_offset fit of all 31k phantom voxels stalls XLA:CPU with 4 host devices on 2
     # cores, in its batched 2x2 LAPACK solve.)
     phantom2 = auto_mask(img2) | mask2
+    epg = fit_t2_smooth_b1(img2, mse.protocol, mask2, valid2, b1_mask=mask2)
     fits = {
+        "epg": epg.t2,
         "mono_offset": fit_images(img2, mse.protocol, "t2_offset", mask=mask2, valid=no_first,
                                   options=SolverOptions(max_iter=30)),
         "mono_rician": fit_images(img2, mse.protocol, "t2", mask=phantom2, valid=no_first,
                                   options=SolverOptions(loss="rician", max_iter=30)),
-        "epg": fit_images(img2, mse.protocol, "t2_epg", mask=mask2, valid=no_first,
-                          options=SolverOptions(loss="rician", max_iter=30)),
     }
     t2_est = {k: roi_medians(r.maps["T2"], t2_labels, keep=r.converged) for k, r in fits.items()}
-    t2_crlb = _crlb_per_roi(fits["mono_offset"], "T2", t2_labels)
+    t2_crlb = _crlb_per_roi(fits["epg"], "T2", t2_labels)
     t2_clip = _clipped_per_roi(valid2, t2_labels)
-    refocus = roi_medians(fits["epg"].maps["refocus"], t2_labels, keep=fits["epg"].converged)
-    write_fit_outputs(out / "maps", fits["mono_offset"], mse.affine, mse.protocol, prefix="mse")
+    b1_roi = roi_medians(np.where(mask2, epg.b1, np.nan), t2_labels)
+    b1_voxel = roi_medians(epg.b1_voxel.maps["B1"], t2_labels)
     write_fit_outputs(out / "maps", fits["epg"], mse.affine, mse.protocol, prefix="mse_epg")
+    write_fit_outputs(out / "maps", fits["mono_offset"], mse.affine, mse.protocol, prefix="mse")
+    write_nifti(out / "maps" / "mse_B1map.nii.gz", np.where(phantom2, epg.b1, 0.0)[:, :, None],
+                mse.affine)
 
     # ---- Report.
     print(f"NIST/ISMRM phantom: {data}  (reference at {results['temperature_C']:g} C)")
@@ -200,47 +211,68 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
                   f"median {float(np.median(judged)):.1f}%")
         results["learned"] = [{"checkpoint": str(c), "kind": m["kind"]}
                               for c, m in zip(checkpoints, learned)]
-    print(f"T2 (MSE, {len(mse.protocol)} echoes, first echo excluded, sigma {fits['mono_offset'].sigma:.1f})")
-    print(f"{'sphere':>6} {'ref ms':>9} {'mono+C':>9} {'bias %':>8} {'mono ML':>9} {'bias %':>8} "
-          f"{'EPG':>9} {'bias %':>8} {'refoc':>6} {'CRLB sd':>8} {'clipped':>8}")
-    for k in sorted(t2_est["mono_offset"]):
+    print(f"T2 (MSE, {len(mse.protocol)} echoes, sigma {fits['epg'].sigma:.1f}; EPG with slice "
+          f"profile and a smooth B1 (plane), mono-exp fits without the first echo)")
+    print(f"{'sphere':>6} {'ref ms':>9} {'EPG+B1':>9} {'bias %':>8} {'B1':>6} {'B1 vox':>6} "
+          f"{'mono+C':>9} {'bias %':>8} {'mono ML':>9} {'bias %':>8} {'CRLB sd':>8} {'clipped':>8}")
+    for k in sorted(int(v) for v in np.unique(t2_labels) if v > 0):
         r = ref[("T2", k)]["T2"]
         row = {"array": "T2", "index": k, "reference_ms": r}
-        vals = []
-        for name in ("mono_offset", "mono_rician", "epg"):
-            e = t2_est[name][k]
-            vals.append((e, 100 * (e / r - 1)))
-        row.update({"estimate_ms": vals[0][0], "bias_percent": vals[0][1],
-                    "mono_rician_ms": vals[1][0], "mono_rician_bias_percent": vals[1][1],
-                    "epg_ms": vals[2][0], "epg_bias_percent": vals[2][1],
-                    "epg_refocus_deg": refocus[k], "crlb_sd_ms": t2_crlb[k],
+        vals = {}
+        for name in ("epg", "mono_offset", "mono_rician"):
+            e = t2_est[name].get(k, float("nan"))
+            vals[name] = (e, 100 * (e / r - 1))
+        row.update({"estimate_ms": vals["epg"][0], "bias_percent": vals["epg"][1],
+                    "b1": b1_roi[k], "b1_voxelwise_median": b1_voxel.get(k, float("nan")),
+                    "refocus_deg": 180 * b1_roi[k],
+                    "mono_offset_ms": vals["mono_offset"][0],
+                    "mono_offset_bias_percent": vals["mono_offset"][1],
+                    "mono_rician_ms": vals["mono_rician"][0],
+                    "mono_rician_bias_percent": vals["mono_rician"][1],
+                    "crlb_sd_ms": t2_crlb.get(k, float("nan")),
                     "clipped_samples_excluded": t2_clip[k], "judged": k in T2_JUDGED})
         results["spheres"].append(row)
         flag = "" if k in T2_JUDGED else "  (outside fittable range)"
-        print(f"{k:>6} {r:>9.1f} {vals[0][0]:>9.1f} {vals[0][1]:>+8.1f} {vals[1][0]:>9.1f} "
-              f"{vals[1][1]:>+8.1f} {vals[2][0]:>9.1f} {vals[2][1]:>+8.1f} {refocus[k]:>6.0f} "
-              f"{t2_crlb[k]:>8.1f} {t2_clip[k]:>8}{flag}")
+        print(f"{k:>6} {r:>9.1f} {vals['epg'][0]:>9.1f} {vals['epg'][1]:>+8.1f} {b1_roi[k]:>6.3f} "
+              f"{b1_voxel.get(k, float('nan')):>6.3f} {vals['mono_offset'][0]:>9.1f} "
+              f"{vals['mono_offset'][1]:>+8.1f} {vals['mono_rician'][0]:>9.1f} "
+              f"{vals['mono_rician'][1]:>+8.1f} {row['crlb_sd_ms']:>8.1f} {t2_clip[k]:>8}{flag}")
+    results["temperature_sensitivity"] = temperature_table(data, t2_est["epg"])
+    if results["temperature_sensitivity"]:
+        ts = results["temperature_sensitivity"]
+        print("T2 (EPG + smooth B1) bias % by reference temperature, spheres " +
+              " ".join(str(k) for k in T2_JUDGED))
+        for t, row in ts["by_temperature"].items():
+            print(f"  {t:>5} C: " + " ".join(f"{b:+.1f}" for b in row["bias_percent"]) +
+                  f"   median |bias| {row['median_abs_bias_percent']:.1f}%")
+        print(f"  best fitting temperature (smallest median |bias|): {ts['best_temperature_C']:g} C")
     judged_t1 = [s["bias_percent"] for s in results["spheres"] if s["array"] == "T1" and s["judged"]]
     judged_t2 = [s["bias_percent"] for s in results["spheres"] if s["array"] == "T2" and s["judged"]]
     results["summary"] = {"t1_max_abs_bias_percent_spheres_1_10": float(np.max(np.abs(judged_t1))),
                           "t2_max_abs_bias_percent_spheres_2_12": float(np.max(np.abs(judged_t2))),
                           "seconds": time.perf_counter() - t0}
     results["settings"] = {
-        "t1_model": t1.model.description, "t1_loss": "rician", "t2_model": fits["mono_offset"].model.description,
-        "t2_first_echo_excluded": True, "clipped_samples_excluded": True,
+        "t1_model": t1.model.description, "t1_loss": "rician", "t2_model": fits["epg"].model.description,
+        "t2_b1": (f"per-voxel B1 in the sphere ROIs with >= 90% valid echoes, a degree-{epg.degree} "
+                  f"polynomial fitted robustly, T2 refitted with it fixed"),
+        "t2_mono_first_echo_excluded": True, "clipped_samples_excluded": True,
         "estimate": "median over the sphere ROI of converged voxels",
     }
     print(f"max |bias| T1 spheres 1-10: {results['summary']['t1_max_abs_bias_percent_spheres_1_10']:.1f}%   "
-          f"T2 spheres 2-12 (mono+C): {results['summary']['t2_max_abs_bias_percent_spheres_2_12']:.1f}%")
+          f"T2 spheres 2-12 (EPG + smooth B1): "
+          f"{results['summary']['t2_max_abs_bias_percent_spheres_2_12']:.1f}%")
 
     plot_maps({"T1": t1.maps["T1"]}, out / "t1_map.png",
               title="VIR T1 (ms), sphere ROIs", crlb_sd={"T1": t1.crlb_sd["T1"]},
               ranges={"T1": (0, 2000)})
-    plot_maps({"T2": fits["mono_offset"].maps["T2"], "T2 EPG": fits["epg"].maps["T2"]},
-              out / "t2_map.png", title="MSE T2 (ms), sphere ROIs",
-              ranges={"T2": (0, 500), "T2 EPG": (0, 500)})
+    plot_maps({"T2 EPG + B1": fits["epg"].maps["T2"], "T2 mono+C": fits["mono_offset"].maps["T2"],
+               "refocusing angle": np.where(phantom2, 180 * epg.b1, np.nan),
+               "voxelwise angle": 180 * epg.b1_voxel.maps["B1"]},
+              out / "t2_map.png", title="MSE T2 (ms) and the central refocusing angle (deg)",
+              ranges={"T2 EPG + B1": (0, 500), "T2 mono+C": (0, 500),
+                      "refocusing angle": (120, 240), "voxelwise angle": (120, 240)})
     t1_sd = roi_sd(t1.maps["T1"], t1_labels, keep=t1.converged)
-    t2_sd = roi_sd(fits["mono_offset"].maps["T2"], t2_labels, keep=fits["mono_offset"].converged)
+    t2_sd = roi_sd(fits["epg"].maps["T2"], t2_labels, keep=fits["epg"].converged)
     for row in results["spheres"]:
         row["roi_sd_ms"] = (t1_sd if row["array"] == "T1" else t2_sd).get(row["index"], float("nan"))
     write_json(out / "results.json", results)
@@ -249,6 +281,29 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
     print(f"wrote {out / 'results.json'}, {out / 'report.pdf'}, maps in {out / 'maps'}, figures "
           f"{out}/t1_map.png t2_map.png")
     return results
+
+
+def temperature_table(data: pathlib.Path, t2_est: dict) -> dict:
+    """T2 bias of the judged spheres at every temperature of ``reference_all_temperatures.csv``
+    (in ``data`` or its parent; ``{}`` without it) and the temperature with the smallest median
+    |bias|."""
+    for cand in (data / "reference_all_temperatures.csv", data.parent / "reference_all_temperatures.csv"):
+        if cand.is_file():
+            with open(cand) as f:
+                rows = [r for r in csv.DictReader(f) if r["sphere_array"] == "T2"]
+            break
+    else:
+        return {}
+    by_t = {}
+    for r in rows:
+        by_t.setdefault(float(r["temp_C"]), {})[int(r["sphere_index"])] = float(r["ref_T2_ms"])
+    table = {}
+    for t in sorted(by_t):
+        bias = [100 * (t2_est[k] / by_t[t][k] - 1) for k in T2_JUDGED]
+        table[f"{t:g}"] = {"bias_percent": bias,
+                           "median_abs_bias_percent": float(np.median(np.abs(bias)))}
+    best = min(table, key=lambda t: table[t]["median_abs_bias_percent"])
+    return {"spheres": list(T2_JUDGED), "by_temperature": table, "best_temperature_C": float(best)}
 
 
 def fit_vir(vir, mask):

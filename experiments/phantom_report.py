@@ -115,7 +115,8 @@ def write_report(path, results: dict, t1_map, t2_map, t1_labels, t2_labels, t1_s
             lambda r, j=j: r["learned"][j]["estimate_ms"], None)
     _scatter_panel(fig.add_subplot(grid[0, 1]), t1_rows, t1_methods, "T1")
     _scatter_panel(fig.add_subplot(grid[1, 1]), t2_rows,
-                   {"mono-exp + offset": ("estimate_ms", t2_sd), "EPG": ("epg_ms", None)}, "T2")
+                   {"EPG + smooth B1": ("estimate_ms", t2_sd),
+                    "mono-exp + offset": ("mono_offset_ms", None)}, "T2")
     t1_bias = {"IR fit": "bias_percent"}
     for row in t1_rows:
         for j, e in enumerate(row.get("learned", [])):
@@ -124,7 +125,8 @@ def write_report(path, results: dict, t1_map, t2_map, t1_labels, t2_labels, t1_s
         t1_bias[f"model {j + 1}"] = f"_learned{j}"
     _bias_panel(fig.add_subplot(grid[0, 2:]), t1_rows, t1_bias, "T1")
     _bias_panel(fig.add_subplot(grid[1, 2]), t2_rows,
-                {"mono-exp + offset": "bias_percent", "EPG": "epg_bias_percent"}, "T2")
+                {"EPG + smooth B1": "bias_percent", "mono-exp + offset": "mono_offset_bias_percent"},
+                "T2")
     _clip_panel(fig.add_subplot(grid[1, 3]), t1_rows, t2_rows)
     for row in t1_rows:
         for key in [k for k in row if k.startswith("_learned")]:

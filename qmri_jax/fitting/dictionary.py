@@ -19,9 +19,14 @@ def _atoms(model: FitModel):
     return {p: jnp.asarray(m.ravel()) for p, m in zip(model.nonlinear, mesh)}
 
 
-def dictionary_init(model, protocol, y, w):
-    """Grid search with closed-form amplitudes. y, w: [V, N] -> theta_int [V, P]."""
+def dictionary_init(model, protocol, y, w, cov=None):
+    """Grid search with closed-form amplitudes. y, w: [V, N]; cov: [V, C] covariate values (the
+    dictionary is then per voxel) -> theta_int [V, P]."""
     atoms = _atoms(model)
+    if model.covariates:
+        known = {c: cov[:, i][:, None] for i, c in enumerate(model.covariates)}
+        basis = model.basis_fn({**{p: a[None] for p, a in atoms.items()}, **known}, protocol)
+        return _per_voxel_init(model, atoms, basis, y, w)  # basis [V, A, N, L]
     basis = model.basis_fn(atoms, protocol)  # [A, N, L]
     n_lin = basis.shape[-1]
     wy = w * y
@@ -43,6 +48,25 @@ def dictionary_init(model, protocol, y, w):
         coeff = jnp.clip(jnp.linalg.solve(gram, b[..., None])[..., 0], lo, hi)
         resid = (yy - 2 * jnp.sum(coeff * b, axis=-1)
                  + jnp.einsum("val,valm,vam->va", coeff, gram, coeff))
+    return _select(model, atoms, coeff, resid, y.dtype)
+
+
+def _per_voxel_init(model, atoms, basis, y, w):
+    """The one-amplitude grid search with a dictionary per voxel (basis [V, A, N, 1])."""
+    if basis.shape[-1] != 1:
+        raise NotImplementedError(f"model {model.name!r}: covariates need one amplitude parameter")
+    b0 = basis[..., 0]
+    wy = w * y
+    b = jnp.einsum("vn,van->va", wy, b0)
+    g = jnp.einsum("vn,van->va", w, b0 * b0) + 1e-8
+    i = model.params.index(model.linear[0])
+    c = jnp.clip(b / g, model.lower[i], model.upper[i])
+    resid = jnp.sum(wy * y, axis=-1)[:, None] - 2 * c * b + c * c * g
+    return _select(model, atoms, c[..., None], resid, y.dtype)
+
+
+def _select(model, atoms, coeff, resid, dtype):
+    """The best atom per voxel -> theta_int [V, P]."""
     best = jnp.argmin(resid, axis=-1)  # [V]
     best_coeff = jnp.take_along_axis(coeff, best[:, None, None], axis=1)[:, 0]
     theta = []
@@ -51,5 +75,5 @@ def dictionary_init(model, protocol, y, w):
             theta.append(best_coeff[:, model.linear.index(p)])
         else:
             theta.append(atoms[p][best])
-    theta = jnp.stack(theta, axis=-1) / jnp.asarray(model.scale, y.dtype)
+    theta = jnp.stack(theta, axis=-1) / jnp.asarray(model.scale, dtype)
     return project(model, theta)

@@ -58,7 +58,7 @@ _NULL_OFFSETS = (-1, 0, 1, 2)
 def supports(model: FitModel, protocol: Protocol) -> bool:
     """Whether :func:`fit_ir` applies: an IR-family model, all images magnitude or all signed, and
     one TR (the ``ir`` and ``ir3`` amplitudes involve ``exp(-TR/T1)``)."""
-    if model.name not in _IR_MODELS:
+    if model.name not in _IR_MODELS or model.covariates:
         return False
     kinds = set(protocol.kinds)
     if not (kinds <= set(_MAGNITUDE_KINDS) or kinds == {"ir_signed"}):

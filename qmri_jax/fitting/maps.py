@@ -48,7 +48,8 @@ def auto_mask(images: np.ndarray, fraction: float = 0.1) -> np.ndarray:
 
 def fit_images(images, protocol: Protocol, model: str | FitModel, mask=None, valid=None,
                sigma=None, options: SolverOptions = SolverOptions(), progress: bool = False,
-               estimate_sigma: bool = True, n_coils: int | str = 1) -> MapResult:
+               estimate_sigma: bool = True, n_coils: int | str = 1,
+               covariates: dict | None = None) -> MapResult:
     """Fits every voxel of an image series.
 
     Args:
@@ -61,6 +62,8 @@ def fit_images(images, protocol: Protocol, model: str | FitModel, mask=None, val
         (:func:`~qmri_jax.physics.estimate_noise_background`, ``n_coils`` root-sum-of-squares
         channels or ``"auto"``).
       options, progress: passed to :func:`fit_voxels`.
+      covariates: ``{name: [...]}`` maps of the model's known per-voxel inputs (e.g. ``B1``),
+        finite inside the mask.
 
     Returns:
       :class:`MapResult`.
@@ -93,8 +96,15 @@ def fit_images(images, protocol: Protocol, model: str | FitModel, mask=None, val
             warnings.warn(f"{e}: fitting without sigma, so the CRLB maps are NaN")
     y = images[mask]
     w = valid[mask]
+    cov = {}
+    for name, v in (covariates or {}).items():
+        v = np.asarray(v, np.float32)
+        if v.shape != mask.shape:
+            raise ValueError(f"fit_images: covariate {name!r} has shape {v.shape}, expected the "
+                             f"image shape {mask.shape}")
+        cov[name] = v[mask]
     result: FitResult = fit_voxels(model, protocol, y, w, sigma=sigma, options=options,
-                                   progress=progress)
+                                   progress=progress, covariates=cov)
     shape = mask.shape
 
     def scatter(v, fill=np.nan):

@@ -13,6 +13,7 @@ here are in units of that maximum.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -21,9 +22,10 @@ import numpy as np
 
 from qmri_jax.physics import signals
 from qmri_jax.physics.epg import cpmg_echo_train
+from qmri_jax.physics.slice_profile import SliceProfile, cpmg_slice_echo_train
 from qmri_jax.physics.protocol import Protocol, simulate
 
-__all__ = ["FitModel", "get_model", "list_models"]
+__all__ = ["FitModel", "epg_model", "get_model", "list_models"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -41,6 +43,8 @@ class FitModel:
       basis_fn: ``basis_fn(nl: dict[str, [...]], protocol) -> [..., N, L]``.
       description: the equation, for sidecars and figures.
       check_fn: optional ``check_fn(protocol)`` raising ``ValueError`` for an unsuitable protocol.
+      covariates: known per-voxel inputs of ``basis_fn`` that are not fitted (e.g. a transmit
+        field ``B1`` from a map); :func:`~qmri_jax.fitting.fit_voxels` takes their values.
     """
 
     name: str
@@ -53,14 +57,17 @@ class FitModel:
     basis_fn: Callable
     description: str
     check_fn: Callable | None = None
+    covariates: tuple[str, ...] = ()
 
     @property
     def nonlinear(self) -> tuple[str, ...]:
         return tuple(p for p in self.params if p not in self.linear)
 
     def signal(self, theta: dict, protocol: Protocol) -> jax.Array:
-        """Model signal ``[..., N]`` for physical parameters ``theta`` (dict of ``[...]``)."""
-        basis = self.basis_fn({p: jnp.asarray(theta[p]) for p in self.nonlinear}, protocol)
+        """Model signal ``[..., N]`` for physical parameters ``theta`` (dict of ``[...]``; the
+        covariates included)."""
+        basis = self.basis_fn({p: jnp.asarray(theta[p]) for p in self.nonlinear + self.covariates},
+                              protocol)
         coeffs = jnp.stack([jnp.asarray(theta[p]) for p in self.linear], axis=-1)
         return jnp.einsum("...nl,...l->...n", basis, coeffs)
 
@@ -142,6 +149,42 @@ def _t2_epg_basis(nl, protocol):
     return cpmg_echo_train(1.0, nl["T2"], EPG_T1_MS, esp, n, nl["refocus"])[..., None]
 
 
+@functools.cache
+def epg_model(profile: SliceProfile | None = SliceProfile(), t1_ms: float = EPG_T1_MS,
+              fit_b1: bool = True) -> FitModel:
+    """The CPMG T2 model with a relative transmit field ``B1`` and a slice profile.
+
+    ``S = PD * cpmg_slice_echo_train(T2, T1, ESP; B1, profile)``
+    (:func:`~qmri_jax.physics.slice_profile.cpmg_slice_echo_train`), T1 fixed at ``t1_ms``.
+
+    Args:
+      profile: the nominal pulses (``None``: an ideal slice, one refocusing angle ``180 B1``).
+      t1_ms: the T1 assumed (the echo amplitudes depend on it only through stimulated echoes).
+      fit_b1: fit ``B1`` per voxel (parameters PD, T2, B1), or take it as a known covariate
+        (parameters PD, T2; ``covariates={"B1": ...}`` in ``fit_voxels``).
+
+    Calls with equal arguments return the same object (one compilation per setting).
+    """
+
+    def basis(nl, protocol):
+        n = len(protocol.kinds)
+        esp = protocol.te_ms[0]
+        return cpmg_slice_echo_train(1.0, nl["T2"], t1_ms, esp, n, nl["B1"], profile)[..., None]
+
+    where = ("ideal slice" if profile is None else
+             f"slice profile: Hann-sinc TBW {profile.time_bandwidth:g}, refocusing slice "
+             f"{profile.refocus_width:g}x")
+    desc = f"CPMG echoes by EPG summed over the slice ({where}), T1 = {t1_ms:g} ms, B1 " + (
+        "fitted" if fit_b1 else "given")
+    t2_grid = _logspace(1.0, 4000.0, 40)
+    if fit_b1:
+        return FitModel("t2_epg_b1", ("PD", "T2", "B1"), ("PD",), (0.0, 0.5, 0.4),
+                        (50.0, 5000.0, 1.8), (1.0, 100.0, 1.0),
+                        (t2_grid, (0.6, 0.75, 0.9, 1.0, 1.1, 1.25, 1.4)), basis, desc, _check_epg)
+    return FitModel("t2_epg_b1_fixed", ("PD", "T2"), ("PD",), (0.0, 0.5), (50.0, 5000.0),
+                    (1.0, 100.0), (t2_grid,), basis, desc, _check_epg, covariates=("B1",))
+
+
 def _vfa_basis(nl, protocol):
     return signals.spoiled_gradient_echo(1.0, nl["T1"][..., None], protocol.tr_ms,
                                          protocol.flip_deg)[..., None]
@@ -197,6 +240,7 @@ def _models() -> dict[str, FitModel]:
 
 
 _MODELS = _models()
+_MODELS["t2_epg_b1"] = epg_model()
 
 
 def list_models() -> list[str]:

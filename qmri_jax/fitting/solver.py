@@ -113,11 +113,15 @@ class FitResult:
         return np.sqrt(self.crlb[name])
 
 
-def _lm_one(model, protocol, loss, max_iter, lambda_init, theta0, y, w, sigma):
-    """Levenberg-Marquardt for one voxel in internal units. Returns (theta, cost)."""
+def _signal_fn(model, protocol, cov):
+    """theta_int [P] -> model signal [N] for one voxel with covariate values ``cov [C]``."""
+    known = {c: cov[i] for i, c in enumerate(model.covariates)}
+    return lambda theta: model.signal({**split_scaled(model, theta), **known}, protocol)
 
-    def predict(theta):
-        return model.signal(split_scaled(model, theta), protocol)
+
+def _lm_one(model, protocol, loss, max_iter, lambda_init, theta0, y, w, sigma, cov):
+    """Levenberg-Marquardt for one voxel in internal units. Returns (theta, cost)."""
+    predict = _signal_fn(model, protocol, cov)
 
     n_par = theta0.shape[-1]
     eye = jnp.eye(n_par, dtype=theta0.dtype)
@@ -145,11 +149,9 @@ def _lm_one(model, protocol, loss, max_iter, lambda_init, theta0, y, w, sigma):
     return theta, cost
 
 
-def _diagnose(model, protocol, loss, tol, theta, cost, y, w, sigma, sigma_known):
+def _diagnose(model, protocol, loss, tol, theta, cost, y, w, sigma, cov, sigma_known):
     """At the estimate of one voxel: (CRLB variance [P] in internal units^2, converged, at_bound)."""
-
-    def predict(t):
-        return model.signal(split_scaled(model, t), protocol)
+    predict = _signal_fn(model, protocol, cov)
 
     jac = jax.jacfwd(predict)(theta)
     nu = predict(theta)
@@ -176,8 +178,9 @@ def _resolve_init(model, protocol, init):
     return "varpro" if init != "dictionary" and ir_varpro.supports(model, protocol) else "dictionary"
 
 
-def _fit_core(model, protocol, y, w, sigma, loss, max_iter, tol, lambda_init, init):
-    """Steps 1-4 of the module docstring. y, w: [V, N]; sigma: [] (<= 0 when unknown).
+def _fit_core(model, protocol, y, w, sigma, cov, loss, max_iter, tol, lambda_init, init):
+    """Steps 1-4 of the module docstring. y, w: [V, N]; sigma: [] (<= 0 when unknown); cov: [V, C]
+    covariate values.
     Returns (theta_int [V, P], amp [V], CRLB variance [V, P] (internal units), converged,
     at_bound, cost)."""
     amp_raw = jnp.max(jnp.where(w > 0, jnp.abs(y), 0.0), axis=-1)
@@ -189,12 +192,12 @@ def _fit_core(model, protocol, y, w, sigma, loss, max_iter, tol, lambda_init, in
         theta, var, converged, at_bound, cost = ir_varpro.fit_ir(
             model, protocol, yn, w, sig_n, sigma_known, loss, max_iter, tol, lambda_init)
         return theta, amp, var, converged & (amp_raw > 0), at_bound, cost
-    theta0 = dictionary_init(model, protocol, yn, w)
+    theta0 = dictionary_init(model, protocol, yn, w, cov)
     lm = functools.partial(_lm_one, model, protocol, loss, max_iter, lambda_init)
-    theta, cost = jax.vmap(lm)(theta0, yn, w, sig_n)
+    theta, cost = jax.vmap(lm)(theta0, yn, w, sig_n, cov)
     diag = functools.partial(_diagnose, model, protocol, loss, tol)
-    var, converged, at_bound = jax.vmap(diag, in_axes=(0, 0, 0, 0, 0, None))(
-        theta, cost, yn, w, sig_n, sigma_known)
+    var, converged, at_bound = jax.vmap(diag, in_axes=(0, 0, 0, 0, 0, 0, None))(
+        theta, cost, yn, w, sig_n, cov, sigma_known)
     converged = converged & (amp_raw > 0)
     return theta, amp, var, converged, at_bound, cost
 
@@ -208,9 +211,10 @@ def _to_physical(model, theta, amp):
 
 @functools.partial(jax.jit, static_argnames=("model", "loss", "max_iter", "tol", "lambda_init",
                                              "init"))
-def _fit_chunk(model, protocol, y, w, sigma, *, loss, max_iter, tol, lambda_init, init):
-    """y, w: [V, N] raw signals and 0/1 weights; sigma: [] (image units, <= 0 when unknown)."""
-    theta, amp, var, converged, at_bound, cost = _fit_core(model, protocol, y, w, sigma, loss,
+def _fit_chunk(model, protocol, y, w, sigma, cov, *, loss, max_iter, tol, lambda_init, init):
+    """y, w: [V, N] raw signals and 0/1 weights; sigma: [] (image units, <= 0 when unknown);
+    cov: [V, C] covariate values."""
+    theta, amp, var, converged, at_bound, cost = _fit_core(model, protocol, y, w, sigma, cov, loss,
                                                            max_iter, tol, lambda_init, init)
     var = jnp.where(sigma > 0, var, jnp.nan)
     phys, factor = _to_physical(model, theta, amp)
@@ -235,6 +239,9 @@ def fit_signals(model: FitModel, protocol: Protocol, signals, *, max_iter: int =
       (bool ``[...]``). All-zero series give finite values (amplitude 0) and are not trusted.
     """
     model.check(protocol)
+    if model.covariates:
+        raise ValueError(f"fit_signals: model {model.name!r} needs covariates "
+                         f"{model.covariates}; use fit_voxels")
     y = jnp.asarray(signals, jnp.float32)
     if y.shape[-1] != len(protocol):
         raise ValueError(f"fit_signals: signals [..., {y.shape[-1]}] for protocol "
@@ -242,7 +249,8 @@ def fit_signals(model: FitModel, protocol: Protocol, signals, *, max_iter: int =
     lead = y.shape[:-1]
     y = y.reshape(-1, y.shape[-1])
     theta, amp, _, converged, _, _ = _fit_core(model, protocol, y, jnp.ones_like(y),
-                                               jnp.float32(-1.0), "gaussian", max_iter, tol,
+                                               jnp.float32(-1.0), jnp.zeros((y.shape[0], 0)),
+                                               "gaussian", max_iter, tol,
                                                lambda_init,
                                                _resolve_init(model, protocol, "auto"))
     phys, _ = _to_physical(model, theta, amp)
@@ -253,6 +261,8 @@ def fit_signals(model: FitModel, protocol: Protocol, signals, *, max_iter: int =
 
 def _max_chunk(model: FitModel) -> int:
     n_atoms = math.prod(len(g) for g in model.grid)
+    if model.covariates:  # a dictionary per voxel: [V, atoms, N, L] and the signal's own temporaries
+        return int(max(64, 2**25 // (n_atoms * 1024)))
     # Keep the [V, atoms, L, L] dictionary tensors around 2^24 elements (64 MiB in float32).
     chunk = 2**24 // max(1, n_atoms * len(model.linear) ** 2)
     return int(min(65536, max(1024, chunk)))
@@ -278,9 +288,27 @@ def _voxel_sharding(devices):
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("voxels")), len(devices)
 
 
+def _covariates(model, covariates, n_vox):
+    """``{name: [V]}`` -> ``[V, C]`` float32, checked against ``model.covariates``."""
+    covariates = dict(covariates or {})
+    if set(covariates) != set(model.covariates):
+        raise ValueError(f"fit_voxels: model {model.name!r} takes covariates "
+                         f"{list(model.covariates)}, got {sorted(covariates)}")
+    cols = []
+    for c in model.covariates:
+        v = np.asarray(covariates[c], np.float32)
+        if v.shape != (n_vox,):
+            raise ValueError(f"fit_voxels: covariate {c!r} must be [{n_vox}], got {v.shape}")
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"fit_voxels: covariate {c!r} has {int(np.sum(~np.isfinite(v)))} "
+                             "NaN/Inf values")
+        cols.append(v)
+    return np.stack(cols, axis=1) if cols else np.zeros((n_vox, 0), np.float32)
+
+
 def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma=None,
                options: SolverOptions = SolverOptions(), progress: bool = False,
-               devices=None) -> FitResult:
+               devices=None, covariates: dict | None = None) -> FitResult:
     """Fits ``model`` to every voxel of ``signals``.
 
     Args:
@@ -296,6 +324,8 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
       devices: devices to split the voxels over (default: all local devices; several GPUs, or
         several CPU devices with ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` to use N
         cores). Results do not depend on the split.
+      covariates: ``{name: [V]}`` for every name in ``model.covariates`` (known per-voxel inputs,
+        e.g. a B1 map), finite.
 
     Returns:
       :class:`FitResult`.
@@ -323,6 +353,7 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
     if options.loss == "rician" and "ir_signed" in protocol.kinds:
         raise ValueError(f"fit_voxels: the Rician loss is for magnitude images; protocol "
                          f"{protocol.name!r} has signed (ir_signed) images: use loss='gaussian'")
+    cov = _covariates(model, covariates, y.shape[0])
     sig = np.float32(sigma if sigma is not None else -1.0)
     init = _resolve_init(model, protocol, options.init)
     n_vox = y.shape[0]
@@ -335,14 +366,17 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc=f"fit {model.name}", unit="chunk")
     for s in starts:
-        yc, wc = y[s:s + chunk], w[s:s + chunk]
+        yc, wc, cc = y[s:s + chunk], w[s:s + chunk], cov[s:s + chunk]
         pad = chunk - yc.shape[0]
         if pad:
             yc = np.concatenate([yc, np.ones((pad, y.shape[1]), np.float32)])
             wc = np.concatenate([wc, np.ones((pad, y.shape[1]), np.float32)])
+            cc = np.concatenate([cc, np.repeat(cc[:1], pad, 0) if len(cc) else
+                                 np.ones((pad, cov.shape[1]), np.float32)])
         if sharding is not None:
-            yc, wc = jax.device_put(yc, sharding), jax.device_put(wc, sharding)
+            yc, wc, cc = (jax.device_put(a, sharding) for a in (yc, wc, cc))
         res = _fit_chunk(model, protocol, jnp.asarray(yc), jnp.asarray(wc), jnp.asarray(sig),
+                         jnp.asarray(cc),
                          loss=options.loss, max_iter=options.max_iter, tol=options.tol,
                          lambda_init=options.lambda_init, init=init)
         outs.append([np.asarray(r)[: chunk - pad] for r in res])

@@ -1,6 +1,7 @@
 """Differentiable MRI signal physics: signal equations, EPG, protocols, noise models."""
 
 from qmri_jax.physics.epg import cpmg_echo_train
+from qmri_jax.physics.slice_profile import SliceProfile, cpmg_slice_echo_train, pulse_profile
 from qmri_jax.physics.noise import (add_rician_noise, estimate_noise_background,
                                     estimate_sigma_background, gaussian_nll,
                                     log_i0_and_ratio, log_i0e_and_ratio, rician_moments,

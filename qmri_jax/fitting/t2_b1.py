@@ -1,0 +1,175 @@
+"""Multi-echo T2 with a transmit field that is smooth over the object.
+
+A per-voxel EPG fit of (PD, T2, B1) is ill-conditioned: B1 is informed only by the small
+stimulated-echo pattern, and neighbouring voxels can land in different minima (an angle near 110
+degrees or near 160), with T2 following them. The transmit field itself is smooth over a head or a
+phantom. So (as in the B1-from-the-same-data approaches of StimFit and DECAES, here made explicit):
+
+1. fit (PD, T2, B1) per voxel with the slice-profile EPG model (:func:`~qmri_jax.fitting.epg_model`)
+   on ``b1_mask`` (every ``b1_stride``-th voxel: B1 is smooth, so a subsample is enough);
+2. fit a smooth surface to those B1 values: a polynomial of ``degree`` in the image coordinates,
+   weighted by the inverse CRLB variance of B1, with robust (Tukey biweight) reweighting so that
+   voxels in a wrong minimum do not pull it (:func:`smooth_field`);
+3. refit (PD, T2) in every voxel of ``mask`` with B1 fixed to the smooth surface.
+
+The result holds the T2 map of step 3 (the estimate), the smooth B1 map (the angle map to report:
+the central refocusing angle is ``180 * B1`` degrees) and the per-voxel B1 of step 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from qmri_jax.fitting.maps import MapResult, fit_images
+from qmri_jax.fitting.models import EPG_T1_MS, epg_model
+from qmri_jax.fitting.solver import SolverOptions
+from qmri_jax.physics.protocol import Protocol
+from qmri_jax.physics.slice_profile import SliceProfile
+
+__all__ = ["SmoothB1Fit", "fit_t2_smooth_b1", "smooth_field"]
+
+
+@dataclasses.dataclass
+class SmoothB1Fit:
+    """Output of :func:`fit_t2_smooth_b1` (maps ``[X, Y]``).
+
+    Attributes:
+      t2: the (PD, T2) fit with B1 fixed to the smooth field: the T2 estimate.
+      b1: the smooth relative transmit field over the whole grid (1 = nominal).
+      b1_voxel: the per-voxel (PD, T2, B1) fit of step 1 (NaN outside its voxels).
+      b1_used: ``[X, Y]`` bool, the voxels whose B1 entered the surface (after robust weighting:
+        weight > 0).
+      profile, t1_ms, degree: the settings.
+    """
+
+    t2: MapResult
+    b1: np.ndarray
+    b1_voxel: MapResult
+    b1_used: np.ndarray
+    profile: SliceProfile | None
+    t1_ms: float
+    degree: int
+
+
+def _design(shape, degree):
+    """Polynomial terms ``x^i y^j, i + j <= degree`` on coordinates scaled to [-1, 1]: [X, Y, T]."""
+    x, y = np.meshgrid(*[np.linspace(-1.0, 1.0, n) for n in shape], indexing="ij")
+    terms = [x**i * y**(d - i) for d in range(degree + 1) for i in range(d + 1)]
+    return np.stack(terms, axis=-1)
+
+
+def smooth_field(values, weights, degree: int = 2, n_iter: int = 10, tukey_c: float = 4.685):
+    """A smooth 2D polynomial fitted robustly to scattered values.
+
+    Weighted least squares of ``values`` on the terms ``x^i y^j`` (``i + j <= degree``, coordinates
+    scaled to [-1, 1] over the grid), iterated with Tukey biweights on the residuals scaled by their
+    weighted median absolute deviation, so that outliers (e.g. voxels in a wrong local minimum) get
+    weight 0.
+
+    Args:
+      values: ``[X, Y]`` (NaN where there is no value).
+      weights: ``[X, Y]`` non-negative (e.g. inverse variances); 0 or NaN excludes a voxel.
+      degree: polynomial degree (0: a constant).
+      n_iter: robust reweighting iterations.
+      tukey_c: biweight cut-off in units of the robust residual scale.
+
+    Returns:
+      ``(field [X, Y], final weights [X, Y])``.
+    """
+    values = np.asarray(values, np.float64)
+    w0 = np.nan_to_num(np.asarray(weights, np.float64), nan=0.0)
+    if values.ndim != 2 or w0.shape != values.shape:
+        raise ValueError(f"smooth_field: values and weights must be [X, Y] of one shape, got "
+                         f"{values.shape} and {w0.shape}")
+    if np.any(w0 < 0):
+        raise ValueError("smooth_field: weights must be >= 0")
+    w0 = np.where(np.isfinite(values), w0, 0.0)
+    design = _design(values.shape, degree)
+    n_terms = design.shape[-1]
+    if np.count_nonzero(w0) < 2 * n_terms:
+        raise ValueError(f"smooth_field: {np.count_nonzero(w0)} voxels with weight > 0; a degree-"
+                         f"{degree} surface needs at least {2 * n_terms}")
+    sel = w0 > 0
+    a, v, base = design[sel], values[sel], w0[sel]
+    robust = np.ones_like(base)
+    for _ in range(n_iter + 1):
+        w = base * robust
+        coef = np.linalg.lstsq(a * np.sqrt(w)[:, None], v * np.sqrt(w), rcond=None)[0]
+        resid = v - a @ coef
+        # Residuals in units of each voxel's standard error (weights are inverse variances), then
+        # a robust scale: the median absolute value over the voxels still in.
+        z = resid * np.sqrt(base)
+        scale = np.median(np.abs(z[robust > 0])) / 0.6745 + 1e-12
+        u = z / (tukey_c * scale)
+        robust = np.where(np.abs(u) < 1, (1 - u**2) ** 2, 0.0)
+    used = np.zeros(values.shape, bool)
+    used[sel] = robust > 0
+    weights_out = np.zeros(values.shape)
+    weights_out[sel] = base * robust
+    return design @ coef, weights_out
+
+
+def fit_t2_smooth_b1(images, protocol: Protocol, mask, valid=None, sigma=None, *,
+                     profile: SliceProfile | None = SliceProfile(), t1_ms: float = EPG_T1_MS,
+                     degree: int = 1, b1_mask=None, b1_stride: int = 1,
+                     b1_min_valid: float = 0.9, loss: str = "rician",
+                     max_iter: int = 20, progress: bool = False) -> SmoothB1Fit:
+    """T2 from a CPMG series with a smooth transmit field (module docstring).
+
+    Args:
+      images: ``[X, Y, N]`` magnitude echoes, ``TE_j = j * ESP``.
+      protocol: the echo train (kind ``"se"``).
+      mask: ``[X, Y]`` voxels to map T2 in.
+      valid: ``[X, Y, N]`` False for samples to exclude (clipped); every echo counts otherwise
+        (the first echo carries the B1 information).
+      sigma: noise std (estimated from the background when None).
+      profile: slice profile of the nominal pulses (``None``: an ideal slice).
+      t1_ms: the T1 assumed by the EPG model.
+      degree: degree of the B1 surface.
+      b1_mask: ``[X, Y]`` voxels used to estimate B1 (default ``mask``), subsampled by
+        ``b1_stride`` in both directions; of those, only voxels with at least a fraction
+        ``b1_min_valid`` of their echoes valid count.
+      loss, max_iter: solver settings of both fits.
+
+    Returns:
+      :class:`SmoothB1Fit`.
+    """
+    mask = np.asarray(mask, bool)
+    b1_mask = mask if b1_mask is None else np.asarray(b1_mask, bool)
+    if b1_stride < 1:
+        raise ValueError(f"fit_t2_smooth_b1: b1_stride must be >= 1, got {b1_stride}")
+    sub = np.zeros_like(b1_mask)
+    sub[::b1_stride, ::b1_stride] = True
+    options = SolverOptions(loss=loss, max_iter=max_iter)
+    free = fit_images(images, protocol, epg_model(profile, t1_ms, True), mask=b1_mask & sub,
+                      valid=valid, sigma=sigma, options=options, progress=progress)
+    sigma = free.sigma
+    b1_sd = free.crlb_sd["B1"]
+    # Voxels whose B1 is a free estimate: every parameter inside its bounds, a finite CRLB and at
+    # least ``b1_min_valid`` of the echoes valid (clipped early echoes take the B1 information with
+    # them: what remains is the late-echo pattern, which a model error bends most). (Not ``converged``: at these SNRs the stationarity test
+    # fails on many voxels whose B1 is fine; the robust weights handle the wrong minima.)
+    model = epg_model(profile, t1_ms, True)
+    interior = np.ones(mask.shape, bool)
+    for i, p in enumerate(model.params):
+        if p in model.linear:  # amplitude bounds are relative to each voxel's maximum
+            continue
+        v = free.maps[p]
+        span = model.upper[i] - model.lower[i]
+        interior &= (v > model.lower[i] + 1e-4 * span) & (v < model.upper[i] - 1e-4 * span)
+    n_valid = (np.ones(np.shape(images), bool) if valid is None else np.asarray(valid)).sum(-1)
+    good = (free.mask & interior & np.isfinite(b1_sd) & (b1_sd > 0)
+            & (n_valid >= b1_min_valid * np.shape(images)[-1]))
+    weights = np.where(good, 1.0 / np.where(good, b1_sd, 1.0) ** 2, 0.0)
+    field, w_final = smooth_field(np.where(good, free.maps["B1"], np.nan), weights, degree)
+    lo, hi = model.lower[2], model.upper[2]
+    if np.any((field[mask] < lo) | (field[mask] > hi)):
+        raise ValueError(f"fit_t2_smooth_b1: the smooth B1 leaves [{lo}, {hi}] inside the mask "
+                         f"(range {field[mask].min():.2f}..{field[mask].max():.2f}); lower the "
+                         "degree or restrict b1_mask")
+    t2 = fit_images(images, protocol, epg_model(profile, t1_ms, False), mask=mask, valid=valid,
+                    sigma=sigma, options=options, progress=progress,
+                    covariates={"B1": np.where(mask, field, 1.0)})
+    return SmoothB1Fit(t2, field, free, w_final > 0, profile, t1_ms, degree)
