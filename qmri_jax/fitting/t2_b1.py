@@ -12,6 +12,12 @@ phantom. So (as in the B1-from-the-same-data approaches of StimFit and DECAES, h
    voxels in a wrong minimum do not pull it (:func:`smooth_field`);
 3. refit (PD, T2) in every voxel of ``mask`` with B1 fixed to the smooth surface.
 
+Limits: the slice profile is a generic one (Hann-windowed sinc pulses; vendors' pulses differ), T1
+is fixed, and the per-voxel fit has an alias minimum at B1 ~1.3-1.5 (central refocusing angle past
+~240 degrees) with a T2 off by up to ~10%: B1 is bounded to [0.5, 1.5] and the robust weights drop
+the aliased voxels as long as they are a minority (on a synthetic slice with B1 0.86-1.08 about 10%
+of them are; with fields rising above ~1.2 they can become the majority and the surface fails).
+
 The result holds the T2 map of step 3 (the estimate), the smooth B1 map (the angle map to report:
 the central refocusing angle is ``180 * B1`` degrees) and the per-voxel B1 of step 1.
 """

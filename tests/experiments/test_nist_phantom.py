@@ -4,8 +4,16 @@ import json
 import re
 
 import numpy as np
+import pytest
 
 from experiments import nist_phantom
+
+
+@pytest.fixture(scope="module")
+def run_a(nist_dir, tmp_path_factory):
+    """Set A analysed once for the tests of this module: (results, output folder)."""
+    out = tmp_path_factory.mktemp("phantom_a")
+    return nist_phantom.run(nist_dir, out), out
 
 
 def _sessions(nist_dir):
@@ -14,15 +22,17 @@ def _sessions(nist_dir):
             if (d / "dicom" / "vir").is_dir() and (d / "rois.npz").is_file()]
 
 
-def test_phantom_t1_and_t2_accuracy(nist_dir, tmp_path):
+def test_phantom_t1_and_t2_accuracy(nist_dir, tmp_path, run_a):
     sessions = _sessions(nist_dir)
     assert nist_dir in sessions
     for session in sessions:
-        _check_session(session, tmp_path / session.name)
+        if session == nist_dir:
+            _check_session(*run_a)
+        else:
+            _check_session(nist_phantom.run(session, tmp_path / session.name), tmp_path / session.name)
 
 
-def _check_session(session, tmp_path):
-    res = nist_phantom.run(session, tmp_path)
+def _check_session(res, tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert {"array", "index", "reference_ms", "estimate_ms", "bias_percent"} <= set(saved["spheres"][0])
     t1 = {s["index"]: s for s in saved["spheres"] if s["array"] == "T1"}
@@ -30,14 +40,22 @@ def _check_session(session, tmp_path):
     assert sorted(t1) == list(range(1, 15)) and sorted(t2) == list(range(1, 15))
     for k in range(1, 11):  # 86-1884 ms
         assert abs(t1[k]["bias_percent"]) <= 4.0, t1[k]
+    # T2 (EPG + smooth B1) at 20 C: spheres 2-12 within 6% except sphere 5, whose certified
+    # value does not follow its own MnCl2 concentration (docs/results.md); it reads -22%.
     for k in range(2, 13):
-        assert abs(t2[k]["bias_percent"]) <= 25.0, t2[k]
-        assert np.isfinite(t2[k]["epg_bias_percent"])
+        assert abs(t2[k]["bias_percent"]) <= (25.0 if k == 5 else 6.0), t2[k]
+        assert 0.5 < t2[k]["b1"] < 1.5 and np.isfinite(t2[k]["mono_offset_bias_percent"])
+    # The mono-exponential fits read high (stimulated echoes): the EPG model is what removes it.
+    mono = [t2[k]["mono_offset_bias_percent"] for k in range(6, 12)]
+    assert min(mono) > 8.0
+    temps = saved["temperature_sensitivity"]
+    assert temps["best_temperature_C"] == 20.0 and len(temps["by_temperature"]) == 6
     # Clipped samples were found and excluded (spheres 1-4 at early TIs).
     assert sum(t1[k]["clipped_samples_excluded"] for k in range(1, 5)) > 0
     assert res["summary"]["t1_max_abs_bias_percent_spheres_1_10"] <= 4.0
     assert (tmp_path / "maps" / "vir_T1map.nii.gz").is_file()
     assert (tmp_path / "maps" / "vir_T1map.json").is_file()
+    assert (tmp_path / "maps" / "mse_B1map.nii.gz").is_file()
     assert (tmp_path / "t1_map.png").stat().st_size > 10_000
     # The one-page report: a single-page PDF beside results.json, ROI SDs in the JSON.
     pdf = (tmp_path / "report.pdf").read_bytes()
@@ -53,7 +71,7 @@ def test_temperature_picks_reference_row(nist_dir):
     assert r16[("T2", 5)]["T2"] < r20[("T2", 5)]["T2"]
 
 
-def test_runs_unchanged_on_another_folder_of_the_same_layout(nist_dir, tmp_path):
+def test_runs_unchanged_on_another_folder_of_the_same_layout(nist_dir, tmp_path, run_a):
     """Series folders renamed and files renamed: everything comes from the headers, not names."""
     import shutil
 
@@ -67,7 +85,7 @@ def test_runs_unchanged_on_another_folder_of_the_same_layout(nist_dir, tmp_path)
     shutil.copy(nist_dir / "rois.npz", session / "rois.npz")
     shutil.copy(nist_dir / "reference.csv", session / "reference.csv")
     shutil.copy(nist_dir.parent / "reference_all_temperatures.csv", tmp_path)
-    a = nist_phantom.run(nist_dir, tmp_path / "outA")
+    a = run_a[0]
     b = nist_phantom.run(session, tmp_path / "outB", temperature=20.0)
     assert [s["estimate_ms"] for s in a["spheres"]] == [s["estimate_ms"] for s in b["spheres"]]
 

@@ -97,13 +97,13 @@ def test_fit_signals_is_fit_voxels_as_a_pure_function():
                                    err_msg=p)
     assert np.asarray(out["converged"]).mean() > 0.95
     noisy = np.abs(y + 0.02 * rng.standard_normal(y.shape))
-    few = fit_signals(model, prot, noisy, max_iter=5)
+    few = jax.jit(lambda s: fit_signals(model, prot, s, max_iter=5))(noisy)
     ref = fit_voxels(model, prot, noisy, options=SolverOptions(loss="gaussian", max_iter=5))
     # Same steps; the dictionary matmul is blocked differently (padded chunk), so float32
     # rounding moves unconverged 5-step estimates by ~1e-4, far below the noise (~5% in T1).
     for p in model.params:
         np.testing.assert_allclose(np.asarray(few[p]), ref.params[p], rtol=1e-3, err_msg=p)
-    zero = fit_signals(model, prot, np.zeros((3, len(prot))))
+    zero = jax.jit(lambda s: fit_signals(model, prot, s, max_iter=5))(np.zeros((48, len(prot))))
     assert all(np.all(np.isfinite(np.asarray(zero[p]))) for p in model.params)
     np.testing.assert_array_equal(np.asarray(zero["PD"]), 0.0)
     with pytest.raises(ValueError, match=r"signals \[..., 3\] for protocol 'nist_vir'"):
