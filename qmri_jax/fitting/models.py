@@ -177,12 +177,16 @@ def epg_model(profile: SliceProfile | None = SliceProfile(), t1_ms: float = EPG_
     desc = f"CPMG echoes by EPG summed over the slice ({where}), T1 = {t1_ms:g} ms, B1 " + (
         "fitted" if fit_b1 else "given")
     t2_grid = _logspace(1.0, 4000.0, 40)
+    # A fine start grid: with 40 T2 values the best atom of a B1 ~1.0 voxel can lie in the alias
+    # basin (B1 ~1.45) even for noiseless data.
+    b1_grid = tuple(float(v) for v in np.round(np.arange(0.55, 1.46, 0.05), 2))
     if fit_b1:
         # B1 within [0.5, 1.5]: beyond ~1.45 the central refocusing angle passes 260 degrees and
         # the echo pattern aliases that of a smaller B1 (a second minimum with a wrong T2).
         return FitModel("t2_epg_b1", ("PD", "T2", "B1"), ("PD",), (0.0, 0.5, 0.5),
                         (50.0, 5000.0, 1.5), (1.0, 100.0, 1.0),
-                        (t2_grid, (0.6, 0.75, 0.9, 1.0, 1.1, 1.2, 1.3)), basis, desc, _check_epg)
+                        (_logspace(1.0, 4000.0, 120), b1_grid), basis, desc,
+                        _check_epg)
     return FitModel("t2_epg_b1_fixed", ("PD", "T2"), ("PD",), (0.0, 0.5), (50.0, 5000.0),
                     (1.0, 100.0), (t2_grid,), basis, desc, _check_epg, covariates=("B1",))
 

