@@ -16,9 +16,15 @@ Analysis choices (also in results.json):
   polarity restored by the fit. The ``ir`` model with the sidecar's TR (2500 ms) does not fit this
   scan: its inversion efficiency comes out at a median 1.13 and on the 1.5 bound in 22% of the mask,
   so the recovery between inversions is not the plain TR (readout, TR - TI timing).
-* MESE (30 echoes): the first echo excluded (no stimulated echo in it, unlike the later ones),
-  samples at the stored maximum (4095) excluded, mono-exponential Rician fit. The 4-echo full
-  resolution set: the same model on its 4 echoes, compared voxelwise with the T2 map shipped with it.
+* MESE (30 echoes), the T2 estimate (``sub-XX_T2map``): EPG summed over a slice profile (generic
+  Hann-sinc pulses, TBW 3, refocusing slice 1.2x; T1 fixed at 1000 ms) with a transmit field B1
+  smooth over the slice (``qmri_jax.fitting.fit_t2_smooth_b1``: B1 fitted in every second voxel of
+  the mask, a degree-2 polynomial fitted robustly, T2 refitted with B1 fixed; the B1 map is written
+  as ``sub-XX_TB1map``), every unclipped echo, Rician MLE. Beside it the mono-exponential Rician fit
+  (``sub-XX_desc-monoexp_T2map``) with the first echo excluded (no stimulated echo in it, unlike the
+  later ones). Samples at the stored maximum (4095) are excluded. The 4-echo full resolution set:
+  the mono-exponential model on its 4 echoes (too few echoes for EPG), compared voxelwise with the T2
+  map shipped with it.
 * VFA: DESPOT1 with the flip angles scaled by the B1 map.
 * MTsat 3D: the ``vfa`` model on PDw (6 deg, TR 28) and T1w (20 deg, TR 18): two samples, two
   parameters; no B1 map exists, so it carries the transmit-field bias. Brain mask computed (below).
@@ -44,7 +50,7 @@ import numpy as np
 from scipy import ndimage
 
 from qmri_jax.evaluation.transfer import otsu_threshold
-from qmri_jax.fitting import SolverOptions, despot1, fit_images
+from qmri_jax.fitting import SolverOptions, despot1, fit_images, fit_t2_smooth_b1
 from qmri_jax.io import write_json, write_nifti
 from qmri_jax.io.nifti import write_text
 from qmri_jax.physics import Protocol
@@ -176,13 +182,26 @@ def process_mese(folder, out):
     prot = Protocol.create("se", tr_ms=10000.0, te_ms=te, name="invivo_mese")
     mask, how = _mask(folder, subject, img.shape[:-1], img.mean(-1))
     valid = img < img.max() if (img >= 4095).any() else np.ones(img.shape, bool)
+    rows = {}
+    if img.ndim == 4 and img.shape[2] == 1:  # one slice: the smooth B1 is a 2D surface
+        epg = fit_t2_smooth_b1(img[:, :, 0], prot, mask[:, :, 0], valid[:, :, 0], degree=2,
+                               b1_stride=2, max_iter=15)
+        t2, b1 = epg.t2.maps["T2"][:, :, None], epg.b1[:, :, None]
+        conv = epg.t2.converged[:, :, None]
+        files = [_write(out, "mese", subject, "T2map", t2, affine),
+                 _write(out, "mese", subject, "TB1map", np.where(mask, b1, 0.0), affine)]
+        rows["MESE 30 echoes, EPG + slice profile + smooth B1"] = {
+            "map": t2, "kind": "T2", "mask": mask & conv, "mask_source": how,
+            "sigma": epg.t2.sigma, "converged": float(conv[mask].mean()), "files": files,
+            "b1_range_in_mask": [float(b1[mask].min()), float(b1[mask].max())],
+            "clipped_samples": int((~valid & mask[..., None]).sum())}
     valid[..., 0] = False  # first echo excluded
     res = fit_images(img, prot, "t2", mask=mask, valid=valid, options=SolverOptions(loss="rician"))
-    files = [_write(out, "mese", subject, "T2map", res.maps["T2"], affine)]
-    rows = {"MESE 30 echoes (1st excluded), mono-exp Rician": {
+    files = [_write(out, "mese", subject, "desc-monoexp_T2map", res.maps["T2"], affine)]
+    rows["MESE 30 echoes (1st excluded), mono-exp Rician"] = {
         "map": res.maps["T2"], "kind": "T2", "mask": mask & res.converged, "mask_source": how,
         "sigma": res.sigma, "converged": float(res.converged[mask].mean()), "files": files,
-        "clipped_samples": int((~valid[..., 1:] & mask[..., None]).sum())}}
+        "clipped_samples": int((~valid[..., 1:] & mask[..., None]).sum())}
     full = sorted(folder.glob(f"{subject}_echoes-4_fullres.nii.gz"))
     if full:
         _, img4, aff4, meta4 = _series(folder, "echoes-4_fullres")
