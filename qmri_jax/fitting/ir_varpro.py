@@ -104,9 +104,11 @@ def _global_start(protocol, y, w, signed):
     du = float(log_grid[1] - log_grid[0])
     e = jnp.exp(-ti[None, :] / jnp.asarray(np.exp(log_grid), y.dtype)[:, None])  # [G, N]
     wy = w * y
+    # Layout [V, J, G] (grid last): the sums over samples are GEMMs and the grid reductions run
+    # over the contiguous axis.
     s0 = jnp.sum(w, axis=-1)[:, None, None]  # [V, 1, 1]
-    s1 = (w @ e.T)[:, :, None]  # [V, G, 1]
-    s2 = (w @ (e * e).T)[:, :, None]
+    s1 = (w @ e.T)[:, None, :]  # [V, 1, G]
+    s2 = (w @ (e * e).T)[:, None, :]
     if signed:
         signs = jnp.ones((y.shape[0], 1, n), y.dtype)
     else:
@@ -115,15 +117,15 @@ def _global_start(protocol, y, w, signed):
         nulls = jnp.clip(r_min[:, None] + jnp.asarray(_NULL_OFFSETS)[None, :], 0, n)  # [V, J]
         signs = jnp.where(rank[None, None, :] < nulls[:, :, None], -1.0, 1.0).astype(y.dtype)
     sy = signs * wy[:, None, :]  # [V, J, N]
-    t0 = jnp.sum(sy, axis=-1)[:, None, :]  # [V, 1, J]
-    t1 = jnp.einsum("vjn,gn->vjg", sy, e).transpose(0, 2, 1)  # [V, G, J]
+    t0 = jnp.sum(sy, axis=-1)[:, :, None]  # [V, J, 1]
+    t1 = (sy.reshape(-1, n) @ e.T).reshape(sy.shape[:2] + (e.shape[0],))  # [V, J, G]
     _, _, gain, ok = _amplitudes(s0, s1, s2, t0, t1)
-    gain = jnp.where(ok, gain, -jnp.inf)  # [V, G, J]
+    gain = jnp.where(ok, gain, -jnp.inf)  # [V, J, G]
     # Per null position: the best grid T1, refined by a parabola through it and its neighbours
     # (in log T1, within one step), then scored exactly at the refined T1.
     n_grid = len(log_grid)
-    g = jnp.argmax(gain, axis=1)  # [V, J]
-    at = lambda k: jnp.take_along_axis(gain, k[:, None, :], axis=1)[:, 0]  # noqa: E731
+    g = jnp.argmax(gain, axis=-1)  # [V, J]
+    at = lambda k: jnp.take_along_axis(gain, k[..., None], axis=-1)[..., 0]  # noqa: E731
     gl, gh = jnp.clip(g - 1, 0, n_grid - 1), jnp.clip(g + 1, 0, n_grid - 1)
     f0, fl, fh = at(g), at(gl), at(gh)
     curv = fl + fh - 2 * f0
@@ -133,7 +135,7 @@ def _global_start(protocol, y, w, signed):
     ej = jnp.exp(-ti[None, None, :] * jnp.exp(-u)[:, :, None])  # [V, J, N]
     wj = w[:, None, :]
     c1, c2, exact, ok = _amplitudes(s0[:, :, 0], jnp.sum(wj * ej, -1), jnp.sum(wj * ej * ej, -1),
-                                    t0[:, 0], jnp.sum(sy * ej, -1))
+                                    t0[:, :, 0], jnp.sum(sy * ej, -1))
     exact = jnp.where(ok & jnp.isfinite(f0), exact, -jnp.inf)
     j = jnp.argmax(exact, axis=-1)[:, None]
     pick = lambda a: jnp.take_along_axis(a, j, axis=1)[:, 0]  # noqa: E731
