@@ -52,3 +52,32 @@ def test_two_class_mixture_separates_two_populations():
     x = np.concatenate([rng.normal(np.log(700), 0.08, 3000), rng.normal(np.log(1300), 0.08, 2000)])
     cls = invivo.two_class_mixture(np.exp(x))
     assert (cls[:3000] == 0).mean() > 0.99 and (cls[3000:] == 1).mean() > 0.99
+
+
+def test_multi_echo_t2_by_epg_with_smooth_b1(tmp_path):
+    """The MESE step on the central 40x40 voxels of the real 30-echo slice (the 4-echo set left
+    out for time): the EPG + smooth-B1 map and the B1 map are written on the input grid; B1 stays
+    inside its bounds and smooth; stimulated echoes removed, T2 reads well below the
+    mono-exponential T2 (whole slice, measured: WM/GM 77/112 against 95/129 ms)."""
+    if not (DATA / "mese").is_dir():
+        pytest.skip(f"{DATA / 'mese'}: in-vivo data not found")
+    src = tmp_path / "mese"
+    src.mkdir()
+    for name in ("sub-01_MESE", "sub-01_mask"):
+        img = nib.load(DATA / "mese" / f"{name}.nii.gz")
+        data = np.asarray(img.dataobj)[24:64, 34:74]
+        nib.save(nib.Nifti1Image(data, img.affine, img.header), src / f"{name}.nii.gz")
+    shutil.copy(DATA / "mese" / "sub-01_MESE.json", src / "sub-01_MESE.json")
+    out = tmp_path / "out"
+    rows = invivo.process_mese(src, out)
+    epg = rows["MESE 30 echoes, EPG + slice profile + smooth B1"]
+    mono = rows["MESE 30 echoes (1st excluded), mono-exp Rician"]
+    t2 = nib.load(out / "mese" / "sub-01_T2map.nii.gz")
+    b1 = np.asarray(nib.load(out / "mese" / "sub-01_TB1map.nii.gz").dataobj)
+    assert t2.shape == (40, 40, 1) and b1.shape == (40, 40, 1)
+    lo, hi = epg["b1_range_in_mask"]
+    assert 0.5 < lo <= hi < 1.5 and hi - lo < 0.3
+    assert epg["converged"] > 0.9
+    both = epg["mask"] & mono["mask"]
+    ratio = np.median(epg["map"][both]) / np.median(mono["map"][both])
+    assert ratio < 0.9, ratio
