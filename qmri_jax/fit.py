@@ -24,7 +24,7 @@ from qmri_jax.io import DicomError, read_dicom_series, read_nifti_series, write_
 from qmri_jax.physics.protocol import Protocol
 
 _KIND_OF_MODEL = {"ir": "ir", "ir3": "ir", "ir_fse": "ir_fse", "t2": "se", "t2_offset": "se",
-                  "t2_epg": "se", "vfa": "spgr", "joint": None}
+                  "t2_epg": "se", "t2_epg_b1": "se", "vfa": "spgr", "joint": None}
 
 
 def build_parser() -> argparse.ArgumentParser:
