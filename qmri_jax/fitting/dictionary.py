@@ -52,9 +52,8 @@ def dictionary_init(model, protocol, y, w, cov=None):
 
 
 def _per_voxel_init(model, atoms, basis, y, w):
-    """The one-amplitude grid search with a dictionary per voxel (basis [V, A, N, 1])."""
-    if basis.shape[-1] != 1:
-        raise NotImplementedError(f"model {model.name!r}: covariates need one amplitude parameter")
+    """The one-amplitude grid search with a dictionary per voxel (basis [V, A, N, 1]; a model
+    with covariates has one amplitude, checked by ``FitModel``)."""
     b0 = basis[..., 0]
     wy = w * y
     b = jnp.einsum("vn,van->va", wy, b0)

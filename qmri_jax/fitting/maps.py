@@ -28,6 +28,7 @@ class MapResult:
       n_excluded: number of samples excluded (invalid) inside the mask.
       model: the fit model.
       options: the solver options.
+      at_bound: ``[...]`` bool, a parameter on one of its bounds (False outside the mask).
     """
 
     maps: dict[str, np.ndarray]
@@ -38,6 +39,7 @@ class MapResult:
     n_excluded: int
     model: FitModel
     options: SolverOptions
+    at_bound: np.ndarray | None = None
 
 
 def auto_mask(images: np.ndarray, fraction: float = 0.1) -> np.ndarray:
@@ -116,4 +118,7 @@ def fit_images(images, protocol: Protocol, model: str | FitModel, mask=None, val
     crlb_sd = {p: scatter(np.sqrt(v)) for p, v in result.crlb.items()}
     converged = np.zeros(shape, bool)
     converged[mask] = result.converged
-    return MapResult(maps, crlb_sd, converged, mask, sigma, int((~w).sum()), model, options)
+    at_bound = np.zeros(shape, bool)
+    at_bound[mask] = result.at_bound
+    return MapResult(maps, crlb_sd, converged, mask, sigma, int((~w).sum()), model, options,
+                     at_bound)

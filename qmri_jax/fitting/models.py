@@ -59,6 +59,12 @@ class FitModel:
     check_fn: Callable | None = None
     covariates: tuple[str, ...] = ()
 
+    def __post_init__(self):
+        if self.covariates and len(self.linear) != 1:
+            raise ValueError(f"FitModel {self.name!r}: a model with covariates needs exactly one "
+                             f"amplitude parameter (its dictionary is built per voxel), got "
+                             f"{self.linear}")
+
     @property
     def nonlinear(self) -> tuple[str, ...]:
         return tuple(p for p in self.params if p not in self.linear)
@@ -176,19 +182,18 @@ def epg_model(profile: SliceProfile | None = SliceProfile(), t1_ms: float = EPG_
              f"{profile.refocus_width:g}x")
     desc = f"CPMG echoes by EPG summed over the slice ({where}), T1 = {t1_ms:g} ms, B1 " + (
         "fitted" if fit_b1 else "given")
-    t2_grid = _logspace(1.0, 4000.0, 40)
-    # A fine start grid: with 40 T2 values the best atom of a B1 ~1.0 voxel can lie in the alias
-    # basin (B1 ~1.45) even for noiseless data.
-    b1_grid = tuple(float(v) for v in np.round(np.arange(0.55, 1.46, 0.05), 2))
     if fit_b1:
         # B1 within [0.5, 1.5]: beyond ~1.45 the central refocusing angle passes 260 degrees and
-        # the echo pattern aliases that of a smaller B1 (a second minimum with a wrong T2).
+        # the echo pattern aliases that of a smaller B1 (a second minimum with a wrong T2). A fine
+        # start grid: with 40 T2 values the best atom of a B1 ~1.0 voxel can lie in that alias
+        # basin even for noiseless data.
+        b1_grid = tuple(float(v) for v in np.round(np.arange(0.55, 1.46, 0.05), 2))
         return FitModel("t2_epg_b1", ("PD", "T2", "B1"), ("PD",), (0.0, 0.5, 0.5),
                         (50.0, 5000.0, 1.5), (1.0, 100.0, 1.0),
-                        (_logspace(1.0, 4000.0, 120), b1_grid), basis, desc,
-                        _check_epg)
+                        (_logspace(1.0, 4000.0, 120), b1_grid), basis, desc, _check_epg)
     return FitModel("t2_epg_b1_fixed", ("PD", "T2"), ("PD",), (0.0, 0.5), (50.0, 5000.0),
-                    (1.0, 100.0), (t2_grid,), basis, desc, _check_epg, covariates=("B1",))
+                    (1.0, 100.0), (_logspace(1.0, 4000.0, 40),), basis, desc, _check_epg,
+                    covariates=("B1",))
 
 
 def _vfa_basis(nl, protocol):

@@ -110,8 +110,6 @@ def smooth_field(values, weights, degree: int = 2, n_iter: int = 10, tukey_c: fl
         scale = np.median(np.abs(z[robust > 0])) / 0.6745 + 1e-12
         u = z / (tukey_c * scale)
         robust = np.where(np.abs(u) < 1, (1 - u**2) ** 2, 0.0)
-    used = np.zeros(values.shape, bool)
-    used[sel] = robust > 0
     weights_out = np.zeros(values.shape)
     weights_out[sel] = base * robust
     return design @ coef, weights_out
@@ -149,24 +147,18 @@ def fit_t2_smooth_b1(images, protocol: Protocol, mask, valid=None, sigma=None, *
     sub = np.zeros_like(b1_mask)
     sub[::b1_stride, ::b1_stride] = True
     options = SolverOptions(loss=loss, max_iter=max_iter)
-    free = fit_images(images, protocol, epg_model(profile, t1_ms, True), mask=b1_mask & sub,
-                      valid=valid, sigma=sigma, options=options, progress=progress)
+    model = epg_model(profile, t1_ms, True)
+    free = fit_images(images, protocol, model, mask=b1_mask & sub, valid=valid, sigma=sigma,
+                      options=options, progress=progress)
     sigma = free.sigma
     b1_sd = free.crlb_sd["B1"]
-    # Voxels whose B1 is a free estimate: every parameter inside its bounds, a finite CRLB and at
-    # least ``b1_min_valid`` of the echoes valid (clipped early echoes take the B1 information with
-    # them: what remains is the late-echo pattern, which a model error bends most). (Not ``converged``: at these SNRs the stationarity test
-    # fails on many voxels whose B1 is fine; the robust weights handle the wrong minima.)
-    model = epg_model(profile, t1_ms, True)
-    interior = np.ones(mask.shape, bool)
-    for i, p in enumerate(model.params):
-        if p in model.linear:  # amplitude bounds are relative to each voxel's maximum
-            continue
-        v = free.maps[p]
-        span = model.upper[i] - model.lower[i]
-        interior &= (v > model.lower[i] + 1e-4 * span) & (v < model.upper[i] - 1e-4 * span)
+    # Voxels whose B1 is a free estimate: no parameter on a bound, a finite CRLB and at least
+    # ``b1_min_valid`` of the echoes valid (clipped early echoes take the B1 information with them:
+    # what remains is the late-echo pattern, which a model error bends most). Not ``converged``:
+    # at these SNRs the stationarity test fails on many voxels whose B1 is fine; the robust
+    # weights handle the wrong minima.
     n_valid = (np.ones(np.shape(images), bool) if valid is None else np.asarray(valid)).sum(-1)
-    good = (free.mask & interior & np.isfinite(b1_sd) & (b1_sd > 0)
+    good = (free.mask & ~free.at_bound & np.isfinite(b1_sd) & (b1_sd > 0)
             & (n_valid >= b1_min_valid * np.shape(images)[-1]))
     weights = np.where(good, 1.0 / np.where(good, b1_sd, 1.0) ** 2, 0.0)
     field, w_final = smooth_field(np.where(good, free.maps["B1"], np.nan), weights, degree)
