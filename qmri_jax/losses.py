@@ -7,7 +7,8 @@
 * ``ssim``: ``1 - SSIM`` (Gaussian window 11, sigma 1.5, Wang et al., IEEE TIP 2004), averaged over
   the mask; ``l1_ssim``: ``MAE + lambda (1 - SSIM)``;
 * ``mind``: mean absolute difference of MIND descriptors (Heinrich et al., MedIA 2012) of the
-  Sobel-filtered images (4-neighbourhood, 3x3 patches), a structure loss independent of intensity.
+  Sobel derivative channels (2D: 4 neighbours, 3x3 patches; 3D: 6 neighbours, 3x3x3 patches), a
+  structure loss independent of intensity.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["masked_mean", "mae", "mse", "mae_mse", "nmae", "nmse", "nmae_nmse", "ssim_map",
-           "ssim", "l1_ssim", "mind", "get_loss", "LOSSES"]
+           "ssim", "l1_ssim", "mind", "mind_descriptor", "sobel_channels", "get_loss",
+           "LOSSES"]
 
 _EPS = 1e-6
 
@@ -100,44 +102,80 @@ def l1_ssim(pred, target, mask, lam=1.0, data_range=1.0):
     return mae(pred, target, mask) + lam * ssim(pred, target, mask, data_range)
 
 
-def _sobel_magnitude(x):
-    sx = jnp.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], jnp.float32)
-    c = x.shape[-1]
-    dn = ("NHWC", "HWIO", "NHWC")
-
-    def conv(k):
-        k = jnp.tile(k[:, :, None, None], (1, 1, 1, c))
-        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dn,
-                                            feature_group_count=c)
-
-    return jnp.sqrt(conv(sx) ** 2 + conv(sx.T) ** 2 + 1e-12)
-
-
-_SHIFTS = ((0, 1), (1, 0), (0, -1), (-1, 0))
+def _filter_axis(x, w, axis):
+    """'same' correlation of ``x [B, *S, C]`` with the 1D kernel ``w`` along spatial ``axis``
+    (zero padding), each channel on its own."""
+    nd, c = x.ndim - 2, x.shape[-1]
+    shape = [1] * nd
+    shape[axis] = w.shape[0]
+    k = jnp.tile(jnp.asarray(w, x.dtype).reshape(*shape, 1, 1), (1,) * nd + (1, c))
+    sp = "DHW"[-nd:] if nd <= 3 else None
+    dn = ("N" + sp + "C", sp + "IO", "N" + sp + "C")
+    return jax.lax.conv_general_dilated(x, k, (1,) * nd, "SAME", dimension_numbers=dn,
+                                        feature_group_count=c)
 
 
-def _shift(x, dy, dx):
-    """``out[i, j] = x[i + dy, j + dx]`` with edge replication."""
-    h, w = x.shape[1:3]
-    pad = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-    return pad[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+def sobel_channels(x):
+    """Sobel derivatives of ``x [B, *S, C]`` (2D or 3D), one per spatial axis: ``[B, *S, C * nd]``
+    (derivative ``[1, 0, -1]`` along the axis, smoothing ``[1, 2, 1]`` along the others;
+    cross-correlation, zero padding), channel ``c * nd + a`` the derivative of channel ``c``
+    along axis ``a``."""
+    nd = x.ndim - 2
+    der, smooth = jnp.array([1.0, 0.0, -1.0]), jnp.array([1.0, 2.0, 1.0])
+    out = []
+    for a in range(nd):
+        y = x
+        for b in range(nd):
+            y = _filter_axis(y, der if a == b else smooth, b)
+        out.append(y)
+    return jnp.stack(out, axis=-1).reshape(*x.shape[:-1], -1)
+
+
+def _shift(x, offset):
+    """``out[i] = x[i + offset]`` over the spatial axes of ``[B, *S, C]``, edge replication."""
+    nd = x.ndim - 2
+    pad = jnp.pad(x, ((0, 0),) + ((1, 1),) * nd + ((0, 0),), mode="edge")
+    sl = tuple(slice(1 + o, 1 + o + n) for o, n in zip(offset, x.shape[1:-1]))
+    return pad[(slice(None), *sl)]
+
+
+def _neighbours(nd):
+    """The 2 nd face neighbours (4 in 2D, 6 in 3D)."""
+    out = []
+    for a in range(nd):
+        for sgn in (1, -1):
+            o = [0] * nd
+            o[a] = sgn
+            out.append(tuple(o))
+    return out
 
 
 def mind_descriptor(x):
-    """MIND ``[B, H, W, C, 4]`` of ``[B, H, W, C]``: ``exp(-D_r / V)`` normalised by its max over r,
-    with ``D_r`` the 3x3-patch SSD to the neighbour at ``r`` and ``V`` the mean of ``D_r``."""
-    box = jnp.ones((3,), jnp.float32) / 3.0
-    d = jnp.stack([_filter2d((x - _shift(x, dy, dx)) ** 2, box) * 9.0 for dy, dx in _SHIFTS], -1)
+    """MIND ``[B, *S, C, 2 nd]`` of ``[B, *S, C]`` (2D: 4 neighbours, 3D: 6):
+    ``exp(-D_r / V)`` normalised by its max over r, ``D_r`` the 3^nd-patch SSD (zero padding) to
+    the neighbour at ``r`` (edge replication) and ``V`` the mean of ``D_r`` over r."""
+    nd = x.ndim - 2
+    box = jnp.ones((3,), jnp.float32)
+    ds = []
+    for off in _neighbours(nd):
+        d = (x - _shift(x, off)) ** 2
+        for a in range(nd):
+            d = _filter_axis(d, box, a)
+        ds.append(d)
+    d = jnp.stack(ds, -1)
     v = jnp.maximum(d.mean(axis=-1, keepdims=True), 1e-6)
     m = jnp.exp(-d / v)
     return m / jnp.max(m, axis=-1, keepdims=True)
 
 
 def mind(pred, target, mask):
-    """Mean |MIND(Sobel(pred)) - MIND(Sobel(target))| inside the mask."""
-    a = mind_descriptor(_sobel_magnitude(pred))
-    b = mind_descriptor(_sobel_magnitude(target))
-    return masked_mean(jnp.abs(a - b).mean(axis=-1), mask)
+    """Mean |MIND(Sobel(pred)) - MIND(Sobel(target))| inside the mask, 2D or 3D, on the Sobel
+    derivative channels (one per axis, as the High-to-low paper); ``target`` may be another
+    contrast (e.g. the input GE of a GE -> TSE translation): MIND compares structure, not
+    intensity."""
+    a = mind_descriptor(sobel_channels(pred))
+    b = mind_descriptor(sobel_channels(target))
+    return masked_mean(jnp.abs(a - b).mean(axis=(-2, -1)), mask)
 
 
 LOSSES = {"mae": mae, "mse": mse, "mae_mse": mae_mse, "nmae": nmae, "nmse": nmse,

@@ -77,28 +77,46 @@ def test_ssim_matches_naive_and_identity():
     assert l1s == pytest.approx(expect, rel=1e-5)
 
 
-def _naive_mind(img):
-    """MIND of a 2D image [H, W] by explicit loops (Sobel magnitude first)."""
-    h, w = img.shape
+def _naive_sobel(img):
+    """Sobel derivative per axis of a 2D or 3D image by explicit loops (zero padding,
+    cross-correlation), ``[*S, nd]``."""
+    nd = img.ndim
     p = np.pad(img, 1)
-    sx = np.zeros_like(img)
-    sy = np.zeros_like(img)
-    kx = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], float)
-    for i in range(h):
-        for j in range(w):
-            win = p[i:i + 3, j:j + 3]
-            # conv_general_dilated is a cross-correlation
-            sx[i, j] = (win * kx).sum()
-            sy[i, j] = (win * kx.T).sum()
-    s = np.sqrt(sx**2 + sy**2 + 1e-12)
-    se = np.pad(s, 1, mode="edge")
-    d = np.zeros((h, w, 4))
-    for r, (dy, dx) in enumerate(((0, 1), (1, 0), (0, -1), (-1, 0))):
-        diff2 = (s - se[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]) ** 2
-        dp = np.pad(diff2, 1)  # 3x3 patch sum with zero padding
-        for i in range(h):
-            for j in range(w):
-                d[i, j, r] = dp[i:i + 3, j:j + 3].sum()
+    out = np.zeros(img.shape + (nd,))
+    for a in range(nd):
+        k = np.ones((3,) * nd)
+        for b in range(nd):
+            w = np.array([1.0, 0.0, -1.0]) if a == b else np.array([1.0, 2.0, 1.0])
+            k = k * w.reshape([3 if i == b else 1 for i in range(nd)])
+        for idx in np.ndindex(img.shape):
+            win = p[tuple(slice(i, i + 3) for i in idx)]
+            out[idx + (a,)] = (win * k).sum()
+    return out
+
+
+def _naive_mind(img):
+    """MIND of a 2D or 3D image by explicit loops: on each Sobel channel, 2 nd neighbours
+    (edge replication), 3^nd patch SSD (zero padding); ``[*S, nd, 2 nd]``."""
+    s = _naive_sobel(img)
+    nd = img.ndim
+    shape = img.shape
+    offs = []
+    for a in range(nd):
+        for sgn in (1, -1):
+            o = [0] * nd
+            o[a] = sgn
+            offs.append(o)
+    d = np.zeros(shape + (nd, len(offs)))
+    for ch in range(nd):
+        x = s[..., ch]
+        for r, o in enumerate(offs):
+            diff2 = np.zeros(shape)
+            for idx in np.ndindex(shape):
+                nb = tuple(min(max(i + oi, 0), n - 1) for i, oi, n in zip(idx, o, shape))
+                diff2[idx] = (x[idx] - x[nb]) ** 2
+            dp = np.pad(diff2, 1)
+            for idx in np.ndindex(shape):
+                d[idx + (ch, r)] = dp[tuple(slice(i, i + 3) for i in idx)].sum()
     v = np.maximum(d.mean(-1, keepdims=True), 1e-6)
     m = np.exp(-d / v)
     return m / m.max(-1, keepdims=True)
@@ -107,9 +125,25 @@ def _naive_mind(img):
 def test_mind_matches_naive():
     a, b = PRED[:1, :, :, :1], TRUE[:1, :, :, :1]
     got = float(losses.mind(jnp.asarray(a), jnp.asarray(b), jnp.asarray(MASK[:1])))
-    diff = np.abs(_naive_mind(a[0, :, :, 0]) - _naive_mind(b[0, :, :, 0])).mean(-1)
+    diff = np.abs(_naive_mind(a[0, :, :, 0]) - _naive_mind(b[0, :, :, 0])).mean(axis=(-2, -1))
     expect = diff[MASK[0] > 0].mean()
     assert got == pytest.approx(expect, rel=1e-4)
-    # intensity-independent: MIND of a scaled image is unchanged
     same = float(losses.mind(jnp.asarray(a * 3.0), jnp.asarray(a), jnp.asarray(MASK[:1])))
     assert same == pytest.approx(0.0, abs=1e-5)
+
+
+def test_mind_3d_matches_naive_six_neighbours():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(1, 7, 6, 5, 1)).astype(np.float32)
+    b = (a + 0.5 * rng.normal(size=a.shape)).astype(np.float32)
+    mask = (rng.random((1, 7, 6, 5)) > 0.3).astype(np.float32)
+    desc = np.asarray(losses.mind_descriptor(losses.sobel_channels(jnp.asarray(a))))
+    naive_a = _naive_mind(a[0, ..., 0])
+    assert desc.shape == (1, 7, 6, 5, 3, 6)
+    np.testing.assert_allclose(desc[0], naive_a, rtol=1e-4, atol=1e-5)
+    got = float(losses.mind(jnp.asarray(a), jnp.asarray(b), jnp.asarray(mask)))
+    diff = np.abs(naive_a - _naive_mind(b[0, ..., 0])).mean(axis=(-2, -1))
+    assert got == pytest.approx(diff[mask[0] > 0].mean(), rel=1e-4)
+    # structure, not intensity: a rescaled volume has the same descriptor
+    assert float(losses.mind(jnp.asarray(2.5 * a), jnp.asarray(a),
+                             jnp.asarray(mask))) == pytest.approx(0.0, abs=1e-5)

@@ -32,7 +32,8 @@ import numpy as np
 from qmri_jax.data import acquisition, anatomy as anatomy_lib, subjects as subjects_lib
 from qmri_jax.physics.protocol import get_protocol
 
-__all__ = ["DataConfig", "subject_split", "subject_volume", "subject_slices", "epoch_arrays",
+__all__ = ["DataConfig", "subject_split", "make_subject", "subject_volume", "subject_slices",
+           "epoch_arrays",
            "build", "load_split_arrays", "QmriBrain2D", "QmriBrain3D", "MAP_KEYS", "MASK_KEYS",
            "SPLITS"]
 
@@ -181,7 +182,8 @@ def subject_split(config: DataConfig) -> dict[str, list[int]]:
             "test": sorted(perm[n_train + n_val:].tolist())}
 
 
-def _subject(config: DataConfig, index: int, epoch: int | None = None):
+def make_subject(config: DataConfig, index: int, epoch: int | None = None):
+    """``(Subject, rng, Anatomy)`` of subject ``index`` (its own seed; ``epoch``: on-the-fly)."""
     anat = anatomy_lib.load_mni152(config.resolution_mm)
     seed = [config.seed, index] if epoch is None else [config.seed, index, 1_000_003 + epoch]
     rng = np.random.default_rng(seed)
@@ -209,7 +211,7 @@ def subject_volume(config: DataConfig, index: int, epoch: int | None = None) -> 
       index: subject index (its own seed: the subject does not depend on the others).
       epoch: None for the fixed dataset subject; an int for fresh on-the-fly subjects.
     """
-    subj, rng, anat = _subject(config, index, epoch)
+    subj, rng, anat = make_subject(config, index, epoch)
     protocol = get_protocol(config.protocol)
     images, fields = acquisition.acquire(rng, subj.maps, protocol, subj.brain,
                                          config.acquisition(), anat.voxel_mm)

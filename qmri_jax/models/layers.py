@@ -172,8 +172,9 @@ class ResidualBlock(nn.Module):
 
     features: int
     norm: str = "batch"
-    dilation: int = 1
+    dilation: int | tuple = 1
     dropout: float = 0.0
+    padding: str = "SAME"
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -185,7 +186,8 @@ class ResidualBlock(nn.Module):
             h = Norm(self.norm, relu=True)(h, train)
             if i == 1 and self.dropout > 0:
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
-            h = nn.Conv(self.features, _ks(h, 3), kernel_dilation=self.dilation)(h)
+            h = nn.Conv(self.features, _ks(h, 3), kernel_dilation=self.dilation,
+                        padding=self.padding)(h)
         return shortcut + h
 
 

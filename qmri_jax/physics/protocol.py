@@ -277,7 +277,17 @@ def _qiu_mprage_gre_flair() -> Protocol:
                            names=("MPRAGE", "GRE", "FLAIR"), name="qiu_mprage_gre_flair")
 
 
+def _ge_tse_3d() -> Protocol:
+    """The GE -> TSE translation pair (3 T, assumed values: the High-to-low paper's exact
+    parameters are not used): a T1-weighted 3D spoiled gradient echo (TR 20 / TE 4.9 ms, 20 deg,
+    isotropic) and a T2-weighted turbo spin echo (TR 5000 / TE 100 ms, modelled as a single spin
+    echo) acquired with thick slices (:mod:`qmri_jax.data.translation`)."""
+    return Protocol.create(("spgr", "se"), tr_ms=[20, 5000], te_ms=[4.9, 100], flip_deg=[20, 90],
+                           names=("GE", "TSE"), name="ge_tse_3d")
+
+
 _PROTOCOLS = {
+    "ge_tse_3d": _ge_tse_3d,
     "four_contrast_brain": _four_contrast_brain,
     "qiu_mprage_gre_flair": _qiu_mprage_gre_flair,
     "pelvis_se5": _pelvis_se5,
