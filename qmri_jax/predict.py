@@ -43,7 +43,7 @@ def example_batch(task, image_shape) -> dict:
     return {k: arrays[k] for k in task.batch_keys if k in arrays}
 
 
-def load_trained(config, workdir: str, image_shape, prefer_best: bool = True):
+def load_trained(config, workdir: str, image_shape, prefer_best: bool = True, example=None):
     """``(task, state)`` restored from ``workdir``: best-on-validation if present and
     ``prefer_best``, else the latest step.
 
@@ -53,7 +53,8 @@ def load_trained(config, workdir: str, image_shape, prefer_best: bool = True):
         or written by a different network (e.g. another config).
     """
     task = create_task(config)
-    state = init_state(task, example_batch(task, image_shape), config.seed)
+    example = example if example is not None else example_batch(task, image_shape)
+    state = init_state(task, example, config.seed)
     latest, best = ckpt_lib.create_managers(workdir)
     for mngr in ((best, latest) if prefer_best else (latest,)):
         restored = ckpt_lib.restore_latest(mngr, state)
@@ -65,8 +66,14 @@ def load_trained(config, workdir: str, image_shape, prefer_best: bool = True):
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
     """Evaluate the workdir's checkpoint on the test split; writes ``workdir/eval``."""
-    data = load_data(config)
-    task, state = load_trained(config, workdir, data["test"]["images"].shape[1:])
+    task = create_task(config)
+    if hasattr(task, "load_data"):  # a task with its own data (3D volumes and patches)
+        data = task.load_data(config)
+        example = {k: data["train"][k][:1] for k in task.batch_keys}
+        task, state = load_trained(config, workdir, None, example=example)
+    else:
+        data = load_data(config)
+        task, state = load_trained(config, workdir, data["test"]["images"].shape[1:])
     return task.evaluate(state, data, os.path.join(workdir, "eval"))
 
 

@@ -38,8 +38,9 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None, data: d
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    data = data if data is not None else load_data(config)
     task = create_task(config)
+    if data is None:  # a task with its own data (e.g. 3D volumes and patches) loads it
+        data = task.load_data(config) if hasattr(task, "load_data") else load_data(config)
     if jax.process_index() == 0 and "protocol" in data:
         write_json(os.path.join(workdir, "protocol.json"), data["protocol"])
     state, finished = engine.train(task, workdir, engine.LoopConfig.from_config(config.train),

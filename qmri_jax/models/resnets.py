@@ -18,7 +18,7 @@ from typing import Sequence
 
 import flax.linen as nn
 
-from qmri_jax.models.layers import Norm, PositiveHead, ResidualBlock
+from qmri_jax.models.layers import Norm, PositiveHead, ResidualBlock, conv
 
 __all__ = ["HighResNet", "ResNet"]
 
@@ -47,7 +47,7 @@ class HighResNet(nn.Module):
             raise ValueError(f"HighResNet: {len(self.features)} stages (features) but "
                              f"{len(self.dilations)} dilations")
         if self.stem:
-            x = nn.Conv(self.features[0], (3,) * nd, padding=self.padding)(x)
+            x = conv(x, self.features[0], 3, padding=self.padding)
             x = Norm(self.norm, relu=True)(x, train)
         for f, d in zip(self.features, self.dilations):
             d = tuple(d) if isinstance(d, (tuple, list)) else (int(d),) * nd
@@ -59,7 +59,7 @@ class HighResNet(nn.Module):
         if self.dropout > 0:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         if self.head == "linear":
-            return nn.Conv(len(self.out_scale), (1,) * nd)(x)
+            return conv(x, len(self.out_scale), 1)
         if self.head != "positive":
             raise ValueError(f"head={self.head!r}: expected 'positive' or 'linear'")
         return PositiveHead(tuple(self.out_scale))(x)
@@ -75,7 +75,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = nn.Conv(self.features, (3,) * (x.ndim - 2))(x)
+        x = conv(x, self.features, 3)
         for _ in range(self.num_blocks):
             x = ResidualBlock(self.features, self.norm)(x, train)
         x = Norm(self.norm, relu=True)(x, train)

@@ -19,7 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qmri_jax.models.layers import AttentionGate, ConvBlock, PositiveHead, ResidualBlock, UpConv2x
+from qmri_jax.models.layers import (AttentionGate, ConvBlock, PositiveHead, ResidualBlock, UpConv2x,
+                                    conv)
 
 __all__ = ["UNet", "UResNet", "UAttenNet", "UNetQiu", "pool2x"]
 
@@ -144,7 +145,7 @@ class UNet(nn.Module):
                 x = UpConv2x(f)(x)
             elif self.up == "bilinear":
                 x = jax.image.resize(x, (*skip.shape[:-1], x.shape[-1]), "linear")
-                x = nn.Conv(f, (3,) * nd)(x)
+                x = conv(x, f, 3)
             else:
                 raise ValueError(f"up={self.up!r}: expected 'transpose' or 'bilinear'")
             if self.attention:
@@ -152,7 +153,7 @@ class UNet(nn.Module):
             x = jax.numpy.concatenate([skip, x], axis=-1)
             x = self._block(f, x, train)
         if self.head == "linear":
-            return nn.Conv(len(self.out_scale), (1,) * nd)(x)
+            return conv(x, len(self.out_scale), 1)
         if self.head != "positive":
             raise ValueError(f"head={self.head!r}: expected 'positive' or 'linear'")
         return PositiveHead(tuple(self.out_scale))(x)

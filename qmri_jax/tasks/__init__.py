@@ -9,11 +9,13 @@ from qmri_jax.tasks.ddpm import DdpmTask
 from qmri_jax.tasks.gan import GanTask
 from qmri_jax.tasks.regression import RegressionTask
 from qmri_jax.tasks.rim import RimTask
+from qmri_jax.tasks.translation import TranslationTask
 
 __all__ = ["TASKS", "Task", "create_task", "predict_in_batches", "RegressionTask", "RimTask",
-           "DdpmTask", "GanTask"]
+           "DdpmTask", "GanTask", "TranslationTask"]
 
-TASKS = {"regression": RegressionTask, "rim": RimTask, "ddpm": DdpmTask, "gan": GanTask}
+TASKS = {"regression": RegressionTask, "rim": RimTask, "ddpm": DdpmTask, "gan": GanTask,
+         "translation": TranslationTask}
 
 
 def create_task(config) -> Task:
