@@ -191,6 +191,25 @@ def get_config():
     config.ddpm.voxel_k_range = (0.8, 1.2)
     config.ddpm.voxel_snr_range = (20.0, 1000.0)
 
+    # ---- 3D GE -> TSE translation (config.task = "translation"; configs/high_to_low.py;
+    # qmri_jax.tasks.translation.TranslationSettings) ----
+    config.data.slice_factor = 4  # TSE slice thickness in GE voxels (translation data)
+    config.translation = ml_collections.ConfigDict()
+    config.translation.mode = "high_to_low"  # high_to_low | low_to_low
+    config.translation.patch = (32, 32, 32)  # training / inference patch, thin-slice voxels
+    config.translation.patches_per_epoch = 64  # fresh random patches per epoch
+    config.translation.validation_patches = 16
+    config.translation.kernel = (1 / 6, 1 / 3, 1 / 3, 1 / 6)  # thick-slice kernel, stride f
+    config.translation.kernel_offset = 0  # its first tap relative to the slice's first voxel
+    config.translation.kernel_mode = "fixed"  # fixed | moving | learned
+    config.translation.kernel_shift = 1  # moving: random shift per example, thin slices
+    config.translation.kernel_learn_steps = (0, 0)  # learned: steps [start, end), net frozen
+    config.translation.mind_weight = 0.0  # x the 3D MIND loss against the input GE
+    config.translation.flip = True  # left-right flips of training patches
+    config.translation.fusion_sigma = 1 / 6  # Gaussian patch fusion: sigma / patch
+    config.translation.fusion_stride = 1 / 3  # stride / patch
+    config.translation.eval_batch = 4
+
     config.eval = ml_collections.ConfigDict()
     config.eval.figures = True
 

@@ -30,7 +30,7 @@ from qmri_jax.tasks import create_task, predict_in_batches
 from qmri_jax.tasks.data import load_data
 
 __all__ = ["load_trained", "evaluate_checkpoint", "predict_files", "predict_volume",
-           "sliding_window_predict", "check_protocol", "example_batch"]
+           "sliding_window_predict", "check_protocol", "example_batch", "translate_files"]
 
 
 def example_batch(task, image_shape) -> dict:
@@ -120,31 +120,13 @@ def predict_volume(predict_fn, volume: np.ndarray, multiple: int = 16, batch: in
 def sliding_window_predict(fn, volume: np.ndarray, patch, overlap: float = 0.5,
                            sigma_scale: float = 0.125):
     """3D network over ``[X, Y, Z, C_in]`` by patches ``patch`` fused with Gaussian weights
-    (std ``sigma_scale * patch``, so patch borders count least). ``fn``: ``[1, *patch, C_in] ->
-    [1, *patch, C_out]``."""
-    shape = volume.shape[:3]
-    patch = tuple(min(p, s) for p, s in zip(patch, shape))
-    starts = []
-    for s, p in zip(shape, patch):
-        step = max(1, int(p * (1 - overlap)))
-        pos = list(range(0, s - p + 1, step))
-        if pos[-1] != s - p:
-            pos.append(s - p)
-        starts.append(pos)
-    g = [np.exp(-0.5 * ((np.arange(p) - (p - 1) / 2) / (sigma_scale * p)) ** 2) for p in patch]
-    w = g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :]
-    w = np.maximum(w / w.max(), 1e-3)[..., None]
-    acc, norm = None, np.zeros((*shape, 1))
-    for i in starts[0]:
-        for j in starts[1]:
-            for k in starts[2]:
-                sl = (slice(i, i + patch[0]), slice(j, j + patch[1]), slice(k, k + patch[2]))
-                y = np.asarray(fn(jnp.asarray(volume[sl][None])))[0]
-                if acc is None:
-                    acc = np.zeros((*shape, y.shape[-1]))
-                acc[sl] += y * w
-                norm[sl] += w
-    return (acc / norm).astype(np.float32)
+    (std ``sigma_scale * patch``, :func:`qmri_jax.data.patches.fuse_patches`). ``fn``:
+    ``[B, *patch, C_in] -> [B, *patch, C_out]``."""
+    from qmri_jax.data.patches import fuse_patches
+    patch = tuple(min(p, s) for p, s in zip(patch, volume.shape[:3]))
+    stride = tuple(max(1, int(p * (1 - overlap))) for p in patch)
+    return fuse_patches(lambda x: np.asarray(fn(jnp.asarray(x))), volume, patch, stride,
+                        sigma_scale, batch_size=1)["out"]
 
 
 def predict_files(config, workdir: str) -> str:
@@ -152,6 +134,8 @@ def predict_files(config, workdir: str) -> str:
     from qmri_jax.io import dicom, nifti
     from qmri_jax.physics.protocol import Protocol
 
+    if config.get("task") == "translation":
+        return translate_files(config, workdir)
     with open(os.path.join(workdir, "protocol.json")) as f:
         trained = json.load(f)
     inputs = [s for s in str(config.predict.inputs).split(",") if s]
@@ -198,6 +182,42 @@ def predict_files(config, workdir: str) -> str:
                                                                         desc=desc)),
                                   vol if series.images.ndim == 4 else vol[:, :, 0], affine)
     print(f"maps written to {out}: {', '.join(sorted(os.listdir(out)))}")
+    return out
+
+
+def translate_files(config, workdir: str) -> str:
+    """``--mode=predict`` of a translation workdir: the TSE of one 3D GE NIfTI
+    (``config.predict.inputs``), thin slices (``pred_TSE.nii.gz``) and, High-to-low, the thick
+    slices of the model's kernel (``pred_TSE_thick.nii.gz``). The GE is divided by its
+    99th percentile inside an automatic foreground mask, as in training."""
+    import nibabel as nib
+
+    from qmri_jax.fitting.maps import auto_mask
+    from qmri_jax.io import nifti
+    path = str(config.predict.inputs)
+    if not os.path.isfile(path) or "," in path:
+        raise ValueError(f"--config.predict.inputs={path!r}: expected one 3D GE NIfTI file")
+    img = nib.load(path)
+    ge = np.asarray(img.get_fdata(dtype=np.float32))
+    if ge.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D GE volume [X, Y, Z], got shape {ge.shape}")
+    mask = auto_mask(ge[..., None])
+    ge = ge / max(float(np.percentile(ge[mask], 99)), 1e-12)
+    task = create_task(config)
+    patch = tuple(config.translation.patch)
+    example = {k: np.zeros((1, *patch, 1), np.float32) for k in ("input",)}
+    task, state = load_trained(config, workdir, None, example=example)
+    res = task.translate_volume(state, ge, thin=True)
+    out = config.predict.output or os.path.join(workdir, "predict")
+    os.makedirs(out, exist_ok=True)
+    nifti.write_nifti(os.path.join(out, "pred_TSE.nii.gz"), res["mean"], img.affine)
+    if "thick" in res:
+        f = task.factor
+        affine = np.array(img.affine, float)
+        affine[:3, 3] += affine[:3, 2] * (f - 1) / 2.0  # thick slice j's centre
+        affine[:3, 2] *= f
+        nifti.write_nifti(os.path.join(out, "pred_TSE_thick.nii.gz"), res["thick"], affine)
+    print(f"TSE written to {out}: {', '.join(sorted(os.listdir(out)))}")
     return out
 
 

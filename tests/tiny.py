@@ -98,3 +98,21 @@ def se5_data():
     dcfg = datasets.DataConfig(protocol="pelvis_se5", resolution_mm=4, num_subjects=5,
                                slices_per_subject=3, snr=50.0)
     return split_arrays(dcfg, (slice(None), slice(8, 40), slice(12, 44)), ("PD", "T1", "T2"))
+
+
+def translation_config_tiny(preset="", num_steps=3, data_dir=""):
+    """configs/high_to_low.py at 4 mm, 3 subjects, a 2-stage HighResNet of 4/8 channels on
+    16^3 patches, ``num_steps`` steps."""
+    from configs import high_to_low
+    cfg = high_to_low.get_config(preset)
+    with cfg.unlocked():
+        cfg.data.update(resolution_mm=4, num_subjects=3, data_dir=data_dir)
+        if cfg.model.name == "highresnet":
+            cfg.model.features = (4, 8)
+            cfg.model.dilations = tuple(cfg.model.dilations)[:2]
+        else:
+            cfg.model.features = (4, 8)
+        cfg.translation.update(patch=(16, 16, 16), patches_per_epoch=8, validation_patches=4,
+                               eval_batch=8)
+        _short_training(cfg, num_steps)
+    return cfg

@@ -7,7 +7,8 @@
   positions in it) or low-to-low training (aligned thick-slice patches). Volumes smaller than a
   patch are reflection-padded; left-right flips at random.
 * :func:`fuse_patches`: a patch-wise network over a whole volume, overlapping patches (stride
-  ``patch / 3`` by default) combined with Gaussian weights (sigma ``patch / 6`` per axis), each
+  ``patch / 3`` by default) combined with Gaussian weights (sigma ``patch / 6`` per axis, lowered
+  to ~0 at the patch edges: :func:`gaussian_window`), each
   output on its own grid (e.g. a high-resolution output and its thick slices from one pass: joint
   HR/LR fusion). A network that is the identity gives back its input exactly.
 """
@@ -126,12 +127,16 @@ def patch_starts(length: int, size: int, stride: int) -> list[int]:
     return starts
 
 
-def gaussian_window(shape, sigma_frac: float = 1.0 / 6.0) -> np.ndarray:
-    """Separable Gaussian ``[*shape]`` centred in the patch, sigma ``sigma_frac * size`` per axis."""
+def gaussian_window(shape, sigma_frac: float = 1.0 / 6.0, floor: float = 1e-3) -> np.ndarray:
+    """Separable Gaussian ``[*shape]`` centred in the patch, sigma ``sigma_frac * size`` per axis,
+    each axis's profile lowered by its value at the patch edge (floored at ``floor`` of the
+    peak): a patch enters the weighted sum at ~0 weight, so a network's per-patch differences
+    leave no seam (with sigma = size / 6 the plain Gaussian is still 2.3% of its peak there)."""
     w = np.ones((), np.float64)
     for s in shape:
         r = np.arange(s) - (s - 1) / 2.0
         g = np.exp(-0.5 * (r / max(sigma_frac * s, 1e-6)) ** 2)
+        g = np.maximum(g - g.min(), floor * g.max())
         w = np.multiply.outer(w, g)
     return w
 

@@ -5,11 +5,12 @@ literature tissue values, optional pathology) is acquired twice in one session (
 one receive field for both):
 
 * ``ge``: an isotropic 3D spoiled gradient echo (the protocol's ``spgr`` image; its flip angle
-  scaled by the transmit field), Rician noise at ``snr``;
+  scaled by the transmit field), Rician noise at ``snr`` (each scan's in-brain median signal over
+  the noise sigma: a 3D GE's SNR comes from its many encodings, not from PD = 1);
 * ``tse_lr``: a T2-weighted spin echo (the protocol's ``se`` image) acquired with 2D slices
   ``slice_factor`` times thicker along ``z``: the noise-free high-resolution TSE weighted by the
   spin-echo slice sensitivity (:func:`qmri_jax.physics.thick_slices.spin_echo_slice_kernel`, not a
-  box), then Rician noise at ``snr`` on the thick slices;
+  box), then Rician noise at ``snr`` (of the thick slices' in-brain median) on them;
 * ``tse_hr``: the noise-free high-resolution TSE, the ground truth a scanner never delivers;
 * ``ge_lr``: the GE resampled to the thick-slice grid (block average of ``slice_factor`` slices),
   the input of low-to-low training.
@@ -58,7 +59,7 @@ class TranslationConfig:
       resolution_mm: isotropic voxel size of the GE (integer mm).
       slice_factor: TSE slice thickness in GE voxels (4 in the paper).
       num_subjects, pathology_fraction, seed: as :class:`qmri_jax.data.datasets.DataConfig`.
-      snr: noise of both scans, relative to a fully relaxed PD = 1 signal.
+      snr: each scan's in-brain median signal over its noise sigma.
       receive_bias, transmit_bias: log-std of the smooth receive / transmit fields.
       time_bandwidth: of the TSE's slice-selective pulses (slice-profile sharpness).
     """
@@ -130,15 +131,16 @@ def translation_volume(config: TranslationConfig, index: int) -> dict:
     safe = {"T1": np.where(maps["T1"] > 0, maps["T1"], 1.0),
             "T2": np.where(maps["T2"] > 0, maps["T2"], 1.0), "PD": maps["PD"], "B1": b1}
     clean = np.asarray(simulate(safe, protocol), np.float32) * receive[..., None]
-    sigma = 1.0 / config.snr
-    ge = _rician(rng, clean[..., i_ge], sigma)
+    ge_clean = clean[..., i_ge]
+    ge = _rician(rng, ge_clean, float(np.median(ge_clean[brain])) / config.snr)
     kernel, offset = spin_echo_slice_kernel(f, config.time_bandwidth, reach=0.5)
-    tse_clean_lr = np.asarray(downsample_slices(clean[..., i_se:i_se + 1], kernel, f, offset))[..., 0]
-    tse_lr = _rician(rng, tse_clean_lr, sigma)
+    tse_clean_lr = np.asarray(downsample_slices(clean[..., i_se:i_se + 1], kernel, f,
+                                                offset))[..., 0]
     box = np.full((f,), 1.0 / f, np.float32)
-    ge_lr = np.asarray(downsample_slices(ge[..., None], box, f))[..., 0]
     brain_lr = np.asarray(downsample_slices(brain[..., None].astype(np.float32), box, f))[..., 0]
     brain_lr = brain_lr >= 0.5
+    tse_lr = _rician(rng, tse_clean_lr, float(np.median(tse_clean_lr[brain_lr])) / config.snr)
+    ge_lr = np.asarray(downsample_slices(ge[..., None], box, f))[..., 0]
     s_ge, s_tse = _p99(ge, brain), _p99(tse_lr, brain_lr)
     masks = subj.masks()
     ex = {"ge": ge / s_ge, "ge_lr": ge_lr / s_ge, "tse_lr": tse_lr / s_tse,

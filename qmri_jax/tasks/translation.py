@@ -38,6 +38,7 @@ from qmri_jax.data import translation as data_lib
 from qmri_jax.engine import create_optimizer, create_state
 from qmri_jax.engine.state import apply_gradients
 from qmri_jax.models import create_model
+from qmri_jax.physics.protocol import get_protocol
 from qmri_jax.physics.thick_slices import downsample_slices, valid_slices
 
 __all__ = ["TranslationTask", "TranslationSettings", "load_translation_data"]
@@ -120,7 +121,8 @@ def load_translation_data(config) -> dict:
                                                  vols["validation"], s.validation_patches,
                                                  flip=False, **kw)
     return {"train": train_fn(0), "train_fn": train_fn, "validation": val,
-            "volumes": vols, "test": vols["test"], "slice_factor": dcfg.slice_factor}
+            "volumes": vols, "test": vols["test"],
+            "protocol": get_protocol(dcfg.protocol).to_dict()}
 
 
 def _tree_where(flag, new, old):

@@ -121,12 +121,15 @@ def test_every_config_loads_and_initialises(name):
     from qmri_jax.tasks import create_task
     n = len(get_protocol(cfg.data.protocol))
     x = jnp.ones((1, 16, 16, n))
+    if cfg.task == "translation":  # 3D: one GE volume in, one TSE volume out
+        x = jnp.ones((1, 16, 16, 16, 1))
     with cfg.unlocked():  # a posterior task samples briefly here
         cfg.ddpm.sample_steps, cfg.ddpm.num_samples = 1, 2
     task = create_task(cfg)
-    state = engine.init_state(task, example_batch(task, x.shape[1:]), 0)
+    example = {"input": x} if cfg.task == "translation" else example_batch(task, x.shape[1:])
+    state = engine.init_state(task, example, 0)
     out = task.predict(state, x, jax.random.key(0))
-    assert out["mean"].shape == (1, 16, 16, len(cfg.targets))
+    assert out["mean"].shape == (*x.shape[:-1], len(cfg.targets))
     assert np.all(np.isfinite(np.asarray(out["mean"])))
     paper = mod.get_config("paper")
     assert paper.train.num_steps > cfg.train.num_steps
@@ -265,3 +268,22 @@ def test_rim_shapes_gradients_and_data_term():
     assert out.shape == (2, 8, 8, 3) and bool(jnp.all(out > 0))
     gr = jax.grad(lambda p: jnp.mean(rim.apply({"params": p}, x, train=True)[..., 0]))(v["params"])
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(gr))
+
+
+@pytest.mark.parametrize("padding,dilation", [("SAME", (1, 1, 1)), ("REFLECT", (2, 1, 2))])
+def test_conv3d_equals_a_naive_3d_convolution(padding, dilation):
+    from qmri_jax.models.layers import Conv3D
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 6, 5, 7, 2)).astype(np.float32)
+    layer = Conv3D(3, (3, 3, 3), dilation, padding)
+    v = layer.init(jax.random.key(0), jnp.asarray(x))
+    got = np.asarray(layer.apply(v, jnp.asarray(x)))
+    k, b = np.asarray(v["params"]["kernel"]), np.asarray(v["params"]["bias"])
+    d = np.asarray(dilation)
+    xp = np.pad(x[0], [(di, di) for di in d] + [(0, 0)],
+                mode="reflect" if padding == "REFLECT" else "constant")
+    want = np.zeros((6, 5, 7, 3))
+    for i, j, l in np.ndindex(6, 5, 7):
+        for a, bb, c in np.ndindex(3, 3, 3):
+            want[i, j, l] += xp[i + a * d[0], j + bb * d[1], l + c * d[2]] @ k[a, bb, c]
+    np.testing.assert_allclose(got[0], want + b, rtol=1e-4, atol=1e-5)
