@@ -221,7 +221,9 @@ class ConvBlock(nn.Module):
 
 class ResidualBlock(nn.Module):
     """Pre-activation residual block (norm-ReLU-conv x 2) with a 1x1 projection shortcut when the
-    channel count changes (He et al., ECCV 2016)."""
+    channel count changes (He et al., ECCV 2016). With a norm its convolutions have no bias: what
+    follows a block is a norm or an affine layer, which absorbs it (a bias there has a zero
+    gradient up to rounding, which Adam would blow up into updates of random sign)."""
 
     features: int
     norm: str = "batch"
@@ -233,13 +235,14 @@ class ResidualBlock(nn.Module):
     def __call__(self, x, train: bool):
         shortcut = x
         if x.shape[-1] != self.features:
-            shortcut = conv(x, self.features, 1, name="projection")
+            shortcut = conv(x, self.features, 1, use_bias=self.norm == "none", name="projection")
         h = x
         for i in range(2):
             h = Norm(self.norm, relu=True)(h, train)
             if i == 1 and self.dropout > 0:
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
-            h = conv(h, self.features, 3, self.dilation, self.padding)
+            h = conv(h, self.features, 3, self.dilation, self.padding,
+                     use_bias=self.norm == "none")
         return shortcut + h
 
 

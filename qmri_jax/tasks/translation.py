@@ -31,6 +31,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from qmri_jax import losses as losses_lib
 from qmri_jax.data import patches as patches_lib
@@ -131,7 +132,8 @@ def _tree_where(flag, new, old):
 
 class TranslationTask:
     """One network (``config.model``: ``highresnet`` or ``unet``, 3D, linear head), one
-    optimiser (``config.train``), a thick-slice kernel (learned with its own optimiser)."""
+    optimiser (``config.train``), a thick-slice kernel (learned with its own Adam at
+    ``config.train.learning_rate``)."""
 
     batch_keys = ("input", "target", "mask", "mask_in", "offset")
     targets = ("TSE",)
@@ -152,7 +154,9 @@ class TranslationTask:
                               else 1)
         steps = int(config.train.num_steps)
         self.tx = create_optimizer(config.train, steps)
-        self.tx_kernel = create_optimizer(config.train, steps)
+        # the kernel trains only in its phase: Adam at the constant base rate (a schedule would
+        # count from its first step there, e.g. a warm-up at rate 0)
+        self.tx_kernel = optax.adam(float(config.train.learning_rate))
         self.kernel0 = jnp.asarray(self.s.kernel, jnp.float32) / float(sum(self.s.kernel))
         self._predict_jit = jax.jit(self.predict)
 
