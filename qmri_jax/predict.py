@@ -134,7 +134,7 @@ def predict_files(config, workdir: str) -> str:
     from qmri_jax.io import dicom, nifti
     from qmri_jax.physics.protocol import Protocol
 
-    if config.get("task") == "translation":
+    if hasattr(create_task(config), "translate_volume"):  # one volume in, one volume out
         return translate_files(config, workdir)
     with open(os.path.join(workdir, "protocol.json")) as f:
         trained = json.load(f)

@@ -34,7 +34,7 @@ from qmri_jax.physics.protocol import get_protocol
 
 __all__ = ["DataConfig", "subject_split", "make_subject", "subject_volume", "subject_slices",
            "epoch_arrays",
-           "build", "load_split_arrays", "QmriBrain2D", "QmriBrain3D", "MAP_KEYS", "MASK_KEYS",
+           "build", "prepare_locked", "load_split_arrays", "QmriBrain2D", "QmriBrain3D", "MAP_KEYS", "MASK_KEYS",
            "SPLITS"]
 
 MAP_KEYS = ("T1", "T2", "PD", "k")
@@ -358,26 +358,25 @@ def __getattr__(name):  # QmriBrain2D / QmriBrain3D without importing tfds at mo
 
 
 def build(config: DataConfig, data_dir: str, dims: int = 2, quiet: bool = True):
-    """Build (or reuse) the dataset; returns the TFDS builder.
-
-    Args:
-      config: :class:`DataConfig`.
-      data_dir: TFDS data directory (created).
-      dims: 2 (axial slices) or 3 (volumes).
-      quiet: hide TFDS progress bars.
-    """
-    import tensorflow_datasets as tfds
-
+    """Build (or reuse) the dataset of ``config`` under ``data_dir`` (created): 2D axial slices
+    (``dims=2``) or 3D volumes; ``quiet`` hides TFDS progress bars. Returns the TFDS builder."""
     if dims not in (2, 3):
         raise ValueError(f"dims={dims}: expected 2 or 3")
-    cls = _classes()[0 if dims == 2 else 1]
+    return prepare_locked(_classes()[0 if dims == 2 else 1], config, data_dir,
+                          f"{config.name}_{dims}d", quiet)
+
+
+def prepare_locked(cls, config, data_dir: str, lock_name: str, quiet: bool = True):
+    """``cls(qmri_config=config, data_dir=data_dir)`` prepared once: trials of a sweep started
+    together build the same dataset, so one builds and the others wait and reuse it (an
+    exclusive lock ``.<lock_name>.lock`` in the data folder). Returns the builder."""
+    import tensorflow_datasets as tfds
+
     data_dir = os.path.expanduser(data_dir)
     os.makedirs(data_dir, exist_ok=True)
     if quiet:
         tfds.disable_progress_bar()
-    # Trials of a sweep started together build the same dataset: one builds, the others wait
-    # and reuse it (an exclusive lock per config on the data folder).
-    with open(os.path.join(data_dir, f".{config.name}_{dims}d.lock"), "w") as lock:
+    with open(os.path.join(data_dir, f".{lock_name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             builder = cls(qmri_config=config, data_dir=data_dir)

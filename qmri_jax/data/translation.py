@@ -29,10 +29,8 @@ and :func:`load_split` build once per config and read a split.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
-import os
 
 import numpy as np
 
@@ -214,20 +212,8 @@ def __getattr__(name):  # the builder class without importing tfds at module imp
 
 def build(config: TranslationConfig, data_dir: str, quiet: bool = True):
     """Build (once per config, under an exclusive lock) or reuse the dataset; the TFDS builder."""
-    import tensorflow_datasets as tfds
-
-    data_dir = os.path.expanduser(data_dir)
-    os.makedirs(data_dir, exist_ok=True)
-    if quiet:
-        tfds.disable_progress_bar()
-    with open(os.path.join(data_dir, f".{config.name}_translation.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            builder = __getattr__("QmriTranslation3D")(qmri_config=config, data_dir=data_dir)
-            builder.download_and_prepare()
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return builder
+    return datasets.prepare_locked(__getattr__("QmriTranslation3D"), config, data_dir,
+                                   f"{config.name}_translation", quiet)
 
 
 def load_split(builder, split: str) -> dict[str, np.ndarray]:

@@ -121,12 +121,14 @@ def test_every_config_loads_and_initialises(name):
     from qmri_jax.tasks import create_task
     n = len(get_protocol(cfg.data.protocol))
     x = jnp.ones((1, 16, 16, n))
-    if cfg.task == "translation":  # 3D: one GE volume in, one TSE volume out
-        x = jnp.ones((1, 16, 16, 16, 1))
     with cfg.unlocked():  # a posterior task samples briefly here
         cfg.ddpm.sample_steps, cfg.ddpm.num_samples = 1, 2
     task = create_task(cfg)
-    example = {"input": x} if cfg.task == "translation" else example_batch(task, x.shape[1:])
+    if hasattr(task, "translate_volume"):  # 3D: one GE volume in, one TSE volume out
+        x = jnp.ones((1, 16, 16, 16, 1))
+        example = {"input": x}
+    else:
+        example = example_batch(task, x.shape[1:])
     state = engine.init_state(task, example, 0)
     out = task.predict(state, x, jax.random.key(0))
     assert out["mean"].shape == (*x.shape[:-1], len(cfg.targets))

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from qmri_jax import engine
-from qmri_jax.engine import sharding
 from qmri_jax.tasks import GanTask, create_task
 from qmri_jax.tasks.gan import MAP_BOUNDS, synthesize
-from tests.tiny import gan_config_tiny, se5_data
+from tests.tiny import check_sharded_and_resumed, gan_config_tiny, se5_data
 
 
 @pytest.fixture(scope="module")
@@ -83,21 +82,7 @@ def _params(state):
 
 
 def test_sharded_training_equals_one_device_and_resume_is_exact(data, tmp_path):
-    assert len(jax.devices()) == 4, "conftest sets 4 fake CPU devices"
-    cfg = _cfg(3)
-    loop = engine.LoopConfig.from_config(cfg.train)
-    s4, _ = engine.train(create_task(cfg), str(tmp_path / "d4"), loop, data, seed=0)
-    s1, _ = engine.train(create_task(cfg), str(tmp_path / "d1"), loop, data, seed=0,
-                         mesh=sharding.create_mesh(1))
-    for a, b in zip(jax.tree.leaves(_params(s4)), jax.tree.leaves(_params(s1))):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
-    wd = str(tmp_path / "killed")
-    _, done = engine.train(create_task(cfg), wd, loop, data, seed=0, stop_at=2)
-    assert not done
-    resumed, done = engine.train(create_task(cfg), wd, loop, data, seed=0)
-    assert done
-    for a, b in zip(jax.tree.leaves(_params(s4)), jax.tree.leaves(_params(resumed))):
-        np.testing.assert_array_equal(a, b)
+    _, wd = check_sharded_and_resumed(_cfg(3), data, _params, str(tmp_path))
     rows = [json.loads(r) for r in open(os.path.join(wd, "metrics.jsonl"))]
     assert {"loss_recon", "loss_adv", "disc_acc", "val_loss"} <= set().union(*rows)
 

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from qmri_jax import engine
-from qmri_jax.engine import sharding
 from qmri_jax.tasks import create_task
-from tests.tiny import translation_config_tiny
+from tests.tiny import check_sharded_and_resumed, translation_config_tiny
 
 
 @pytest.fixture(scope="module")
@@ -25,25 +24,11 @@ def _params(state):
 
 
 def test_sharded_training_equals_one_device_and_resume_is_exact(data_dir, tmp_path):
-    assert len(jax.devices()) == 4, "conftest sets 4 fake CPU devices"
     cfg = translation_config_tiny("learned+mind", num_steps=3, data_dir=data_dir)
     with cfg.unlocked():
         cfg.translation.kernel_learn_steps = (2, 3)  # the network 2 steps, then the kernel
-    task = create_task(cfg)
-    data = task.load_data(cfg)
-    loop = engine.LoopConfig.from_config(cfg.train)
-    s4, _ = engine.train(create_task(cfg), str(tmp_path / "d4"), loop, data, seed=0)
-    s1, _ = engine.train(create_task(cfg), str(tmp_path / "d1"), loop, data, seed=0,
-                         mesh=sharding.create_mesh(1))
-    for a, b in zip(jax.tree.leaves(_params(s4)), jax.tree.leaves(_params(s1))):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
-    wd = str(tmp_path / "killed")
-    _, done = engine.train(create_task(cfg), wd, loop, data, seed=0, stop_at=2)
-    assert not done
-    resumed, done = engine.train(create_task(cfg), wd, loop, data, seed=0)
-    assert done
-    for a, b in zip(jax.tree.leaves(_params(s4)), jax.tree.leaves(_params(resumed))):
-        np.testing.assert_array_equal(a, b)
+    data = create_task(cfg).load_data(cfg)
+    s4, wd = check_sharded_and_resumed(cfg, data, _params, str(tmp_path))
     rows = [json.loads(r) for r in open(os.path.join(wd, "metrics.jsonl"))]
     phases = [r["kernel_phase"] for r in rows if "kernel_phase" in r]
     assert phases == [0.0, 0.0, 1.0]
@@ -75,3 +60,29 @@ def test_report_has_both_resolutions_and_the_interpolation(preset, data_dir, tmp
     assert saved["high_res_interpolation"]["mae"] == pytest.approx(
         metrics["high_res_interpolation"]["mae"])
     assert os.path.isfile(tmp_path / "w" / "eval" / "translation.png")
+
+
+def test_predict_mode_translates_a_ge_nifti(data_dir, tmp_path):
+    import nibabel as nib
+
+    from qmri_jax import predict, train
+    from qmri_jax.io import nifti
+    cfg = translation_config_tiny("", num_steps=2, data_dir=data_dir)
+    wd = str(tmp_path / "w")
+    train.train_and_evaluate(cfg, wd)
+    ge = create_task(cfg).load_data(cfg)["test"]["ge"][0]
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    nifti.write_nifti(str(tmp_path / "ge.nii.gz"), 1234.0 * ge, affine)  # any scanner scale
+    with cfg.unlocked():
+        cfg.predict.inputs = str(tmp_path / "ge.nii.gz")
+    out = predict.predict_files(cfg, wd)
+    thin = nib.load(os.path.join(out, "pred_TSE.nii.gz"))
+    thick = nib.load(os.path.join(out, "pred_TSE_thick.nii.gz"))
+    assert thin.shape == ge.shape and thick.shape == (*ge.shape[:2], ge.shape[2] // 4)
+    assert np.isfinite(thin.get_fdata()).all()
+    np.testing.assert_allclose(thick.affine[:3, 2], [0, 0, 16.0])  # 4 x 4 mm slices
+    np.testing.assert_allclose(thick.affine[:3, 3], [0, 0, 6.0])  # centred on thin slices 0-3
+    with cfg.unlocked():
+        cfg.predict.inputs = str(tmp_path / "missing.nii.gz")
+    with pytest.raises(ValueError, match="expected one 3D GE NIfTI file"):
+        predict.predict_files(cfg, wd)
