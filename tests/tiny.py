@@ -113,7 +113,7 @@ def translation_config_tiny(preset="", num_steps=3, data_dir=""):
         else:
             cfg.model.features = (4, 8)
         cfg.translation.update(patch=(16, 16, 16), patches_per_epoch=8, validation_patches=4,
-                               eval_batch=8)
+                               eval_batch=8, fusion_stride=0.5)
         _short_training(cfg, num_steps)
     return cfg
 
