@@ -86,3 +86,23 @@ def test_predict_mode_translates_a_ge_nifti(data_dir, tmp_path):
         cfg.predict.inputs = str(tmp_path / "missing.nii.gz")
     with pytest.raises(ValueError, match="expected one 3D GE NIfTI file"):
         predict.predict_files(cfg, wd)
+
+
+def test_moving_kernel_shifts_the_kernel_at_random_and_fixed_does_not():
+    rng = np.random.default_rng(0)
+    batch = {"input": rng.random((2, 8, 8, 16, 1)).astype(np.float32),
+             "target": rng.random((2, 8, 8, 3, 1)).astype(np.float32),
+             "mask": np.ones((2, 8, 8, 3), np.float32),
+             "mask_in": np.ones((2, 8, 8, 16), np.float32),
+             "offset": np.array([1, 2], np.int32)}
+    losses = {}
+    for mode in ("fixed", "moving"):
+        cfg = translation_config_tiny()
+        with cfg.unlocked():
+            cfg.translation.update(kernel_mode=mode, kernel_shift=2)
+        task = create_task(cfg)
+        state = task.create_state(jax.random.key(0), batch)
+        step = jax.jit(task.train_step)
+        losses[mode] = [float(step(state, batch, jax.random.key(k))[1]["loss"]) for k in range(4)]
+    assert len(set(losses["fixed"])) == 1  # the key does not move a fixed kernel
+    assert len(set(losses["moving"])) > 1  # a moving kernel sees other slices per key
