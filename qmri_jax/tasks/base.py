@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import numpy as np
 
-__all__ = ["Task", "predict_in_batches"]
+__all__ = ["Task", "predict_in_batches", "tree_where"]
 
 
 @runtime_checkable
@@ -43,6 +43,12 @@ class Task(Protocol):
     def predict(self, state, images, key) -> dict: ...
 
     def evaluate(self, state, data: dict, out_dir: str) -> dict: ...
+
+
+def tree_where(flag, new, old):
+    """``new`` where the traced bool ``flag`` holds, else ``old`` (two pytrees of one structure):
+    a step that updates one network and freezes another."""
+    return jax.tree.map(lambda a, b: jax.numpy.where(flag, a, b), new, old)
 
 
 def predict_in_batches(predict_fn, images: np.ndarray, batch_size: int, key=None,

@@ -10,7 +10,7 @@ import numpy as np
 from qmri_jax.data import datasets
 from qmri_jax.physics.protocol import get_protocol
 
-__all__ = ["data_config", "as_batch_arrays", "load_data"]
+__all__ = ["data_config", "as_batch_arrays", "load_data", "data_dir"]
 
 _LABELS = ("GM", "WM", "CSF", "lesion", "subject", "slice")
 
@@ -46,9 +46,7 @@ def load_data(config) -> dict:
     ``config.data.data_dir``), ``"train_fn"`` (``epoch -> arrays``) with
     ``config.data.on_the_fly``, and ``"protocol"`` (the acquisition protocol's dict)."""
     dcfg = data_config(config)
-    data_dir = config.data.data_dir or os.path.join(os.path.expanduser("~"), ".cache", "qmri_jax",
-                                                    "tfds")
-    builder = datasets.build(dcfg, data_dir, dims=2)
+    builder = datasets.build(dcfg, data_dir(config), dims=2)
     protocol = get_protocol(dcfg.protocol)
     index = input_index(protocol, tuple(config.data.get("inputs", ())))
     out = {s: select_inputs(as_batch_arrays(datasets.load_split_arrays(builder, s),
@@ -59,6 +57,12 @@ def load_data(config) -> dict:
             datasets.epoch_arrays(dcfg, "train", epoch), config.targets), index)
     out["protocol"] = (protocol if index is None else protocol.subset(index)).to_dict()
     return out
+
+
+def data_dir(config) -> str:
+    """``config.data.data_dir``, or ``~/.cache/qmri_jax/tfds`` (shared between workdirs)."""
+    return config.data.data_dir or os.path.join(os.path.expanduser("~"), ".cache", "qmri_jax",
+                                                "tfds")
 
 
 def input_protocol(config):

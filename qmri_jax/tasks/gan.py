@@ -49,6 +49,7 @@ from qmri_jax.engine import create_optimizer, create_state
 from qmri_jax.engine.state import apply_gradients
 from qmri_jax.models import create_model
 from qmri_jax.physics.signals import spin_echo
+from qmri_jax.tasks.base import tree_where
 from qmri_jax.tasks.data import input_protocol
 
 __all__ = ["GanTask", "GanConfig", "synthesize", "image_scale", "MAP_BOUNDS"]
@@ -111,10 +112,6 @@ def _bounded(z, name):
 def _select(images, idx):
     """``images [B, H, W, K]``, ``idx [B]`` -> ``[B, H, W]``."""
     return jnp.take_along_axis(images, idx[:, None, None, None], axis=-1)[..., 0]
-
-
-def _tree_where(flag, new, old):
-    return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
 
 
 def _shift(arrays, key, max_px):
@@ -306,8 +303,8 @@ class GanTask:
         new_disc, dm = apply_gradients(disc, dg, dl, self.tx_disc)
         g_on = (step < gp) | adv_on
         d_on = step >= gp
-        new_state = {"gen": _tree_where(g_on, new_gen, gen),
-                     "disc": _tree_where(d_on, new_disc, disc), "step": step + 1}
+        new_state = {"gen": tree_where(g_on, new_gen, gen),
+                     "disc": tree_where(d_on, new_disc, disc), "step": step + 1}
         metrics = {"loss": gl, "disc_loss": dl, "disc_acc": acc, "grad_norm": gm["grad_norm"],
                    "disc_grad_norm": dm["grad_norm"], "finite": gm["finite"] & dm["finite"]}
         metrics.update({f"loss_{k}": v for k, v in parts.items()})

@@ -18,17 +18,25 @@ from qmri_jax.engine.state import apply_gradients
 from qmri_jax.models import create_model
 from qmri_jax.tasks.base import predict_in_batches
 
-__all__ = ["RegressionTask", "build_model"]
+__all__ = ["RegressionTask", "build_model", "apply_network"]
 
 
-def build_model(config):
-    """``config.model`` (``name`` plus the network's keyword arguments) as a Flax module."""
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config.model).items()}
+def _tuples(v):
+    return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def build_model(config, **overrides):
+    """``config.model`` (``name`` plus the network's keyword arguments, lists as tuples) as a
+    Flax module, with ``overrides`` of those arguments."""
+    kw = {k: _tuples(v) for k, v in dict(config.model).items()}
+    kw.update(overrides)
     name = kw.pop("name")
     return create_model(name, out_scale=tuple(config.target_scale), **kw)
 
 
-def _apply(model, params, batch_stats, images, train, key=None):
+def apply_network(model, params, batch_stats, images, train, key=None):
+    """``(output, batch_stats)`` of ``model`` on ``images``: in training the batch statistics
+    are updated (when the network has them) and ``key`` drives dropout."""
     variables = {"params": params}
     if batch_stats:
         variables["batch_stats"] = batch_stats
@@ -68,7 +76,7 @@ class RegressionTask:
 
     def train_step(self, state, batch, key):
         def loss_of(params):
-            pred, stats = _apply(self.model, params, state.batch_stats, batch["images"], True,
+            pred, stats = apply_network(self.model, params, state.batch_stats, batch["images"], True,
                                  key)
             return self._loss(pred, batch), stats
 
@@ -82,7 +90,7 @@ class RegressionTask:
     def predict(self, state, images, key=None):
         """``{"mean": maps [B, *S, C]}`` (physical units) from ``images [B, *S, C_in]``."""
         params = eval_params(state, self.ema_decay)
-        return {"mean": _apply(self.model, params, state.batch_stats, images, False)[0]}
+        return {"mean": apply_network(self.model, params, state.batch_stats, images, False)[0]}
 
     def predict_split(self, state, images, batch_size=None):
         """Maps ``[N, *S, C]`` (numpy) for a whole split, in its stored order."""

@@ -26,7 +26,6 @@ high-resolution output and its thick slices (the kernel on each patch) in one pa
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -38,9 +37,11 @@ from qmri_jax.data import patches as patches_lib
 from qmri_jax.data import translation as data_lib
 from qmri_jax.engine import create_optimizer, create_state
 from qmri_jax.engine.state import apply_gradients
-from qmri_jax.models import create_model
 from qmri_jax.physics.protocol import get_protocol
 from qmri_jax.physics.thick_slices import downsample_slices, valid_slices
+from qmri_jax.tasks.base import tree_where
+from qmri_jax.tasks.data import data_dir
+from qmri_jax.tasks.regression import apply_network, build_model
 
 __all__ = ["TranslationTask", "TranslationSettings", "load_translation_data"]
 
@@ -105,9 +106,7 @@ def load_translation_data(config) -> dict:
     patches of each epoch (``train_fn``) and fixed validation patches."""
     dcfg = data_settings(config)
     s = TranslationSettings.from_config(config.translation)
-    data_dir = config.data.data_dir or os.path.join(os.path.expanduser("~"), ".cache",
-                                                    "qmri_jax", "tfds")
-    builder = data_lib.build(dcfg, data_dir)
+    builder = data_lib.build(dcfg, data_dir(config))
     vols = {sp: data_lib.load_split(builder, sp) for sp in ("train", "validation", "test")}
     kw = dict(patch=tuple(s.patch), factor=dcfg.slice_factor, mode=s.mode,
               num_taps=len(s.kernel), kernel_offset=s.kernel_offset)
@@ -126,10 +125,6 @@ def load_translation_data(config) -> dict:
             "protocol": get_protocol(dcfg.protocol).to_dict()}
 
 
-def _tree_where(flag, new, old):
-    return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
-
-
 class TranslationTask:
     """One network (``config.model``: ``highresnet`` or ``unet``, 3D, linear head), one
     optimiser (``config.train``), a thick-slice kernel (learned with its own Adam at
@@ -144,14 +139,9 @@ class TranslationTask:
         self.s = TranslationSettings.from_config(config.translation)
         self.factor = int(config.data.slice_factor)
         self.h2l = self.s.mode == "high_to_low"
-        m = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v)
-             if isinstance(v, (list, tuple)) else v for k, v in dict(config.model).items()}
-        name = m.pop("name")
-        m["head"] = "linear"
-        self.net = create_model(name, out_scale=(1.0,), **m)
-        feats = getattr(self.net, "features", None)
-        self.size_multiple = (2 ** (len(feats) - 1) if name in ("unet", "uresnet", "uattennet")
-                              else 1)
+        self.net = build_model(config, head="linear")  # an intensity: signed, unbounded
+        feats = self.net.features
+        self.size_multiple = 2 ** (len(feats) - 1) if hasattr(self.net, "up") else 1
         steps = int(config.train.num_steps)
         self.tx = create_optimizer(config.train, steps)
         # the kernel trains only in its phase: Adam at the constant base rate (a schedule would
@@ -174,14 +164,8 @@ class TranslationTask:
             return jax.nn.softmax(state["kernel"].params["logits"])
         return self.kernel0
 
-    def _apply(self, net_state, params, x, train):
-        variables = {"params": params}
-        if net_state.batch_stats:
-            variables["batch_stats"] = net_state.batch_stats
-        if train and net_state.batch_stats:
-            y, upd = self.net.apply(variables, x, train=True, mutable=["batch_stats"])
-            return y, upd["batch_stats"]
-        return self.net.apply(variables, x, train=False), net_state.batch_stats
+    def _apply(self, net_state, params, x, train, key=None):
+        return apply_network(self.net, params, net_state.batch_stats, x, train, key)
 
     def thick(self, pred, kernel, offset, num_slices):
         """``pred [B, X, Y, Z, 1]`` -> thick slices ``[B, X, Y, num_slices, 1]``, kernel taps of
@@ -191,7 +175,8 @@ class TranslationTask:
 
     def _loss(self, net_params, logits, state, batch, train, key=None):
         st = {**state, "kernel": state["kernel"].replace(params={"logits": logits})}
-        pred, stats = self._apply(state["net"], net_params, batch["input"], train)
+        dropout_key = None if key is None else jax.random.fold_in(key, 1)
+        pred, stats = self._apply(state["net"], net_params, batch["input"], train, dropout_key)
         mask = batch["mask"]
         if self.h2l:
             n = batch["target"].shape[3]
@@ -224,8 +209,8 @@ class TranslationTask:
         learn_k = jnp.asarray(self.s.kernel_mode == "learned") & (step >= lo) & (step < hi)
         new_net, m_net = apply_gradients(net, g_net, loss, self.tx, 0.0, stats)
         new_k, m_k = apply_gradients(kst, {"logits": g_k}, loss, self.tx_kernel)
-        out = {"net": _tree_where(learn_k, net, new_net),
-               "kernel": _tree_where(learn_k, new_k, kst)}
+        out = {"net": tree_where(learn_k, net, new_net),
+               "kernel": tree_where(learn_k, new_k, kst)}
         metrics = {"loss": loss, "loss_l1": l1, "loss_mind": mind,
                    "grad_norm": m_net["grad_norm"], "kernel_phase": learn_k.astype(jnp.float32),
                    "finite": m_net["finite"] & m_k["finite"]}
