@@ -205,6 +205,7 @@ def get_config():
     config.translation.kernel_shift = 1  # moving: random shift per example, thin slices
     config.translation.kernel_learn_steps = (0, 0)  # learned: steps [start, end), net frozen
     config.translation.mind_weight = 0.0  # x the 3D MIND loss against the input GE
+    config.translation.loss_region = "all"  # L1 over: all (background included) | brain
     config.translation.flip = True  # left-right flips of training patches
     config.translation.fusion_sigma = 1 / 6  # Gaussian patch fusion: sigma / patch
     config.translation.fusion_stride = 1 / 3  # stride / patch

@@ -14,8 +14,10 @@ between the slices and the patch); the kernel is
 * ``learned``: positive weights summing to 1 (a softmax), trained during
   ``kernel_learn_steps = (start, end)`` with the network frozen, and fixed outside them.
 
-Loss: L1 on the thick slices inside the brain (only the slices whose kernel taps lie inside the
-patch) plus ``mind_weight`` x the 3D MIND loss (:func:`qmri_jax.losses.mind`: six neighbours on the
+Loss: L1 on the thick slices (only those whose kernel taps lie inside the patch) over
+``loss_region``: ``"all"`` voxels of the patch (default: the background too, so the network learns
+it as the scanner shows it; a 21 x 21 x 3 SSIM window at the brain's edge sees it) or the
+``"brain"`` only; plus ``mind_weight`` x the 3D MIND loss (:func:`qmri_jax.losses.mind`: six neighbours on the
 three Sobel channels) between the synthetic TSE and the input GE, on the network's grid.
 
 Inference on whole volumes: overlapping patches fused with Gaussian weights (sigma patch / 6,
@@ -47,6 +49,7 @@ __all__ = ["TranslationTask", "TranslationSettings", "load_translation_data"]
 
 MODES = ("high_to_low", "low_to_low")
 KERNEL_MODES = ("fixed", "moving", "learned")
+LOSS_REGIONS = ("all", "brain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +66,7 @@ class TranslationSettings:
     kernel_shift: int = 1
     kernel_learn_steps: tuple = (0, 0)
     mind_weight: float = 0.0
+    loss_region: str = "all"
     flip: bool = True
     fusion_sigma: float = 1.0 / 6.0
     fusion_stride: float = 1.0 / 3.0
@@ -81,6 +85,9 @@ class TranslationSettings:
         if s.kernel_mode not in KERNEL_MODES:
             raise ValueError(f"config.translation.kernel_mode={s.kernel_mode!r}: expected one of "
                              f"{KERNEL_MODES}")
+        if s.loss_region not in LOSS_REGIONS:
+            raise ValueError(f"config.translation.loss_region={s.loss_region!r}: expected one of "
+                             f"{LOSS_REGIONS}")
         if len(s.patch) != 3 or min(s.patch) < 1:
             raise ValueError(f"config.translation.patch={s.patch}: expected 3 positive sizes")
         k = np.asarray(s.kernel, float)
@@ -178,6 +185,8 @@ class TranslationTask:
         dropout_key = None if key is None else jax.random.fold_in(key, 1)
         pred, stats = self._apply(state["net"], net_params, batch["input"], train, dropout_key)
         mask = batch["mask"]
+        if self.s.loss_region == "all":
+            mask = jnp.ones_like(mask)
         if self.h2l:
             n = batch["target"].shape[3]
             offset = batch["offset"]

@@ -106,3 +106,33 @@ def test_moving_kernel_shifts_the_kernel_at_random_and_fixed_does_not():
         losses[mode] = [float(step(state, batch, jax.random.key(k))[1]["loss"]) for k in range(4)]
     assert len(set(losses["fixed"])) == 1  # the key does not move a fixed kernel
     assert len(set(losses["moving"])) > 1  # a moving kernel sees other slices per key
+
+
+@pytest.mark.parametrize("region", ["all", "brain"])
+def test_loss_region_is_the_l1_of_the_thick_slices_over_the_patch_or_the_brain(region):
+    rng = np.random.default_rng(1)
+    mask = np.zeros((2, 8, 8, 4), np.float32)
+    mask[:, 2:6, 1:7] = 1.0  # a "brain" in the middle; the background target differs
+    batch = {"input": rng.random((2, 8, 8, 16, 1)).astype(np.float32),
+             "target": rng.random((2, 8, 8, 4, 1)).astype(np.float32) + 0.5 * (1 - mask[..., None]),
+             "mask": mask, "mask_in": np.ones((2, 8, 8, 16), np.float32),
+             "offset": np.zeros((2,), np.int32)}
+    cfg = translation_config_tiny()
+    with cfg.unlocked():
+        cfg.translation.update(loss_region=region, kernel_offset=0)
+    task = create_task(cfg)
+    state = task.create_state(jax.random.key(0), batch)
+    thick = np.asarray(task.predict(state, batch["input"])["thick"])  # kernel taps from slice 0
+    err = np.abs(thick - batch["target"])[..., 0]
+    expected = err.mean() if region == "all" else err[mask > 0].mean()
+    assert abs(err.mean() - err[mask > 0].mean()) > 1e-3  # the two regions differ here
+    np.testing.assert_allclose(float(task.eval_step(state, batch, None)["loss"]), expected,
+                               rtol=1e-5)
+
+
+def test_unknown_loss_region_names_the_field():
+    cfg = translation_config_tiny()
+    with cfg.unlocked():
+        cfg.translation.loss_region = "head"
+    with pytest.raises(ValueError, match=r"config.translation.loss_region='head'"):
+        create_task(cfg)
