@@ -13,7 +13,8 @@ slices against the truth (high_res) and cubic interpolation of the thick slices
 Presets:
   ""          CPU default = hr_net: the redesigned HighResNet (no stem, 1x1x1 projections,
               channels doubling with each dilation (1,1,1) / (2,2,1) / (4,4,2), reflection
-              padding), High-to-low, L1 through the fixed kernel [1/6, 1/3, 1/3, 1/6];
+              padding), High-to-low, L1 through the fixed kernel [1/6, 1/3, 1/3, 1/6]
+              over the whole patch (translation.loss_region = "all"; "brain": the brain only);
   hr_net      the same;
   unet        a 3D U-Net (12/24/48, bilinear up-sampling) instead, same training;
   low_to_low  the HighResNet trained on thick slices (the GE averaged over 4 slices), dilations
