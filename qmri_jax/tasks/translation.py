@@ -17,8 +17,9 @@ between the slices and the patch); the kernel is
 Loss: L1 on the thick slices (only those whose kernel taps lie inside the patch) over
 ``loss_region``: ``"all"`` voxels of the patch (default: the background too, so the network learns
 it as the scanner shows it; a 21 x 21 x 3 SSIM window at the brain's edge sees it) or the
-``"brain"`` only; plus ``mind_weight`` x the 3D MIND loss (:func:`qmri_jax.losses.mind`: six neighbours on the
-three Sobel channels) between the synthetic TSE and the input GE, on the network's grid.
+``"brain"`` only; plus ``mind_weight`` x the 3D MIND loss (:func:`qmri_jax.losses.mind`: six
+neighbours on the three Sobel channels) between the synthetic TSE and the input GE, on the
+network's grid.
 
 Inference on whole volumes: overlapping patches fused with Gaussian weights (sigma patch / 6,
 stride patch / 3, :func:`qmri_jax.data.patches.fuse_patches`); High-to-low fuses the
@@ -80,14 +81,11 @@ class TranslationSettings:
         if unknown:
             raise ValueError(f"config.translation: unknown keys {unknown} (known: {sorted(names)})")
         s = cls(**d)
-        if s.mode not in MODES:
-            raise ValueError(f"config.translation.mode={s.mode!r}: expected one of {MODES}")
-        if s.kernel_mode not in KERNEL_MODES:
-            raise ValueError(f"config.translation.kernel_mode={s.kernel_mode!r}: expected one of "
-                             f"{KERNEL_MODES}")
-        if s.loss_region not in LOSS_REGIONS:
-            raise ValueError(f"config.translation.loss_region={s.loss_region!r}: expected one of "
-                             f"{LOSS_REGIONS}")
+        for name, allowed in (("mode", MODES), ("kernel_mode", KERNEL_MODES),
+                              ("loss_region", LOSS_REGIONS)):
+            if getattr(s, name) not in allowed:
+                raise ValueError(f"config.translation.{name}={getattr(s, name)!r}: expected one "
+                                 f"of {allowed}")
         if len(s.patch) != 3 or min(s.patch) < 1:
             raise ValueError(f"config.translation.patch={s.patch}: expected 3 positive sizes")
         k = np.asarray(s.kernel, float)
