@@ -201,6 +201,7 @@ def get_config():
     config.translation.validation_patches = 16
     config.translation.kernel = (1 / 6, 1 / 3, 1 / 3, 1 / 6)  # thick-slice kernel, stride f
     config.translation.kernel_offset = 0  # its first tap relative to the slice's first voxel
+    config.translation.consistency = 1  # back-projection steps onto acquired thick slices (0: off)
     config.translation.kernel_mode = "fixed"  # fixed | moving | learned
     config.translation.kernel_shift = 1  # moving: random shift per example, thin slices
     config.translation.kernel_learn_steps = (0, 0)  # learned: steps [start, end), net frozen
@@ -220,4 +221,5 @@ def get_config():
     config.predict.protocol = ""  # name of the inputs' protocol ("" = the training protocol)
     config.predict.allow_protocol_mismatch = False
     config.predict.batch_size = 8  # slices per call of the task's predict
+    config.predict.thick_tse = ""  # translation: the acquired thick-slice TSE NIfTI (consistency)
     return config

@@ -189,7 +189,11 @@ def translate_files(config, workdir: str) -> str:
     """``--mode=predict`` of a translation workdir: the TSE of one 3D GE NIfTI
     (``config.predict.inputs``), thin slices (``pred_TSE.nii.gz``) and, High-to-low, the thick
     slices of the model's kernel (``pred_TSE_thick.nii.gz``). The GE is divided by its
-    99th percentile inside an automatic foreground mask, as in training."""
+    99th percentile inside an automatic foreground mask, as in training. With
+    ``config.predict.thick_tse`` (the acquired thick-slice TSE, ``[X, Y, Z / f]`` on the GE's
+    field of view), ``pred_TSE.nii.gz`` is made consistent with it
+    (``config.translation.consistency`` steps; in the thick TSE's intensity units) and the
+    network alone goes to ``pred_TSE_network.nii.gz``."""
     import nibabel as nib
 
     from qmri_jax.fitting.maps import auto_mask
@@ -207,10 +211,24 @@ def translate_files(config, workdir: str) -> str:
     patch = tuple(config.translation.patch)
     example = {k: np.zeros((1, *patch, 1), np.float32) for k in ("input",)}
     task, state = load_trained(config, workdir, None, example=example)
-    res = task.translate_volume(state, ge, thin=True)
+    thick, scale = None, 1.0
+    thick_path = str(config.predict.get("thick_tse", "") or "")
+    if thick_path:
+        thick = np.asarray(nib.load(thick_path).get_fdata(dtype=np.float32))
+        want = (*ge.shape[:2], ge.shape[2] // task.factor)
+        if thick.shape != want:
+            raise ValueError(f"{thick_path}: config.predict.thick_tse has shape {thick.shape}; "
+                             f"expected {want} (the GE {ge.shape} with slices {task.factor}x "
+                             "thicker)")
+        scale = max(float(np.percentile(thick[auto_mask(thick[..., None])], 99)), 1e-12)
+        thick = thick / scale
+    res = task.translate_volume(state, ge, thin=True, thick=thick)
     out = config.predict.output or os.path.join(workdir, "predict")
     os.makedirs(out, exist_ok=True)
-    nifti.write_nifti(os.path.join(out, "pred_TSE.nii.gz"), res["mean"], img.affine)
+    nifti.write_nifti(os.path.join(out, "pred_TSE.nii.gz"), res["mean"] * scale, img.affine)
+    if "network" in res:
+        nifti.write_nifti(os.path.join(out, "pred_TSE_network.nii.gz"), res["network"] * scale,
+                          img.affine)
     if "thick" in res:
         f = task.factor
         affine = np.array(img.affine, float)

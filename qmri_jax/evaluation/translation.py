@@ -3,8 +3,11 @@
 * ``low_res``: the model's thick slices against the acquired thick-slice TSE (what the High-to-low
   paper could measure), inside the thick-slice brain mask;
 * ``high_res``: the model's high-resolution TSE against the true high-resolution TSE (what it could
-  not: no scanner delivers it), inside the brain; a low-to-low network is applied to the thin-slice
-  GE (it is fully convolutional), and ``high_res_cubic`` is its thick-slice output interpolated;
+  not: no scanner delivers it), inside the brain: the network's output made consistent with the
+  acquired thick slices (:func:`qmri_jax.data.slice_interp.consistent_thin_slices`,
+  ``config.translation.consistency`` back-projection steps; 0: the network alone);
+  ``high_res_network`` is the network alone. A low-to-low network is applied to the thin-slice GE
+  (it is fully convolutional), and ``high_res_cubic`` is its thick-slice output interpolated;
 * ``high_res_interpolation``: cubic interpolation of the acquired thick-slice TSE along ``z``.
 
 Each section: ``mae``, ``mi`` (mutual information, 128 bins, nats), ``ssim`` (box window
@@ -18,8 +21,9 @@ import json
 import os
 
 import numpy as np
-from scipy import interpolate, ndimage
+from scipy import ndimage
 
+from qmri_jax.data.slice_interp import cubic_thin_slices
 from qmri_jax.evaluation.metrics import mae, mutual_information
 
 __all__ = ["ssim_box", "cubic_thin_slices", "volume_scores", "evaluate_translation"]
@@ -42,17 +46,6 @@ def ssim_box(pred, truth, mask, window=SSIM_WINDOW) -> float:
     spp, stt, spt = f(p * p) - mp ** 2, f(t * t) - mt ** 2, f(p * t) - mp * mt
     s = ((2 * mp * mt + c1) * (2 * spt + c2)) / ((mp ** 2 + mt ** 2 + c1) * (spp + stt + c2))
     return float(np.mean(s[m]))
-
-
-def cubic_thin_slices(thick, factor: int, offset: float | None = None) -> np.ndarray:
-    """Cubic-spline interpolation of ``thick [X, Y, n]`` to ``n * factor`` thin slices along
-    ``z``; thick slice ``j``'s centre sits at thin position ``factor j + offset`` (default
-    ``(factor - 1) / 2``: the slice covers thin slices ``factor j .. factor j + factor - 1``)."""
-    n = thick.shape[2]
-    offset = (factor - 1) / 2.0 if offset is None else offset
-    centres = factor * np.arange(n) + offset
-    spline = interpolate.CubicSpline(centres, thick, axis=2, bc_type="natural")
-    return spline(np.arange(n * factor)).astype(np.float32)
 
 
 def volume_scores(pred, truth, mask, tissues: dict | None = None) -> dict:
@@ -83,23 +76,25 @@ def evaluate_translation(task, state, vols: dict, out_dir: str, figures: bool = 
     ``out_dir/metrics.json`` (and ``translation.png``)."""
     os.makedirs(out_dir, exist_ok=True)
     f = task.factor
-    rows = {k: [] for k in ("low_res", "high_res", "high_res_cubic", "high_res_interpolation")}
+    rows = {k: [] for k in ("low_res", "high_res", "high_res_network", "high_res_cubic",
+                            "high_res_interpolation")}
     example = None
     for i in range(len(vols["ge"])):
         tissues = {t: vols[t][i] for t in ("GM", "WM", "CSF")}
         brain, brain_lr = vols["brain"][i], vols["brain_lr"][i]
         truth_hr, tse_lr = vols["tse_hr"][i], vols["tse_lr"][i]
+        res = task.translate_volume(state, vols["ge"][i], thin=True, thick=tse_lr)
+        hr = res["mean"]
         if task.h2l:
-            res = task.translate_volume(state, vols["ge"][i])
-            hr, lr = res["mean"], res["thick"]
+            lr = res["thick"]  # the network's own thick slices
         else:
             lr = task.translate_volume(state, vols["ge_lr"][i])["mean"]
-            hr = task.translate_volume(state, vols["ge"][i], thin=True)["mean"]
             rows["high_res_cubic"].append(volume_scores(cubic_thin_slices(lr, f), truth_hr,
                                                         brain, tissues))
         interp = cubic_thin_slices(tse_lr, f)
         rows["low_res"].append(volume_scores(lr, tse_lr, brain_lr))
         rows["high_res"].append(volume_scores(hr, truth_hr, brain, tissues))
+        rows["high_res_network"].append(volume_scores(res["network"], truth_hr, brain, tissues))
         rows["high_res_interpolation"].append(volume_scores(interp, truth_hr, brain, tissues))
         if example is None:
             example = dict(ge=vols["ge"][i], thick=tse_lr, interp=interp, model=hr,
@@ -107,6 +102,7 @@ def evaluate_translation(task, state, vols: dict, out_dir: str, figures: bool = 
     metrics = {k: _mean(v) for k, v in rows.items() if v}
     metrics["mode"] = task.s.mode
     metrics["kernel"] = [float(x) for x in np.asarray(task.kernel(state))]
+    metrics["consistency"] = int(task.s.consistency)
     metrics["num_subjects"] = len(vols["ge"])
     tmp = os.path.join(out_dir, "metrics.json.tmp")
     with open(tmp, "w") as fh:

@@ -23,7 +23,11 @@ network's grid.
 
 Inference on whole volumes: overlapping patches fused with Gaussian weights (sigma patch / 6,
 stride patch / 3, :func:`qmri_jax.data.patches.fuse_patches`); High-to-low fuses the
-high-resolution output and its thick slices (the kernel on each patch) in one pass.
+high-resolution output and its thick slices (the kernel on each patch) in one pass. Where the
+acquired thick-slice TSE is at hand (evaluation; ``--mode=predict`` with
+``config.predict.thick_tse``), the output is made consistent with it by ``consistency``
+back-projection steps (:func:`qmri_jax.data.slice_interp.consistent_thin_slices`): the network
+gives the through-plane detail, the acquired slices what the GE cannot tell (the subject's T2).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import optax
 
 from qmri_jax import losses as losses_lib
 from qmri_jax.data import patches as patches_lib
+from qmri_jax.data import slice_interp
 from qmri_jax.data import translation as data_lib
 from qmri_jax.engine import create_optimizer, create_state
 from qmri_jax.engine.state import apply_gradients
@@ -72,6 +77,7 @@ class TranslationSettings:
     fusion_sigma: float = 1.0 / 6.0
     fusion_stride: float = 1.0 / 3.0
     eval_batch: int = 4
+    consistency: int = 1
 
     @classmethod
     def from_config(cls, section) -> "TranslationSettings":
@@ -92,6 +98,9 @@ class TranslationSettings:
         if k.ndim != 1 or np.any(k < 0) or not k.sum() > 0:
             raise ValueError(f"config.translation.kernel={s.kernel}: expected non-negative "
                              "weights, not all zero")
+        if s.consistency < 0:
+            raise ValueError(f"config.translation.consistency={s.consistency}: expected >= 0 "
+                             "back-projection steps (0: the network alone)")
         if s.mind_weight < 0:
             raise ValueError(f"config.translation.mind_weight={s.mind_weight}: expected >= 0")
         return s
@@ -239,12 +248,15 @@ class TranslationTask:
             out["thick"] = self.thick(pred, self.kernel(state), off, images.shape[3] // self.factor)
         return out
 
-    def translate_volume(self, state, volume, thin=None):
+    def translate_volume(self, state, volume, thin=None, thick=None):
         """Whole-volume TSE of one input ``volume [X, Y, Z]`` by Gaussian patch fusion:
-        ``{"mean": [X, Y, Z]}`` and, High-to-low, ``"thick": [X, Y, Z / f]``. ``thin``: the
-        volume has thin slices (GE; default: High-to-low) and takes the training patch, else
-        thick slices and patches ``f`` times thinner in ``z`` (a low-to-low network applied to
-        thin slices is ``thin=True``)."""
+        ``{"mean": [X, Y, Z]}`` and, High-to-low, ``"thick": [X, Y, Z / f]`` (the network's own
+        thick slices). ``thin``: the volume has thin slices (GE; default: High-to-low) and takes
+        the training patch, else thick slices and patches ``f`` times thinner in ``z`` (a
+        low-to-low network applied to thin slices is ``thin=True``). ``thick``: the acquired
+        thick-slice TSE ``[X, Y, Z / f]`` (units of its in-brain 99th percentile, as in
+        training): ``"mean"`` is then made consistent with it (:meth:`consistent`) and
+        ``"network"`` is the network alone."""
         s, f = self.s, self.factor
         thin = self.h2l if thin is None else thin
         patch = tuple(s.patch) if thin else (s.patch[0], s.patch[1], max(1, s.patch[2] // f))
@@ -255,9 +267,23 @@ class TranslationTask:
             scales = {"thick": (1, 1, 1.0 / f)}
         out = patches_lib.fuse_patches(
             lambda x: jax.device_get(self._predict_jit(state, jnp.asarray(x))), volume[..., None],
-            patch,
-                                       tuple(stride), s.fusion_sigma, s.eval_batch, scales)
-        return {k: v[..., 0] for k, v in out.items()}
+            patch, tuple(stride), s.fusion_sigma, s.eval_batch, scales)
+        out = {k: v[..., 0] for k, v in out.items()}
+        if thick is not None:
+            if not thin:
+                raise ValueError("translate_volume: thick slices given for a thick-slice input; "
+                                 "consistency needs the thin-slice output (thin=True)")
+            out["network"] = out["mean"]
+            out["mean"] = self.consistent(state, out["mean"], thick)
+        return out
+
+    def consistent(self, state, thin_tse, thick_tse):
+        """``thin_tse [X, Y, Z]`` made consistent with the acquired ``thick_tse [X, Y, Z / f]``:
+        ``config.translation.consistency`` back-projection steps through the task's kernel
+        (:func:`qmri_jax.data.slice_interp.consistent_thin_slices`; 0: unchanged)."""
+        return slice_interp.consistent_thin_slices(
+            thin_tse, thick_tse, np.asarray(self.kernel(state)), self.factor,
+            self.s.kernel_offset, self.s.consistency)
 
     def evaluate(self, state, data, out_dir):
         """Test-split report (``metrics.json``, figure) of :mod:`qmri_jax.evaluation.translation`."""

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from qmri_jax import engine
+from qmri_jax.physics.thick_slices import downsample_slices
 from qmri_jax.tasks import create_task
 from tests.tiny import check_sharded_and_resumed, translation_config_tiny
 
@@ -50,12 +51,15 @@ def test_report_has_both_resolutions_and_the_interpolation(preset, data_dir, tmp
     cfg = translation_config_tiny(preset, num_steps=2, data_dir=data_dir)
     _, metrics = train.train_and_evaluate(cfg, str(tmp_path / "w"))
     saved = json.load(open(tmp_path / "w" / "eval" / "metrics.json"))
-    for section in ("low_res", "high_res", "high_res_interpolation"):
+    for section in ("low_res", "high_res", "high_res_network", "high_res_interpolation"):
         assert set(saved[section]) >= {"mae", "mi", "ssim", "per_subject"}
         assert np.isfinite([saved[section][k] for k in ("mae", "mi", "ssim")]).all()
     assert saved["mode"] == ("low_to_low" if preset else "high_to_low")
     assert ("high_res_cubic" in saved) == bool(preset)
     assert set(saved["high_res"]["by_tissue"]) == {"GM", "WM", "CSF"}
+    # high_res: the network made consistent with the acquired thick slices (one step by default)
+    assert saved["consistency"] == 1
+    assert saved["high_res"]["mae"] != saved["high_res_network"]["mae"]
     # the interpolation baseline does not depend on the model: the same in both runs
     assert saved["high_res_interpolation"]["mae"] == pytest.approx(
         metrics["high_res_interpolation"]["mae"])
@@ -82,7 +86,28 @@ def test_predict_mode_translates_a_ge_nifti(data_dir, tmp_path):
     assert np.isfinite(thin.get_fdata()).all()
     np.testing.assert_allclose(thick.affine[:3, 2], [0, 0, 16.0])  # 4 x 4 mm slices
     np.testing.assert_allclose(thick.affine[:3, 3], [0, 0, 6.0])  # centred on thin slices 0-3
+    # with the acquired thick slices (any scanner scale), the output is made consistent with them
+    tse = create_task(cfg).load_data(cfg)["test"]["tse_lr"][0]
+    nifti.write_nifti(str(tmp_path / "tse.nii.gz"), 567.0 * tse, thick.affine)
     with cfg.unlocked():
+        cfg.predict.thick_tse = str(tmp_path / "tse.nii.gz")
+        cfg.predict.output = str(tmp_path / "dc")
+    out = predict.predict_files(cfg, wd)
+    task = create_task(cfg)
+    kernel = np.asarray(task.kernel0)
+
+    def thick_error(name):
+        x = nib.load(os.path.join(out, name)).get_fdata().astype(np.float32)
+        lr = np.asarray(downsample_slices(x[..., None], kernel, 4))[..., 0]
+        return np.abs(lr - 567.0 * tse).mean() / np.abs(567.0 * tse).mean()
+
+    assert thick_error("pred_TSE.nii.gz") < 0.5 * thick_error("pred_TSE_network.nii.gz")
+    with cfg.unlocked():
+        cfg.predict.thick_tse = str(tmp_path / "ge.nii.gz")
+    with pytest.raises(ValueError, match="config.predict.thick_tse has shape"):
+        predict.predict_files(cfg, wd)
+    with cfg.unlocked():
+        cfg.predict.thick_tse = ""
         cfg.predict.inputs = str(tmp_path / "missing.nii.gz")
     with pytest.raises(ValueError, match="expected one 3D GE NIfTI file"):
         predict.predict_files(cfg, wd)
@@ -130,9 +155,12 @@ def test_loss_region_is_the_l1_of_the_thick_slices_over_the_patch_or_the_brain(r
                                rtol=1e-5)
 
 
-def test_unknown_loss_region_names_the_field():
+@pytest.mark.parametrize("field,value,message", [
+    ("loss_region", "head", r"config.translation.loss_region='head'"),
+    ("consistency", -1, r"config.translation.consistency=-1: expected >= 0")])
+def test_bad_settings_name_the_field(field, value, message):
     cfg = translation_config_tiny()
     with cfg.unlocked():
-        cfg.translation.loss_region = "head"
-    with pytest.raises(ValueError, match=r"config.translation.loss_region='head'"):
+        cfg.translation[field] = value
+    with pytest.raises(ValueError, match=message):
         create_task(cfg)
