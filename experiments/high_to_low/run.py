@@ -8,9 +8,11 @@ Each condition is ``configs/high_to_low.py:<preset>`` trained with ``qmri_jax.tr
 ``DIR/<condition>_seed<k>`` (an existing finished run is reused), evaluated on the same test
 subjects. ``DIR/results.json`` holds every run's scores; ``DIR/table.md`` the table: per section
 (low_res: thick slices against the acquired TSE, what the paper measured; high_res: thin slices
-against the true TSE, what it could not; high_res_interpolation: cubic interpolation) MAE, MI and
-SSIM as mean +- SD over seeds x test subjects, and paired t-tests (over seeds x subjects) of
-High-to-low against low-to-low and of L1 + MIND against L1.
+against the true TSE, what it could not, the network made consistent with the acquired thick
+slices; high_res_network: the network alone; high_res_interpolation: cubic interpolation) MAE, MI
+and SSIM as mean +- SD over seeds x test subjects, and paired t-tests (over seeds x subjects) of
+High-to-low against low-to-low, of L1 + MIND against L1 and of each condition's thin slices
+against interpolation.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import os
 import numpy as np
 from scipy import stats
 
-SECTIONS = ("low_res", "high_res", "high_res_interpolation")
+SECTIONS = ("low_res", "high_res", "high_res_network", "high_res_interpolation")
 METRICS = ("mae", "mi", "ssim")
 DEFAULT_CONDITIONS = ("hr_net", "unet", "hr_net+mind", "unet+mind", "low_to_low",
                       "low_to_low+unet")
@@ -49,12 +51,13 @@ def run_condition(condition: str, seed: int, out: str, steps: int | None) -> dic
     return train.train_and_evaluate(cfg, wd)[1]
 
 
-def _pairs(results, a, b, section, metric):
-    """Per (seed, subject) values of conditions ``a`` and ``b`` (paired)."""
+def _pairs(results, a, b, section, metric, section_b=None):
+    """Per (seed, subject) values of conditions ``a`` and ``b`` (paired; ``b``'s section
+    ``section_b``, default the same)."""
     xa, xb = [], []
     for seed in sorted(set(results[a]) & set(results[b])):
         xa += [r[metric] for r in results[a][seed][section]["per_subject"]]
-        xb += [r[metric] for r in results[b][seed][section]["per_subject"]]
+        xb += [r[metric] for r in results[b][seed][section_b or section]["per_subject"]]
     return np.asarray(xa), np.asarray(xb)
 
 
@@ -67,19 +70,23 @@ def table(results: dict) -> str:
                     for m in METRICS}
             cells = [f"{np.mean(v):.4f} +- {np.std(v):.4f}" for v in vals.values()]
             lines.append(f"| {cond} | {section} | " + " | ".join(cells) + " |")
+    pairs = [(a, b, sec, None) for a, b in (
+        ("hr_net", "low_to_low"), ("unet", "low_to_low+unet"), ("hr_net+mind", "hr_net"),
+        ("unet+mind", "unet"), ("unet", "hr_net")) for sec in ("low_res", "high_res")]
+    pairs += [(a, a, sec, "high_res_interpolation") for a in results
+              for sec in ("high_res", "high_res_network")]  # each condition against interpolation
     tests = []
-    for a, b in (("hr_net", "low_to_low"), ("unet", "low_to_low+unet"),
-                 ("hr_net+mind", "hr_net"), ("unet+mind", "unet"), ("unet", "hr_net")):
+    for a, b, section, section_b in pairs:
         if a not in results or b not in results:
             continue
-        for section in ("low_res", "high_res"):
-            for m in METRICS:
-                xa, xb = _pairs(results, a, b, section, m)
-                if len(xa) < 2:
-                    continue
-                t, p = stats.ttest_rel(xa, xb)
-                tests.append(f"| {a} vs {b} | {section} | {m.upper()} | {np.mean(xa - xb):+.4f} "
-                             f"| {t:.2f} | {p:.3g} | {len(xa)} |")
+        for m in METRICS:
+            xa, xb = _pairs(results, a, b, section, m, section_b)
+            if len(xa) < 2:
+                continue
+            t, p = stats.ttest_rel(xa, xb)
+            name = f"{a} vs {b}" if section_b is None else f"{a} vs interpolation"
+            tests.append(f"| {name} | {section} | {m.upper()} | {np.mean(xa - xb):+.4f} "
+                         f"| {t:.2f} | {p:.3g} | {len(xa)} |")
     if tests:
         lines += ["", "| paired t-test | section | metric | mean difference (a - b) | t | p | n |",
                   "|---|---|---|---|---|---|---|", *tests]
