@@ -12,15 +12,18 @@ slices against the truth (high_res) and cubic interpolation of the thick slices
 
 Presets:
   ""          CPU default = hr_net: the redesigned HighResNet (no stem, 1x1x1 projections,
-              channels doubling with each dilation (1,1,1) / (2,2,1) / (4,4,2), reflection
-              padding), High-to-low, L1 through the fixed kernel [1/6, 1/3, 1/3, 1/6]
-              over the whole patch (translation.loss_region = "all"; "brain": the brain only);
+              channels 8 / 16 / 16 with dilations (1,1,1) / (2,2,1) / (4,4,2) (the paper
+              doubles them: 16 / 32 / 64 in :paper), reflection padding), High-to-low, 400
+              steps, L1 through the fixed kernel [1/6, 1/3, 1/3, 1/6] over the whole patch
+              (translation.loss_region = "all"; "brain": the brain only); the thin-slice
+              output made consistent with the acquired thick slices where they are given
+              (translation.consistency = 1 back-projection step; 0: the network alone);
   hr_net      the same;
   unet        a 3D U-Net (12/24/48, bilinear up-sampling) instead, same training;
   low_to_low  the HighResNet trained on thick slices (the GE averaged over 4 slices), dilations
               (1,1,1) / (2,2,1) / (4,4,1);
   mind        hr_net plus 0.1 x the 3D MIND loss against the input GE;
-  learned     hr_net with the kernel learned (network frozen) over steps 250-300;
+  learned     hr_net with the kernel learned (network frozen) over steps 350-400;
   paper       the published sizes for a GPU: patches 56x56x32 (low-to-low 56x56x8), HighResNet
               16/32/64 with 3 blocks per stage, 20 subjects of 1 mm, 20000 steps.
 Several presets combine with "+", e.g. "unet+mind", "low_to_low+unet".
@@ -49,7 +52,7 @@ def get_config(preset: str = ""):
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "highresnet"
-    config.model.features = (8, 16, 32)
+    config.model.features = (8, 16, 16)
     config.model.blocks_per_stage = 1
     config.model.dilations = ((1, 1, 1), (2, 2, 1), (4, 4, 2))
     config.model.stem = False
@@ -64,7 +67,7 @@ def get_config(preset: str = ""):
     config.train.warmup_steps = 20
     config.train.grad_clip = 1.0
     config.train.batch_size = 4
-    config.train.num_steps = 300
+    config.train.num_steps = 400
     config.train.eval_every = 100
     config.train.checkpoint_every = 100
     config.train.log_every = 25
@@ -84,7 +87,7 @@ def get_config(preset: str = ""):
             t.mind_weight = 0.1
         elif name == "learned":
             t.kernel_mode = "learned"
-            t.kernel_learn_steps = (250, 300)
+            t.kernel_learn_steps = (350, 400)
         elif name == "paper":
             config.data.resolution_mm = 1
             config.data.num_subjects = 20
