@@ -191,9 +191,9 @@ def translate_files(config, workdir: str) -> str:
     slices of the model's kernel (``pred_TSE_thick.nii.gz``). The GE is divided by its
     99th percentile inside an automatic foreground mask, as in training. With
     ``config.predict.thick_tse`` (the acquired thick-slice TSE, ``[X, Y, Z / f]`` on the GE's
-    field of view), ``pred_TSE.nii.gz`` is made consistent with it
-    (``config.translation.consistency`` steps; in the thick TSE's intensity units) and the
-    network alone goes to ``pred_TSE_network.nii.gz``."""
+    field of view), the thin slices are also made consistent with it
+    (``config.translation.consistency`` steps): ``pred_TSE_consistent.nii.gz``; both thin-slice
+    outputs are then in the thick TSE's intensity units."""
     import nibabel as nib
 
     from qmri_jax.fitting.maps import auto_mask
@@ -226,9 +226,9 @@ def translate_files(config, workdir: str) -> str:
     out = config.predict.output or os.path.join(workdir, "predict")
     os.makedirs(out, exist_ok=True)
     nifti.write_nifti(os.path.join(out, "pred_TSE.nii.gz"), res["mean"] * scale, img.affine)
-    if "network" in res:
-        nifti.write_nifti(os.path.join(out, "pred_TSE_network.nii.gz"), res["network"] * scale,
-                          img.affine)
+    if "consistent" in res:
+        nifti.write_nifti(os.path.join(out, "pred_TSE_consistent.nii.gz"),
+                          res["consistent"] * scale, img.affine)
     if "thick" in res:
         f = task.factor
         affine = np.array(img.affine, float)

@@ -8,9 +8,8 @@ Each condition is ``configs/high_to_low.py:<preset>`` trained with ``qmri_jax.tr
 ``DIR/<condition>_seed<k>`` (an existing finished run is reused), evaluated on the same test
 subjects. ``DIR/results.json`` holds every run's scores; ``DIR/table.md`` the table: per section
 (low_res: thick slices against the acquired TSE, what the paper measured; high_res: thin slices
-against the true TSE, what it could not, the network made consistent with the acquired thick
-slices; high_res_network: the network alone; high_res_interpolation: cubic interpolation) MAE, MI
-and SSIM as mean +- SD over seeds x test subjects, and paired t-tests (over seeds x subjects) of
+against the true TSE, what it could not; high_res_consistent: the same made consistent with the
+acquired thick slices; high_res_interpolation: cubic interpolation) MAE, MI and SSIM as mean +- SD over seeds x test subjects, and paired t-tests (over seeds x subjects) of
 High-to-low against low-to-low, of L1 + MIND against L1 and of each condition's thin slices
 against interpolation.
 """
@@ -24,7 +23,7 @@ import os
 import numpy as np
 from scipy import stats
 
-SECTIONS = ("low_res", "high_res", "high_res_network", "high_res_interpolation")
+SECTIONS = ("low_res", "high_res", "high_res_consistent", "high_res_interpolation")
 METRICS = ("mae", "mi", "ssim")
 DEFAULT_CONDITIONS = ("hr_net", "unet", "hr_net+mind", "unet+mind", "low_to_low",
                       "low_to_low+unet")
@@ -66,18 +65,23 @@ def table(results: dict) -> str:
     lines = ["| condition | section | MAE | MI | SSIM |", "|---|---|---|---|---|"]
     for cond, runs in results.items():
         for section in SECTIONS:
+            if not all(section in run for run in runs.values()):
+                continue  # e.g. high_res_consistent of a run with consistency = 0
             vals = {m: [r[m] for run in runs.values() for r in run[section]["per_subject"]]
                     for m in METRICS}
             cells = [f"{np.mean(v):.4f} +- {np.std(v):.4f}" for v in vals.values()]
             lines.append(f"| {cond} | {section} | " + " | ".join(cells) + " |")
     pairs = [(a, b, sec, None) for a, b in (
         ("hr_net", "low_to_low"), ("unet", "low_to_low+unet"), ("hr_net+mind", "hr_net"),
-        ("unet+mind", "unet"), ("unet", "hr_net")) for sec in ("low_res", "high_res")]
+        ("unet+mind", "unet"), ("unet", "hr_net"))
+        for sec in ("low_res", "high_res", "high_res_consistent")]
     pairs += [(a, a, sec, "high_res_interpolation") for a in results
-              for sec in ("high_res", "high_res_network")]  # each condition against interpolation
+              for sec in ("high_res", "high_res_consistent")]  # each condition against interpolation
     tests = []
     for a, b, section, section_b in pairs:
-        if a not in results or b not in results:
+        if a not in results or b not in results or not all(
+                section in run for run in results[a].values()) or not all(
+                (section_b or section) in run for run in results[b].values()):
             continue
         for m in METRICS:
             xa, xb = _pairs(results, a, b, section, m, section_b)

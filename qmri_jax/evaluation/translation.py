@@ -3,11 +3,12 @@
 * ``low_res``: the model's thick slices against the acquired thick-slice TSE (what the High-to-low
   paper could measure), inside the thick-slice brain mask;
 * ``high_res``: the model's high-resolution TSE against the true high-resolution TSE (what it could
-  not: no scanner delivers it), inside the brain: the network's output made consistent with the
-  acquired thick slices (:func:`qmri_jax.data.slice_interp.consistent_thin_slices`,
-  ``config.translation.consistency`` back-projection steps; 0: the network alone);
-  ``high_res_network`` is the network alone. A low-to-low network is applied to the thin-slice GE
-  (it is fully convolutional), and ``high_res_cubic`` is its thick-slice output interpolated;
+  not: no scanner delivers it), inside the brain; a low-to-low network is applied to the
+  thin-slice GE (it is fully convolutional), and ``high_res_cubic`` is its thick-slice output
+  interpolated;
+* ``high_res_consistent`` (when ``config.translation.consistency`` > 0): the same output made
+  consistent with the acquired thick slices
+  (:func:`qmri_jax.data.slice_interp.consistent_thin_slices`);
 * ``high_res_interpolation``: cubic interpolation of the acquired thick-slice TSE along ``z``.
 
 Each section: ``mae``, ``mi`` (mutual information, 128 bins, nats), ``ssim`` (box window
@@ -76,14 +77,15 @@ def evaluate_translation(task, state, vols: dict, out_dir: str, figures: bool = 
     ``out_dir/metrics.json`` (and ``translation.png``)."""
     os.makedirs(out_dir, exist_ok=True)
     f = task.factor
-    rows = {k: [] for k in ("low_res", "high_res", "high_res_network", "high_res_cubic",
+    rows = {k: [] for k in ("low_res", "high_res", "high_res_consistent", "high_res_cubic",
                             "high_res_interpolation")}
     example = None
     for i in range(len(vols["ge"])):
         tissues = {t: vols[t][i] for t in ("GM", "WM", "CSF")}
         brain, brain_lr = vols["brain"][i], vols["brain_lr"][i]
         truth_hr, tse_lr = vols["tse_hr"][i], vols["tse_lr"][i]
-        res = task.translate_volume(state, vols["ge"][i], thin=True, thick=tse_lr)
+        res = task.translate_volume(state, vols["ge"][i], thin=True,
+                                    thick=tse_lr if task.s.consistency else None)
         hr = res["mean"]
         if task.h2l:
             lr = res["thick"]  # the network's own thick slices
@@ -94,7 +96,9 @@ def evaluate_translation(task, state, vols: dict, out_dir: str, figures: bool = 
         interp = cubic_thin_slices(tse_lr, f)
         rows["low_res"].append(volume_scores(lr, tse_lr, brain_lr))
         rows["high_res"].append(volume_scores(hr, truth_hr, brain, tissues))
-        rows["high_res_network"].append(volume_scores(res["network"], truth_hr, brain, tissues))
+        if "consistent" in res:
+            rows["high_res_consistent"].append(volume_scores(res["consistent"], truth_hr, brain,
+                                                             tissues))
         rows["high_res_interpolation"].append(volume_scores(interp, truth_hr, brain, tissues))
         if example is None:
             example = dict(ge=vols["ge"][i], thick=tse_lr, interp=interp, model=hr,

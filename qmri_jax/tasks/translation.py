@@ -25,7 +25,7 @@ Inference on whole volumes: overlapping patches fused with Gaussian weights (sig
 stride patch / 3, :func:`qmri_jax.data.patches.fuse_patches`); High-to-low fuses the
 high-resolution output and its thick slices (the kernel on each patch) in one pass. Where the
 acquired thick-slice TSE is at hand (evaluation; ``--mode=predict`` with
-``config.predict.thick_tse``), the output is made consistent with it by ``consistency``
+``config.predict.thick_tse``), a second output is made consistent with it by ``consistency``
 back-projection steps (:func:`qmri_jax.data.slice_interp.consistent_thin_slices`): the network
 gives the through-plane detail, the acquired slices what the GE cannot tell (the subject's T2).
 """
@@ -255,8 +255,8 @@ class TranslationTask:
         the training patch, else thick slices and patches ``f`` times thinner in ``z`` (a
         low-to-low network applied to thin slices is ``thin=True``). ``thick``: the acquired
         thick-slice TSE ``[X, Y, Z / f]`` (units of its in-brain 99th percentile, as in
-        training): ``"mean"`` is then made consistent with it (:meth:`consistent`) and
-        ``"network"`` is the network alone."""
+        training): ``"consistent"`` is then ``"mean"`` made consistent with it
+        (:meth:`consistent`)."""
         s, f = self.s, self.factor
         thin = self.h2l if thin is None else thin
         patch = tuple(s.patch) if thin else (s.patch[0], s.patch[1], max(1, s.patch[2] // f))
@@ -273,8 +273,7 @@ class TranslationTask:
             if not thin:
                 raise ValueError("translate_volume: thick slices given for a thick-slice input; "
                                  "consistency needs the thin-slice output (thin=True)")
-            out["network"] = out["mean"]
-            out["mean"] = self.consistent(state, out["mean"], thick)
+            out["consistent"] = self.consistent(state, out["mean"], thick)
         return out
 
     def consistent(self, state, thin_tse, thick_tse):

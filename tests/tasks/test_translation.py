@@ -51,15 +51,15 @@ def test_report_has_both_resolutions_and_the_interpolation(preset, data_dir, tmp
     cfg = translation_config_tiny(preset, num_steps=2, data_dir=data_dir)
     _, metrics = train.train_and_evaluate(cfg, str(tmp_path / "w"))
     saved = json.load(open(tmp_path / "w" / "eval" / "metrics.json"))
-    for section in ("low_res", "high_res", "high_res_network", "high_res_interpolation"):
+    for section in ("low_res", "high_res", "high_res_consistent", "high_res_interpolation"):
         assert set(saved[section]) >= {"mae", "mi", "ssim", "per_subject"}
         assert np.isfinite([saved[section][k] for k in ("mae", "mi", "ssim")]).all()
     assert saved["mode"] == ("low_to_low" if preset else "high_to_low")
     assert ("high_res_cubic" in saved) == bool(preset)
     assert set(saved["high_res"]["by_tissue"]) == {"GM", "WM", "CSF"}
-    # high_res: the network made consistent with the acquired thick slices (one step by default)
+    # high_res_consistent: the network made consistent with the acquired thick slices (1 step)
     assert saved["consistency"] == 1
-    assert saved["high_res"]["mae"] != saved["high_res_network"]["mae"]
+    assert saved["high_res"]["mae"] != saved["high_res_consistent"]["mae"]
     # the interpolation baseline does not depend on the model: the same in both runs
     assert saved["high_res_interpolation"]["mae"] == pytest.approx(
         metrics["high_res_interpolation"]["mae"])
@@ -101,7 +101,7 @@ def test_predict_mode_translates_a_ge_nifti(data_dir, tmp_path):
         lr = np.asarray(downsample_slices(x[..., None], kernel, 4))[..., 0]
         return np.abs(lr - 567.0 * tse).mean() / np.abs(567.0 * tse).mean()
 
-    assert thick_error("pred_TSE.nii.gz") < 0.5 * thick_error("pred_TSE_network.nii.gz")
+    assert thick_error("pred_TSE_consistent.nii.gz") < 0.5 * thick_error("pred_TSE.nii.gz")
     with cfg.unlocked():
         cfg.predict.thick_tse = str(tmp_path / "ge.nii.gz")
     with pytest.raises(ValueError, match="config.predict.thick_tse has shape"):
