@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["BatchNorm", "batch_norm_train", "GroupNorm", "Norm", "ConvBlock", "ResidualBlock", "AttentionGate", "PositiveHead",
+__all__ = ["intensity_encoding", "BatchNorm", "batch_norm_train", "GroupNorm", "Norm", "ConvBlock", "ResidualBlock", "AttentionGate", "PositiveHead",
            "UpConv2x", "Conv3D", "conv"]
 
 
@@ -300,3 +300,17 @@ class UpConv2x(nn.Module):
         y = jnp.transpose(y, perm + [1 + 2 * nd])
         shape = [x.shape[0]] + [2 * s for s in x.shape[1:-1]] + [self.features]
         return y.reshape(shape) + bias
+
+
+def intensity_encoding(x, num: int, lo: float = 0.0, hi: float = 1.5):
+    """``x [..., C]`` followed by ``num`` hat functions of each channel's intensity
+    (centres evenly from ``lo`` to ``hi``, each one spacing wide; they sum to 1 inside the range):
+    ``[..., C * (1 + num)]``. With it a network's first 1x1 weights can hold any piecewise-linear
+    map of the intensity (a look-up table) from the start."""
+    if num < 2 or not hi > lo:
+        raise ValueError(f"intensity_encoding: num={num}, range ({lo}, {hi}): expected num >= 2 "
+                         "and hi > lo")
+    centres = jnp.linspace(lo, hi, num, dtype=x.dtype)
+    width = (hi - lo) / (num - 1)
+    hats = jax.nn.relu(1.0 - jnp.abs(x[..., None] - centres) / width)  # [..., C, num]
+    return jnp.concatenate([x, hats.reshape(*x.shape[:-1], -1)], axis=-1)

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import flax.linen as nn
 
-from qmri_jax.models.layers import Norm, PositiveHead, ResidualBlock, conv
+from qmri_jax.models.layers import Norm, PositiveHead, ResidualBlock, conv, intensity_encoding
 
 __all__ = ["HighResNet", "ResNet"]
 
@@ -28,7 +28,8 @@ class HighResNet(nn.Module):
     or one per spatial axis), ``norm``, ``dropout`` (before the head), ``out_scale``, ``stem``
     (the initial 3x3 convolution), ``padding`` (``"SAME"``: zeros, or ``"REFLECT"``), ``head``
     (``"positive"``: softplus x ``out_scale``; ``"linear"``: a 1x1 conv to
-    ``len(out_scale)`` channels)."""
+    ``len(out_scale)`` channels), ``input_encoding`` (0, or the number of hat functions of the
+    input intensity appended as channels: :func:`~qmri_jax.models.layers.intensity_encoding`)."""
 
     features: Sequence[int] = (16, 32, 64)
     blocks_per_stage: int = 3
@@ -39,10 +40,13 @@ class HighResNet(nn.Module):
     stem: bool = True
     padding: str = "SAME"
     head: str = "positive"
+    input_encoding: int = 0
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         nd = x.ndim - 2
+        if self.input_encoding:
+            x = intensity_encoding(x, self.input_encoding)
         if len(self.dilations) != len(self.features):
             raise ValueError(f"HighResNet: {len(self.features)} stages (features) but "
                              f"{len(self.dilations)} dilations")

@@ -289,3 +289,23 @@ def test_conv3d_equals_a_naive_3d_convolution(padding, dilation):
         for a, bb, c in np.ndindex(3, 3, 3):
             want[i, j, l] += xp[i + a * d[0], j + bb * d[1], l + c * d[2]] @ k[a, bb, c]
     np.testing.assert_allclose(got[0], want + b, rtol=1e-4, atol=1e-5)
+
+
+def test_intensity_encoding_hats_sum_to_one_and_interpolate_a_table():
+    from qmri_jax.models.layers import intensity_encoding
+    x = jnp.asarray([[0.0], [0.2], [0.55], [1.5]])
+    enc = np.asarray(intensity_encoding(x, 4, 0.0, 1.5))  # centres 0, 0.5, 1, 1.5
+    np.testing.assert_allclose(enc[:, 0], x[:, 0])  # the intensity itself comes first
+    np.testing.assert_allclose(enc[:, 1:].sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(enc[1, 1:], [0.6, 0.4, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(enc[2, 1:], [0.0, 0.9, 0.1, 0.0], atol=1e-6)
+    # a table at the centres, read through the hats, is its piecewise-linear interpolation
+    table = np.array([0.0, 1.0, 0.3, 0.2])
+    np.testing.assert_allclose(enc[:, 1:] @ table, np.interp(x[:, 0], [0, 0.5, 1, 1.5], table),
+                               atol=1e-6)
+    net = models.HighResNet(features=(4,), dilations=(1,), blocks_per_stage=1, head="linear",
+                            out_scale=(1.0,), input_encoding=8)
+    params = net.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    assert params["params"]["Conv_0"]["kernel"].shape[2] == 9  # the stem sees 1 + 8 channels
+    with pytest.raises(ValueError, match="num=1"):
+        intensity_encoding(x, 1)
