@@ -24,6 +24,8 @@ Presets:
               (1,1,1) / (2,2,1) / (4,4,1);
   mind        hr_net plus 0.1 x the 3D MIND loss against the input GE;
   learned     hr_net with the kernel learned (network frozen) over steps 350-400;
+  encoded     16 hat functions of the GE intensity as extra input channels
+              (model.input_encoding: the first layer can hold a look-up table from the start);
   paper       the published sizes for a GPU: patches 56x56x32 (low-to-low 56x56x8), HighResNet
               16/32/64 with 3 blocks per stage, 20 subjects of 1 mm, 20000 steps.
 Several presets combine with "+", e.g. "unet+mind", "low_to_low+unet".
@@ -85,6 +87,11 @@ def get_config(preset: str = ""):
                 config.model.dilations = ((1, 1, 1), (2, 2, 1), (4, 4, 1))
         elif name == "mind":
             t.mind_weight = 0.1
+        elif name == "encoded":
+            if config.model.name != "highresnet":
+                raise ValueError("configs/high_to_low.py: preset 'encoded' is for the HighResNet "
+                                 f"(model.input_encoding), not {config.model.name!r}")
+            config.model.input_encoding = 16
         elif name == "learned":
             t.kernel_mode = "learned"
             t.kernel_learn_steps = (350, 400)
@@ -101,5 +108,5 @@ def get_config(preset: str = ""):
             config.train.checkpoint_every = 1000
         else:
             raise ValueError(f"configs/high_to_low.py: unknown preset {name!r} (available: "
-                             "hr_net, unet, low_to_low, mind, learned, paper; join with '+')")
+                             "hr_net, unet, low_to_low, mind, learned, encoded, paper; join with '+')")
     return config
