@@ -32,22 +32,21 @@ from qmri_jax.evaluation.translation import volume_scores
 from qmri_jax.tasks.data import data_dir
 from qmri_jax.tasks.translation import data_settings
 
-KERNEL = np.array([1, 2, 2, 1], np.float64) / 6.0
-
-
 def _bins(x, edges):
     return np.clip(np.digitize(x, edges), 0, len(edges))
 
 
-def fit_high_to_low(ge, tse_lr, edges, factor=4, ridge=1e-3):
-    """Table ``t [B]`` minimising ``sum (sum_k K_k t[bin(ge[f j + k])] - tse_lr[j])^2``."""
+def fit_high_to_low(ge, tse_lr, edges, kernel, factor=4, ridge=1e-3):
+    """Table ``t [B]`` minimising ``sum (sum_k K_k t[bin(ge[f j + k])] - tse_lr[j])^2``
+    (``kernel`` K normalised here, its first tap on the slice's first thin slice)."""
+    kernel = np.asarray(kernel, np.float64) / np.sum(kernel)
     nb = len(edges) + 1
     ata, atb = np.zeros((nb, nb)), np.zeros(nb)
     for g, y in zip(ge, tse_lr):
         n = min(y.shape[2], g.shape[2] // factor)
         b = _bins(g, edges)
         rows = np.zeros((g.shape[0] * g.shape[1] * n, nb))
-        for k, w in enumerate(KERNEL):
+        for k, w in enumerate(kernel):
             idx = b[:, :, k::factor][:, :, :n].reshape(-1)
             np.add.at(rows, (np.arange(idx.size), idx), w)
         ata += rows.T @ rows
@@ -74,7 +73,8 @@ def main(argv=None):
     train, ev = data_lib.load_split(builder, "train"), data_lib.load_split(builder, args.split)
     edges = np.linspace(0.0, 1.6, args.bins - 1)
     f = dcfg.slice_factor
-    tables = {"lut_high_to_low": fit_high_to_low(train["ge"], train["tse_lr"], edges, f),
+    kernel = np.asarray(cfg.translation.kernel, np.float64)  # the default's, offset 0
+    tables = {"lut_high_to_low": fit_high_to_low(train["ge"], train["tse_lr"], edges, kernel, f),
               "lut_low_to_low": fit_low_to_low(train["ge_lr"], train["tse_lr"], edges)}
     out = {}
     for name, table in tables.items():
@@ -85,7 +85,7 @@ def main(argv=None):
             pred = table[_bins(ev["ge"][i], edges)].astype(np.float32)
             rows["high_res"].append(volume_scores(pred, truth, brain, tissues))
             rows["high_res_consistent"].append(volume_scores(
-                consistent_thin_slices(pred, thick, KERNEL, f), truth, brain, tissues))
+                consistent_thin_slices(pred, thick, kernel, f), truth, brain, tissues))
             rows["high_res_interpolation"].append(volume_scores(
                 cubic_thin_slices(thick, f), truth, brain, tissues))
         out[name] = {sec: {m: float(np.mean([r[m] for r in v])) for m in ("mae", "mi", "ssim")}

@@ -67,11 +67,8 @@ def consistent_thin_slices(thin, thick, kernel, factor: int, offset: int = 0,
     k = k / k.sum()
     centre = kernel_centre(k, offset)
     n = thick.shape[2]
-    out = thin
+    out = thin.copy()
     for _ in range(iterations):
         low = np.asarray(downsample_slices(out[..., None], k, factor, offset, n))[..., 0]
-        up = cubic_thin_slices(thick - low, factor, centre)
-        res = np.zeros_like(out)
-        res[:, :, :up.shape[2]] = up[:, :, :out.shape[2]]
-        out = out + res
-    return out.astype(np.float32)
+        out[:, :, :n * factor] += cubic_thin_slices(thick - low, factor, centre)
+    return out
