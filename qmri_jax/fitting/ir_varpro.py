@@ -119,8 +119,12 @@ def _global_start(protocol, y, w, signed):
     sy = signs * wy[:, None, :]  # [V, J, N]
     t0 = jnp.sum(sy, axis=-1)[:, :, None]  # [V, J, 1]
     t1 = (sy.reshape(-1, n) @ e.T).reshape(sy.shape[:2] + (e.shape[0],))  # [V, J, G]
-    _, _, gain, ok = _amplitudes(s0, s1, s2, t0, t1)
-    gain = jnp.where(ok, gain, -jnp.inf)  # [V, J, G]
+    # The 2x2 solve of _amplitudes without divisions: its determinant depends on the grid only.
+    det = s0 * s2 - s1 * s1  # [V, 1, G]
+    inv_det = jnp.where(det > 1e-9 * s0 * s2 + 1e-30, 1.0 / jnp.where(det > 0, det, 1.0), 0.0)
+    c1_det, c2_det = s2 * t0 - s1 * t1, s0 * t1 - s1 * t0  # [V, J, G]
+    ok = (inv_det > 0) & (c1_det > 0) & (c2_det < 0)
+    gain = jnp.where(ok, (c1_det * t0 + c2_det * t1) * inv_det, -jnp.inf)  # [V, J, G]
     # Per null position: the best grid T1, refined by a parabola through it and its neighbours
     # (in log T1, within one step), then scored exactly at the refined T1.
     n_grid = len(log_grid)
@@ -143,59 +147,65 @@ def _global_start(protocol, y, w, signed):
 
 
 def _evaluate(ti, c1, c2, u, signed, loss, y, w, sig):
-    """Model ``nu [V, N]``, objective ``[V]``, gradient ``[V, 3]`` and Gauss-Newton curvature
-    ``[V, 3, 3]`` w.r.t. (c1, c2, log T1). The Jacobian rows are ``s (1, E, c2 E x)`` with
+    """For ``y, w: [N, V]``: objective ``[V]``, gradient ``[3, V]`` and Gauss-Newton curvature
+    ``[3, 3, V]`` w.r.t. (c1, c2, log T1). The Jacobian rows are ``s (1, E, c2 E x)`` with
     ``E = exp(-x)``, ``x = TI / T1`` and ``s`` the sign of ``c1 + c2 E`` (1 for signed data); as
-    ``s^2 = 1`` the curvature needs only five weighted sums over the samples."""
-    x = ti[None, :] * jnp.exp(-u)[:, None]
-    e = jnp.exp(-x)
-    raw = c1[:, None] + c2[:, None] * e
-    nu = raw if signed else jnp.abs(raw)
-    f, d = objective_terms(loss, y, nu, w, sig[:, None])
-    sd = d if signed else jnp.where(raw < 0, -d, d)
-    ex, we = e * x, w * e
-    grad = jnp.stack([jnp.sum(sd, -1), jnp.sum(sd * e, -1), c2 * jnp.sum(sd * ex, -1)], -1)
-    h00, h01, h11 = jnp.sum(w, -1), jnp.sum(we, -1), jnp.sum(we * e, -1)
-    h02, h12, h22 = c2 * jnp.sum(we * x, -1), c2 * jnp.sum(we * ex, -1), c2**2 * jnp.sum(we * ex * x, -1)
-    hess = jnp.stack([jnp.stack([h00, h01, h02], -1), jnp.stack([h01, h11, h12], -1),
-                      jnp.stack([h02, h12, h22], -1)], -2)
-    return nu, jnp.sum(f, -1), grad, hess
+    ``s^2 = 1`` the curvature needs only five weighted sums over the samples.
+
+    The sums are unrolled over the (few) samples, so that the whole evaluation is one elementwise
+    pass over voxels: on CPU several times faster than reductions over a samples axis."""
+    rate = jnp.exp(-u)
+
+    def add_sample(sums, sample):
+        ti_n, y_n, w_n = sample
+        x = ti_n * rate
+        e = jnp.exp(-x)
+        raw = c1 + c2 * e
+        f, d = objective_terms(loss, y_n, raw if signed else jnp.abs(raw), w_n, sig)
+        sd = d if signed else jnp.where(raw < 0, -d, d)
+        ex, we = e * x, w_n * e
+        terms = (f, sd, sd * e, sd * ex, w_n, we, we * e, we * x, we * ex, we * ex * x)
+        return tuple(acc + t for acc, t in zip(sums, terms)), None
+
+    zero = jnp.zeros_like(c1)
+    sums, _ = jax.lax.scan(add_sample, (zero,) * 10, (ti, y, w))
+    cost, g0, g1, g2, h00, h01, h11, h02, h12, h22 = sums
+    h02, h12, h22 = c2 * h02, c2 * h12, c2**2 * h22
+    grad = jnp.stack([g0, g1, c2 * g2])
+    hess = jnp.stack([jnp.stack([h00, h01, h02]), jnp.stack([h01, h11, h12]),
+                      jnp.stack([h02, h12, h22])])
+    return cost, grad, hess
 
 
 def _det3(a):
-    """Determinants of ``[V, 3, 3]`` matrices, elementwise."""
-    return (a[:, 0, 0] * (a[:, 1, 1] * a[:, 2, 2] - a[:, 1, 2] * a[:, 2, 1])
-            - a[:, 0, 1] * (a[:, 1, 0] * a[:, 2, 2] - a[:, 1, 2] * a[:, 2, 0])
-            + a[:, 0, 2] * (a[:, 1, 0] * a[:, 2, 1] - a[:, 1, 1] * a[:, 2, 0]))
-
-
-def _solve3(a, b):
-    """Batched 3x3 SPD solve: ``a [V, 3, 3]``, ``b [V, 3]`` -> ``[V, 3]`` (batch last inside)."""
-    return spd_solve(jnp.moveaxis(a, 0, -1), jnp.moveaxis(b, 0, -1)).T
+    """Determinants of ``[3, 3, V]`` matrices, elementwise."""
+    return (a[0, 0] * (a[1, 1] * a[2, 2] - a[1, 2] * a[2, 1])
+            - a[0, 1] * (a[1, 0] * a[2, 2] - a[1, 2] * a[2, 0])
+            + a[0, 2] * (a[1, 0] * a[2, 1] - a[1, 1] * a[2, 0]))
 
 
 def _lm(ti, loss, max_iter, lambda_init, y, w, sig, c1, c2, u, u_lo, u_hi, signed):
-    """Step 2. Every iteration evaluates the model, its Jacobian and the objective once, at the
-    candidate; an accepted candidate's gradient and curvature are kept. Returns (c1, c2, u, cost,
-    gradient, curvature) at the estimate."""
-    eye = jnp.eye(3, dtype=y.dtype)
+    """Step 2 for ``y, w: [N, V]``. Every iteration evaluates the model, its Jacobian and the
+    objective once, at the candidate; an accepted candidate's gradient and curvature are kept.
+    Returns (c1, c2, u, cost, gradient, curvature) at the estimate."""
+    eye = jnp.eye(3, dtype=y.dtype)[:, :, None]
 
     def evaluate(c1, c2, u):
-        return _evaluate(ti, c1, c2, u, signed, loss, y, w, sig)[1:]
+        return _evaluate(ti, c1, c2, u, signed, loss, y, w, sig)
 
     def body(_, state):
         c1, c2, u, cost, grad, hess, lam = state
-        diag = jnp.diagonal(hess, axis1=1, axis2=2)
-        damp = lam[:, None] * (diag + 1e-9 * (jnp.max(diag, -1, keepdims=True) + 1e-12))
-        step = _solve3(hess + damp[:, :, None] * eye + 1e-12 * eye, -grad)
-        n1, n2 = c1 + step[:, 0], c2 + step[:, 1]
-        nu_ = jnp.clip(u + step[:, 2], u_lo, u_hi)
+        diag = jnp.stack([hess[i, i] for i in range(3)])
+        damp = lam * (diag + 1e-9 * (jnp.max(diag, 0) + 1e-12))
+        step = spd_solve(hess + damp[:, None] * eye + 1e-12 * eye, -grad)
+        n1, n2 = c1 + step[0], c2 + step[1]
+        nu_ = jnp.clip(u + step[2], u_lo, u_hi)
         new, g_new, h_new = evaluate(n1, n2, nu_)
         ok = jnp.isfinite(new) & (new < cost)
-        keep = lambda a, b: jnp.where(ok.reshape(ok.shape + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
         lam = jnp.clip(jnp.where(ok, lam * 0.3, lam * 4.0), 1e-7, 1e7)
-        return (keep(n1, c1), keep(n2, c2), keep(nu_, u), keep(new, cost), keep(g_new, grad),
-                keep(h_new, hess), lam)
+        return (jnp.where(ok, n1, c1), jnp.where(ok, n2, c2), jnp.where(ok, nu_, u),
+                jnp.where(ok, new, cost), jnp.where(ok, g_new, grad), jnp.where(ok, h_new, hess),
+                lam)
 
     state = (c1, c2, u) + evaluate(c1, c2, u) + (jnp.full_like(c1, lambda_init),)
     return jax.lax.fori_loop(0, max_iter, body, state)[:6]
@@ -213,33 +223,34 @@ def fit_ir(model: FitModel, protocol: Protocol, y, w, sigma, sigma_known, loss: 
     tr = jnp.ravel(jnp.asarray(protocol.tr_ms, y.dtype))[0]
     t1_at = model.params.index("T1")
     u_lo, u_hi = float(np.log(model.lower[t1_at])), float(np.log(model.upper[t1_at]))
+    # Samples first, voxels last: every sum over samples is an elementwise pass over voxels.
+    yt, wt = y.T, w.T
     c1, c2, u, found = _global_start(protocol, y, w, signed)
     # Voxels without any recovering curve (e.g. all zero) start from a flat T1 = 1 s curve.
     c1 = jnp.where(found, c1, 1.0)
     c2 = jnp.where(found, c2, -1.0)
     u = jnp.clip(jnp.where(found, u, np.log(1000.0)), u_lo, u_hi)
-    c1, c2, u, cost, grad, hess = _lm(ti, loss, max_iter, lambda_init, y, w, sigma, c1, c2, u,
+    c1, c2, u, cost, grad, hess = _lm(ti, loss, max_iter, lambda_init, yt, wt, sigma, c1, c2, u,
                                       u_lo, u_hi, signed)
 
     # Step 3: diagnostics at the estimate.
-    energy = jnp.sum(w * y * y, axis=-1)
+    energy = jnp.sum(wt * yt * yt, axis=0)
     c1, c2 = jnp.where(energy > 0, c1, 0.0), jnp.where(energy > 0, c2, 0.0)  # no data: amplitude 0
-    eye = jnp.eye(3, dtype=y.dtype)
-    ridge = 1e-9 * (jnp.trace(hess, axis1=1, axis2=2) + 1e-20)[:, None, None] * eye
-    decrement = 0.5 * jnp.sum(grad * _solve3(hess + ridge, grad), axis=-1)
+    eye = jnp.eye(3, dtype=y.dtype)[:, :, None]
+    ridge = 1e-9 * (hess[0, 0] + hess[1, 1] + hess[2, 2] + 1e-20) * eye
+    decrement = 0.5 * jnp.sum(grad * spd_solve(hess + ridge, grad), axis=0)
     stationary = decrement <= tol * jnp.abs(cost) + 1e-9 * energy
-    nu = c1[:, None] + c2[:, None] * jnp.exp(-ti[None, :] * jnp.exp(-u)[:, None])
+    nu = c1[None, :] + c2[None, :] * jnp.exp(-ti[:, None] * jnp.exp(-u)[None, :])
     nu = nu if signed else jnp.abs(nu)
-    lr = no_signal_statistic(y, nu, w, sigma[:, None], not signed)
+    lr = no_signal_statistic(yt, nu, wt, sigma[None, :], not signed, axis=0)
     detected = ~sigma_known | (lr > no_signal_threshold(3))
     if loss == "gaussian":
-        fim = hess / (sigma**2)[:, None, None]
+        fim = hess / sigma**2
     else:  # the same sums with every sample weighted by its Rician information
-        q = w * rician_information(nu / sigma[:, None])
-        _, _, _, fim = _evaluate(ti, c1, c2, u, signed, "gaussian", y, q, sigma)
-        fim = fim / (sigma**2)[:, None, None]
-    cov = jnp.stack([_solve3(fim, jnp.broadcast_to(eye[i], c1.shape + (3,))) for i in range(3)],
-                    axis=-1)  # [V, 3, 3]: F^-1 in (c1, c2, log T1)
+        q = wt * rician_information(nu / sigma[None, :])
+        _, _, fim = _evaluate(ti, c1, c2, u, signed, "gaussian", yt, q, sigma)
+        fim = fim / sigma**2
+    cov = spd_solve(fim, jnp.broadcast_to(eye, fim.shape))  # [3, 3, V]: F^-1 in (c1, c2, log T1)
     # The model's parameters as functions of (c1, c2, log T1), and their Jacobian D [V, P, 3].
     scale = jnp.asarray(model.scale, y.dtype)
 
@@ -249,7 +260,7 @@ def fit_ir(model: FitModel, protocol: Protocol, y, w, sigma, sigma_known, loss: 
     phi = jnp.stack([c1, c2, u], axis=-1)
     theta = jax.vmap(to_theta)(phi)
     dmat = jax.vmap(jax.jacfwd(to_theta))(phi)
-    var = jnp.einsum("vpi,vij,vpj->vp", dmat, cov, dmat)
+    var = jnp.einsum("vpi,ijv,vpj->vp", dmat, cov, dmat)
     ok_var = jnp.all(jnp.isfinite(var) & (var > 0), axis=-1) & (_det3(fim) > 0)
     var = jnp.where(ok_var[:, None], var, jnp.nan)
 

@@ -67,12 +67,13 @@ def no_signal_threshold(n_par: int) -> float:
     return float(stats.chi2.ppf(0.999, n_par))
 
 
-def no_signal_statistic(y, nu, w, sigma, magnitude: bool):
+def no_signal_statistic(y, nu, w, sigma, magnitude: bool, axis: int = -1):
     """Likelihood-ratio statistic ``2 (NLL(nu = 0) - NLL(nu))`` of a fit ``nu`` against "no signal",
     over the last axis. For magnitude data it uses the Rician likelihood whatever loss was fitted
     (a least-squares fit to pure noise follows the Rayleigh mean, which the Gaussian likelihood
     would call signal); for signed data the Gaussian one. At ``nu = 0`` both objectives are
-    ``0.5 sum(w y^2)``. ``sigma`` broadcasts against ``y``."""
+    ``0.5 sum(w y^2)``. ``sigma`` broadcasts against ``y`` with size 1 along ``axis`` (the samples).
+    """
     loss = "rician" if magnitude else "gaussian"
     f, _ = objective_terms(loss, y, nu, w, sigma)
-    return (jnp.sum(w * y * y, -1) - 2 * jnp.sum(f, -1)) / jnp.squeeze(sigma, -1) ** 2
+    return ((jnp.sum(w * y * y, axis) - 2 * jnp.sum(f, axis)) / jnp.squeeze(sigma, axis) ** 2)

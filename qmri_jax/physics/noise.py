@@ -64,14 +64,15 @@ def log_i0e_and_ratio(x):
     xs = jnp.where(small, x, 0.0)
     t2 = (xs / 3.75) ** 2
     p0 = _horner(_I0_SMALL, t2)
-    log_small = jnp.log(p0) - xs
-    ratio_small = xs * _horner(_I1_SMALL, t2) / p0
-    xl = jnp.where(small, 3.75, x)
-    u = 3.75 / xl
+    inv_sqrt = jax.lax.rsqrt(jnp.where(small, 3.75, x))
+    u = 3.75 * inv_sqrt * inv_sqrt
     q0 = _horner(_I0_LARGE, u)
-    log_large = jnp.log(q0) - 0.5 * jnp.log(xl)
-    ratio_large = _horner(_I1_LARGE, u) / q0
-    return jnp.where(small, log_small, log_large), jnp.where(small, ratio_small, ratio_large)
+    # One log and one division for both branches: log(I0 e^-x) is log(p0) - x below 3.75 and
+    # log(q0 / sqrt(x)) above; the ratio is x p1 / p0 below and q1 / q0 above.
+    log_i0e = jnp.log(jnp.where(small, p0, q0 * inv_sqrt)) - xs
+    ratio = (jnp.where(small, xs * _horner(_I1_SMALL, t2), _horner(_I1_LARGE, u))
+             / jnp.where(small, p0, q0))
+    return log_i0e, ratio
 
 
 def log_i0_and_ratio(x):
