@@ -259,7 +259,15 @@ def fit_signals(model: FitModel, protocol: Protocol, signals, *, max_iter: int =
     return out
 
 
-def _max_chunk(model: FitModel) -> int:
+#: Voxels per device in one call of the vectorised IR fit, so that its working set (the start's
+#: [V, 4, 36] scores) stays in cache: 200,000 voxels on 2 CPU devices fitted 1.7x faster in calls
+#: of 10,240 per device than of 25,088.
+_VARPRO_CHUNK_PER_DEVICE = 10240
+
+
+def _max_chunk(model: FitModel, init: str, n_dev: int) -> int:
+    if init == "varpro":
+        return _VARPRO_CHUNK_PER_DEVICE * n_dev
     n_atoms = math.prod(len(g) for g in model.grid)
     if model.covariates:  # a dictionary per voxel: [V, atoms, N, L] and the signal's own temporaries
         return int(max(64, 2**25 // (n_atoms * 1024)))
@@ -268,10 +276,10 @@ def _max_chunk(model: FitModel) -> int:
     return int(min(65536, max(1024, chunk)))
 
 
-def _chunk_size(model: FitModel, n_vox: int, requested: int | None) -> int:
+def _chunk_size(model: FitModel, n_vox: int, requested: int | None, init: str, n_dev: int) -> int:
     """Voxels per compiled call: the data split into equal chunks under the memory cap, rounded up
     to a multiple of 1024 so that similar sizes share one compilation."""
-    cap = requested or _max_chunk(model)
+    cap = requested or _max_chunk(model, init, n_dev)
     n_chunks = max(1, math.ceil(n_vox / cap))
     per = max(1, math.ceil(n_vox / n_chunks))
     return int(min(cap, math.ceil(per / 1024) * 1024)) if requested is None else int(cap)
@@ -357,8 +365,8 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
     sig = np.float32(sigma if sigma is not None else -1.0)
     init = _resolve_init(model, protocol, options.init)
     n_vox = y.shape[0]
-    chunk = _chunk_size(model, n_vox, options.chunk_size)
     sharding, n_dev = _voxel_sharding(devices)
+    chunk = _chunk_size(model, n_vox, options.chunk_size, init, n_dev)
     chunk = math.ceil(chunk / n_dev) * n_dev
     outs = []
     starts = range(0, n_vox, chunk)
