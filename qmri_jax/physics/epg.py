@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from qmri_jax.physics.signals import decay
 
-__all__ = ["cpmg_echo_train"]
+__all__ = ["cpmg_echo_train", "echo_train"]
 
 
 def cpmg_echo_train(pd, t2_ms, t1_ms, esp_ms, n_echoes: int, refocus_deg=180.0):
@@ -41,16 +41,38 @@ def cpmg_echo_train(pd, t2_ms, t1_ms, esp_ms, n_echoes: int, refocus_deg=180.0):
     Returns:
       Echo magnitudes ``[..., n_echoes]``.
     """
-    pd, t2_ms, t1_ms, esp_ms, refocus_deg = jnp.broadcast_arrays(
-        *[jnp.asarray(x, dtype=jnp.result_type(float)) for x in (pd, t2_ms, t1_ms, esp_ms, refocus_deg)]
+    refocus_deg = jnp.asarray(refocus_deg, dtype=jnp.result_type(float))
+    return _train(pd, t2_ms, t1_ms, esp_ms, jnp.broadcast_to(refocus_deg, (n_echoes,) + refocus_deg.shape))
+
+
+def echo_train(pd, t2_ms, t1_ms, esp_ms, refocus_deg):
+    """Echo amplitudes of a CPMG train with one refocusing angle per echo (variable-angle FSE).
+
+    Args:
+      pd, t2_ms, t1_ms, esp_ms: as :func:`cpmg_echo_train`.
+      refocus_deg: ``[n_echoes]`` refocusing angles (degrees), the same for every voxel.
+
+    Returns:
+      Echo magnitudes ``[..., n_echoes]``.
+    """
+    refocus_deg = jnp.asarray(refocus_deg, dtype=jnp.result_type(float))
+    if refocus_deg.ndim != 1:
+        raise ValueError(f"echo_train: refocus_deg must be [n_echoes], got shape {refocus_deg.shape}")
+    return _train(pd, t2_ms, t1_ms, esp_ms, refocus_deg)
+
+
+def _train(pd, t2_ms, t1_ms, esp_ms, refocus_deg):
+    """The EPG of both public functions; ``refocus_deg`` ``[n_echoes, ...]`` (per echo, batch)."""
+    n_echoes = refocus_deg.shape[0]
+    pd, t2_ms, t1_ms, esp_ms = jnp.broadcast_arrays(
+        *[jnp.asarray(x, dtype=jnp.result_type(float)) for x in (pd, t2_ms, t1_ms, esp_ms)]
     )
-    batch = pd.shape
+    batch = jnp.broadcast_shapes(pd.shape, refocus_deg.shape[1:])
+    pd, t2_ms, t1_ms, esp_ms = (jnp.broadcast_to(x, batch) for x in (pd, t2_ms, t1_ms, esp_ms))
+    per_voxel = refocus_deg.shape[1:]  # right-aligned against the batch shape
+    refocus_deg = refocus_deg.reshape((n_echoes,) + (1,) * (len(batch) - len(per_voxel)) + per_voxel)
+    refocus_deg = jnp.broadcast_to(refocus_deg, (n_echoes,) + batch)
     n_states = 2 * n_echoes + 2
-    alpha = jnp.deg2rad(refocus_deg)[..., None]
-    c2 = jnp.cos(alpha / 2) ** 2
-    s2 = jnp.sin(alpha / 2) ** 2
-    sa = jnp.sin(alpha)
-    ca = jnp.cos(alpha)
     e2 = decay(esp_ms / 2, t2_ms)[..., None]
     e1 = decay(esp_ms / 2, t1_ms)[..., None]
 
@@ -68,8 +90,11 @@ def cpmg_echo_train(pd, t2_ms, t1_ms, esp_ms, n_echoes: int, refocus_deg=180.0):
         fp = jnp.concatenate([fm[..., :1], fp[..., :-1]], axis=-1)
         return fp, fm
 
-    def echo(carry, _):
+    def echo(carry, angle_deg):
         fp, fm, z = carry
+        alpha = jnp.deg2rad(angle_deg)[..., None]
+        c2, s2 = jnp.cos(alpha / 2) ** 2, jnp.sin(alpha / 2) ** 2
+        sa, ca = jnp.sin(alpha), jnp.cos(alpha)
         fp, fm, z = relax(fp, fm, z)
         fp, fm = shift(fp, fm)
         fp, fm, z = (
@@ -81,6 +106,6 @@ def cpmg_echo_train(pd, t2_ms, t1_ms, esp_ms, n_echoes: int, refocus_deg=180.0):
         fp, fm = shift(fp, fm)
         return (fp, fm, z), fp[..., 0]
 
-    _, echoes = jax.lax.scan(echo, (fp, fm, z), None, length=n_echoes)
+    _, echoes = jax.lax.scan(echo, (fp, fm, z), refocus_deg)
     echoes = jnp.moveaxis(echoes, 0, -1)
     return pd[..., None] * jnp.abs(echoes)

@@ -17,6 +17,8 @@ kind       equation                                                             
 ``spgr``   ``PD sin a (1-E1)/(1 - cos a E1) e^{-TE/T2*}``                        PD, T1, (T2s, B1)
 ``mprage`` steady-state MPRAGE k-space centre (:func:`signals.mprage`; TR between PD, T1, (k, T2s,
            inversions, TI to the centre pulse, 176 pulses 7.1 ms apart)           B1)
+``space_flair`` 3D FLAIR, variable-angle FSE readout (:mod:`physics.space`): the  PD, T1, T2, k
+           ``ir`` longitudinal factor times the train's echo at the effective TE
 ========== ===================================================================== ==================
 
 Missing optional maps default to ``k = 1`` (perfect inversion), ``B = 2``, no T2*, ``B1 = 1``.
@@ -31,12 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qmri_jax.physics import signals
+from qmri_jax.physics import signals, space
 from qmri_jax.physics.units import MAP_UNITS  # re-exported
 
 __all__ = ["Protocol", "SEQUENCE_KINDS", "simulate", "get_protocol", "list_protocols", "MAP_UNITS"]
 
-SEQUENCE_KINDS = ("se", "ir", "ir_signed", "flair", "ir_fse", "spgr", "mprage")
+SEQUENCE_KINDS = ("se", "ir", "ir_signed", "flair", "ir_fse", "spgr", "mprage", "space_flair")
 
 
 @jax.tree_util.register_dataclass
@@ -75,16 +77,19 @@ class Protocol:
             if shape is not None and len(shape) == 1 and shape[0] != n:
                 raise ValueError(f"Protocol {self.name!r}: field {field} has {shape[0]} entries, "
                                  f"expected {n} (one per image)")
-        if "mprage" in self.kinds:
+        if "mprage" in self.kinds or "space_flair" in self.kinds:
             try:  # concrete timing only (not under a transformation)
                 tr = np.asarray(self.tr_ms, dtype=np.float64)
                 ti = np.asarray(self.ti_ms, dtype=np.float64)
+                te = np.asarray(self.te_ms, dtype=np.float64)
             except (TypeError, ValueError, jax.errors.TracerArrayConversionError,
                     jax.errors.ConcretizationTypeError):
                 return
             for i, kind in enumerate(self.kinds):
                 if kind == "mprage" and tr.shape == (n,):
                     _check_mprage(self.name, self.names[i], float(tr[i]), float(ti[i]))
+                if kind == "space_flair" and te.shape == (n,):
+                    _check_space(self.name, self.names[i], float(te[i]))
 
     @classmethod
     def create(cls, kinds, *, tr_ms, te_ms=0.0, ti_ms=0.0, flip_deg=90.0, names=None,
@@ -163,6 +168,14 @@ def _check_mprage(protocol_name, image_name, tr, ti):
             f"{(n // 2) * esp:g} ms and TR >= TI + {(n - n // 2) * esp:g} ms")
 
 
+def _check_space(protocol_name, image_name, te):
+    esp, n = space.SPACE_ECHO_SPACING_MS, space.SPACE_MAX_ECHOES
+    if not esp <= te <= n * esp:
+        raise ValueError(f"Protocol {protocol_name!r}: image {image_name!r} (space_flair) effective "
+                         f"TE {te:g} ms: expected {esp:g} to {n * esp:g} ms (echoes 1-{n} of the "
+                         f"modelled train, {esp:g} ms apart)")
+
+
 def _required(maps, key, kind):
     if key not in maps:
         raise KeyError(f"simulate: sequence kind {kind!r} needs map {key!r}; got maps {sorted(maps)}")
@@ -188,6 +201,9 @@ def _one_image(maps, kind, tr, te, ti, flip):
         return signals.mprage(_required(maps, "PD", kind), _required(maps, "T1", kind), tr, ti,
                               flip, te_ms=te, t2s_ms=maps.get("T2s", jnp.inf),
                               k=maps.get("k", 1.0), b1=maps.get("B1", 1.0))
+    if kind == "space_flair":
+        return space.space_flair(_required(maps, "PD", kind), _required(maps, "T1", kind),
+                                 _required(maps, "T2", kind), tr, te, ti, k=maps.get("k", 1.0))
     raise ValueError(f"unknown sequence kind {kind!r}")
 
 
@@ -266,13 +282,10 @@ def _pelvis_se5() -> Protocol:
 def _qiu_mprage_gre_flair() -> Protocol:
     """The inputs of Qiu et al. (3 T): MPRAGE TR 1900 / TI 900 / TE 2.93 ms, 9 deg (176 readout
     pulses 7.1 ms apart, assumed: the paper gives no readout); spoiled GRE TR 3 / TE 1.5 ms,
-    18 deg (TE assumed); FLAIR TR 4800 / TI 1800 / TE 352 ms (3D SPACE, modelled as a 2D IR).
-
-    Caveat: 352 ms is SPACE's echo time at the k-space centre; its variable refocusing angles
-    give a T2 weighting like a much shorter spin-echo TE. Applied as a spin-echo TE here, it
-    makes white matter darker than the imperfectly nulled CSF (long T2), unlike the paper's
-    images; an equivalent TE needs a source (or an EPG model of the echo train)."""
-    return Protocol.create(("mprage", "spgr", "flair"), tr_ms=[1900, 3, 4800],
+    18 deg (TE assumed); 3D FLAIR (SPACE) TR 4800 / TI 1800 / effective TE 352 ms, modelled with a
+    variable-angle echo train (:mod:`qmri_jax.physics.space`; its schedule is assumed). As a plain
+    spin-echo TE, 352 ms would leave white matter darker than the nulled CSF."""
+    return Protocol.create(("mprage", "spgr", "space_flair"), tr_ms=[1900, 3, 4800],
                            te_ms=[2.93, 1.5, 352], ti_ms=[900, 0, 1800], flip_deg=[9, 18, 90],
                            names=("MPRAGE", "GRE", "FLAIR"), name="qiu_mprage_gre_flair")
 
