@@ -41,8 +41,10 @@ def cpmg_echo_train(pd, t2_ms, t1_ms, esp_ms, n_echoes: int, refocus_deg=180.0):
     Returns:
       Echo magnitudes ``[..., n_echoes]``.
     """
-    refocus_deg = jnp.asarray(refocus_deg, dtype=jnp.result_type(float))
-    return _train(pd, t2_ms, t1_ms, esp_ms, jnp.broadcast_to(refocus_deg, (n_echoes,) + refocus_deg.shape))
+    pd, t2_ms, t1_ms, esp_ms, refocus_deg = jnp.broadcast_arrays(
+        *[jnp.asarray(x, dtype=jnp.result_type(float)) for x in (pd, t2_ms, t1_ms, esp_ms, refocus_deg)]
+    )
+    return _train(pd, t2_ms, t1_ms, esp_ms, n_echoes, jnp.deg2rad(refocus_deg)[..., None], False)
 
 
 def echo_train(pd, t2_ms, t1_ms, esp_ms, refocus_deg):
@@ -58,21 +60,19 @@ def echo_train(pd, t2_ms, t1_ms, esp_ms, refocus_deg):
     refocus_deg = jnp.asarray(refocus_deg, dtype=jnp.result_type(float))
     if refocus_deg.ndim != 1:
         raise ValueError(f"echo_train: refocus_deg must be [n_echoes], got shape {refocus_deg.shape}")
-    return _train(pd, t2_ms, t1_ms, esp_ms, refocus_deg)
-
-
-def _train(pd, t2_ms, t1_ms, esp_ms, refocus_deg):
-    """The EPG of both public functions; ``refocus_deg`` ``[n_echoes, ...]`` (per echo, batch)."""
-    n_echoes = refocus_deg.shape[0]
     pd, t2_ms, t1_ms, esp_ms = jnp.broadcast_arrays(
         *[jnp.asarray(x, dtype=jnp.result_type(float)) for x in (pd, t2_ms, t1_ms, esp_ms)]
     )
-    batch = jnp.broadcast_shapes(pd.shape, refocus_deg.shape[1:])
-    pd, t2_ms, t1_ms, esp_ms = (jnp.broadcast_to(x, batch) for x in (pd, t2_ms, t1_ms, esp_ms))
-    per_voxel = refocus_deg.shape[1:]  # right-aligned against the batch shape
-    refocus_deg = refocus_deg.reshape((n_echoes,) + (1,) * (len(batch) - len(per_voxel)) + per_voxel)
-    refocus_deg = jnp.broadcast_to(refocus_deg, (n_echoes,) + batch)
+    return _train(pd, t2_ms, t1_ms, esp_ms, refocus_deg.shape[0], jnp.deg2rad(refocus_deg), True)
+
+
+def _train(pd, t2_ms, t1_ms, esp_ms, n_echoes, alpha, per_echo: bool):
+    """The EPG of both public functions for broadcast ``[...]`` inputs. ``alpha`` (radians):
+    ``[..., 1]``, one angle per voxel for every echo, or (``per_echo``) ``[n_echoes]``, one per echo
+    for every voxel; the rotation's coefficients are computed once, not in the loop."""
+    batch = pd.shape
     n_states = 2 * n_echoes + 2
+    rotation = (jnp.cos(alpha / 2) ** 2, jnp.sin(alpha / 2) ** 2, jnp.sin(alpha), jnp.cos(alpha))
     e2 = decay(esp_ms / 2, t2_ms)[..., None]
     e1 = decay(esp_ms / 2, t1_ms)[..., None]
 
@@ -90,11 +90,9 @@ def _train(pd, t2_ms, t1_ms, esp_ms, refocus_deg):
         fp = jnp.concatenate([fm[..., :1], fp[..., :-1]], axis=-1)
         return fp, fm
 
-    def echo(carry, angle_deg):
+    def echo(carry, per_echo_rotation):
         fp, fm, z = carry
-        alpha = jnp.deg2rad(angle_deg)[..., None]
-        c2, s2 = jnp.cos(alpha / 2) ** 2, jnp.sin(alpha / 2) ** 2
-        sa, ca = jnp.sin(alpha), jnp.cos(alpha)
+        c2, s2, sa, ca = per_echo_rotation if per_echo else rotation
         fp, fm, z = relax(fp, fm, z)
         fp, fm = shift(fp, fm)
         fp, fm, z = (
@@ -106,6 +104,6 @@ def _train(pd, t2_ms, t1_ms, esp_ms, refocus_deg):
         fp, fm = shift(fp, fm)
         return (fp, fm, z), fp[..., 0]
 
-    _, echoes = jax.lax.scan(echo, (fp, fm, z), refocus_deg)
+    _, echoes = jax.lax.scan(echo, (fp, fm, z), rotation if per_echo else None, length=n_echoes)
     echoes = jnp.moveaxis(echoes, 0, -1)
     return pd[..., None] * jnp.abs(echoes)
