@@ -82,6 +82,10 @@ def get_config():
     config.train.decay_rate = 0.5
     config.train.grad_clip = 1.0
     config.train.ema_decay = 0.0
+    # Regression-task augmentation: a random (height, width) window per training example (() =
+    # whole slices; each a multiple of the network's 2**(levels-1)) and left-right flips.
+    config.train.crop = ()
+    config.train.flip = False
     config.train.loss = "mae"
     config.train.loss_kwargs = ml_collections.ConfigDict()
     config.train.log_every = 25

@@ -9,8 +9,9 @@ Pipeline per subject (all optional but the signal equation):
 4. thick slices: the signal averaged over ``slice_thickness_vox`` voxels through-plane (axis 2);
 5. complex Gaussian noise of std ``sigma = 1 / snr`` per channel and magnitude output (Rician).
    SNR is relative to a fully relaxed PD = 1 signal (CSF-like), so WM at long TR has SNR ~0.7 snr;
-6. intensity normalisation over the volume: ``"rescale"`` each image to [0.01, 1] (min-max),
-   ``"p95"`` the whole series divided by one in-brain 95th percentile, or ``"none"``.
+6. intensity normalisation: ``"rescale"`` each image to [0.01, 1] (min-max, over the volume),
+   ``"p95"`` the whole series divided by one in-brain 95th percentile, ``"p95_slice"`` each image
+   of each slice by its own in-brain 95th percentile (Qiu et al.), or ``"none"``.
 
 Thick slices average the (magnitude for IR kinds) noise-free images, an approximation near an IR null.
 Spin-echo images assume ideal 90/180 degree pulses (B1 enters them only through the receive field).
@@ -29,7 +30,7 @@ from qmri_jax.physics.protocol import Protocol, simulate
 __all__ = ["AcquisitionConfig", "acquire", "normalise_images", "saturate", "smooth_bias_field",
            "NORMALISATIONS"]
 
-NORMALISATIONS = ("rescale", "p95", "none")
+NORMALISATIONS = ("rescale", "p95", "p95_slice", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +94,10 @@ def normalise_images(images: np.ndarray, brain: np.ndarray, method: str) -> np.n
         separately acquired contrasts); ``"p95"``: the whole series divided by ONE number, the
         in-brain 95th percentile of the voxelwise series maximum, so the ratios between the
         images (which carry T1 in an inversion-time series) are kept while the scanner's arbitrary
-        scale cancels; ``"none"``.
+        scale cancels; ``"p95_slice"`` (``images [X, Y, Z, N]``, slices along Z): each image of
+        each slice divided by its own in-brain 95th percentile, as Qiu et al. normalise their
+        inputs (a slice with fewer than 10 brain voxels takes its image's percentile over the whole
+        brain); ``"none"``.
     """
     if method == "none":
         return images
@@ -107,6 +111,19 @@ def normalise_images(images: np.ndarray, brain: np.ndarray, method: str) -> np.n
             raise ValueError("normalisation 'p95' needs a non-empty brain mask")
         p95 = np.percentile(np.max(images[brain], axis=-1), 95)
         return (images / max(float(p95), 1e-12)).astype(np.float32)
+    if method == "p95_slice":
+        if images.ndim != 4 or brain.shape != images.shape[:3]:
+            raise ValueError(f"normalisation 'p95_slice' needs images [X, Y, Z, N] and a brain mask "
+                             f"[X, Y, Z]; got {images.shape} and {brain.shape}")
+        if not brain.any():
+            raise ValueError("normalisation 'p95_slice' needs a non-empty brain mask")
+        whole = np.percentile(images[brain], 95, axis=0)  # [N]
+        scale = np.empty(images.shape[2:], np.float64)  # [Z, N]
+        for z in range(images.shape[2]):
+            inside = brain[:, :, z]
+            scale[z] = np.percentile(images[:, :, z][inside], 95, axis=0) if inside.sum() >= 10 \
+                else whole
+        return (images / np.maximum(scale, 1e-12)).astype(np.float32)
     raise ValueError(f"normalisation={method!r}: expected one of {NORMALISATIONS}")
 
 

@@ -2,8 +2,10 @@
 
 ``metrics.json`` holds, per map (``T1``, ``T2``, ``PD`` ...), the metrics of
 :func:`~qmri_jax.evaluation.metrics.masked_metrics` in the brain, and ``by_tissue`` (WM, GM, CSF),
-``excluding_CSF``, ``lesion`` and ``healthy`` (brain without lesion) dicts of the same, ``per_sample`` each metric's mean, SD and count over the
-test samples (slices), as papers report them; ``roi`` holds per-subject tissue means with
+``excluding_CSF``, ``excluding_CSF_dilated`` (CSF grown by one voxel left out, with its own
+``per_sample``; Qiu et al.), ``lesion`` and ``healthy`` (brain without lesion) dicts of the same,
+``per_sample`` each metric's mean, SD and count over the test samples (slices), as papers report
+them; ``roi`` holds per-subject tissue means with
 Bland-Altman bias and limits of agreement. Figures (PNG, units and colour bars): truth / prediction /
 difference / % error per map, box plots of % error per tissue, Bland-Altman plots.
 """
@@ -14,11 +16,12 @@ import os
 import pathlib
 
 import numpy as np
+from scipy import ndimage
 
 from qmri_jax.evaluation import metrics as M
 from qmri_jax.physics.units import unit_label
 
-__all__ = ["evaluate_maps", "write_report", "write_map_volumes"]
+__all__ = ["evaluate_maps", "write_report", "write_map_volumes", "dilate_in_plane"]
 
 
 def evaluate_maps(pred: np.ndarray, arrays: dict, targets) -> dict:
@@ -36,6 +39,11 @@ def evaluate_maps(pred: np.ndarray, arrays: dict, targets) -> dict:
         entry["by_tissue"] = by
         if "CSF" in arrays:
             entry["excluding_CSF"] = M.masked_metrics(p, t, brain & ~arrays["CSF"].astype(bool))
+            # Qiu et al.: CSF dilated by one voxel (in-plane, 4-neighbourhood) left out, reported
+            # per test sample as well.
+            keep = brain & ~dilate_in_plane(arrays["CSF"].astype(bool))
+            entry["excluding_CSF_dilated"] = {**M.masked_metrics(p, t, keep),
+                                              "per_sample": M.per_sample_metrics(p, t, keep)}
         if "lesion" in arrays and arrays["lesion"].any():
             lesion = arrays["lesion"].astype(bool)
             entry["lesion"] = M.masked_metrics(p, t, brain & lesion)
@@ -44,6 +52,13 @@ def evaluate_maps(pred: np.ndarray, arrays: dict, targets) -> dict:
         entry["units"] = unit_label(name)
         out[name] = entry
     return out
+
+
+def dilate_in_plane(mask: np.ndarray, voxels: int = 1) -> np.ndarray:
+    """``mask [N, *S]`` dilated by ``voxels`` within each sample (4-/6-neighbourhood over the
+    spatial axes; never across the first axis)."""
+    structure = ndimage.generate_binary_structure(mask.ndim - 1, 1)[None]
+    return ndimage.binary_dilation(mask, structure, iterations=voxels) if voxels > 0 else mask
 
 
 def _roi_agreement(p, t, arrays):

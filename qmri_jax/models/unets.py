@@ -105,6 +105,7 @@ class UNet(nn.Module):
       dropout: dropout rate at the bottleneck.
       pool: ``"max"`` or ``"avg"``.
       up: ``"transpose"`` (learned 2x2 transposed conv) or ``"bilinear"`` (resize + conv).
+      up_kernel: kernel size of the convolution after a bilinear up-sampling (Qiu et al.: 2).
       residual: residual blocks instead of plain conv blocks.
       attention: attention gates on the skips.
       head: ``"positive"`` (softplus x ``out_scale``, physical units) or ``"linear"`` (a 1x1
@@ -118,6 +119,7 @@ class UNet(nn.Module):
     dropout: float = 0.0
     pool: str = "max"
     up: str = "transpose"
+    up_kernel: int = 3
     residual: bool = False
     attention: bool = False
     head: str = "positive"
@@ -145,7 +147,7 @@ class UNet(nn.Module):
                 x = UpConv2x(f)(x)
             elif self.up == "bilinear":
                 x = jax.image.resize(x, (*skip.shape[:-1], x.shape[-1]), "linear")
-                x = conv(x, f, 3)
+                x = conv(x, f, self.up_kernel)
             else:
                 raise ValueError(f"up={self.up!r}: expected 'transpose' or 'bilinear'")
             if self.attention:

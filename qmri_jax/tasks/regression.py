@@ -61,6 +61,12 @@ class RegressionTask:
         self.loss_fn = losses_lib.get_loss(config.train.loss, **dict(config.train.loss_kwargs))
         self.tx = create_optimizer(config.train, config.train.num_steps)
         self.ema_decay = float(config.train.ema_decay)
+        self.crop = tuple(int(c) for c in config.train.get("crop", ()))
+        self.flip = bool(config.train.get("flip", False))
+        if self.crop and (len(self.crop) != 2 or min(self.crop) < 1
+                          or any(c % self.size_multiple for c in self.crop)):
+            raise ValueError(f"config.train.crop={self.crop}: expected (height, width), each a "
+                             f"multiple of {self.size_multiple} (the network's levels)")
         self.scale = jnp.asarray(config.target_scale, jnp.float32)
         if self.scale.shape != (len(self.targets),):
             raise ValueError(f"config.target_scale={tuple(config.target_scale)}: expected one "
@@ -74,7 +80,37 @@ class RegressionTask:
     def _loss(self, pred, batch):
         return self.loss_fn(pred / self.scale, batch["targets"] / self.scale, batch["mask"])
 
+    def augment(self, batch, key):
+        """Training-time augmentation of a ``[B, X, Y, ...]`` batch (``images``, ``targets``,
+        ``mask``): a random ``config.train.crop`` window per example and, with
+        ``config.train.flip``, a left-right flip (axis X) of half the examples."""
+        if not (self.crop or self.flip):
+            return batch
+        out = {k: batch[k] for k in self.batch_keys}
+        n, size = out["images"].shape[0], out["images"].shape[1:3]
+        k_x, k_y, k_flip = jax.random.split(key, 3)
+        if self.crop:
+            if any(c > s for c, s in zip(self.crop, size)):
+                raise ValueError(f"config.train.crop={self.crop} is larger than the images {size}")
+            ox = jax.random.randint(k_x, (n,), 0, size[0] - self.crop[0] + 1)
+            oy = jax.random.randint(k_y, (n,), 0, size[1] - self.crop[1] + 1)
+
+            def cut(a, ox, oy):
+                return jax.lax.dynamic_slice(a, (ox, oy) + (0,) * (a.ndim - 2),
+                                             self.crop + a.shape[2:])
+
+            out = {k: jax.vmap(cut)(v, ox, oy) for k, v in out.items()}
+        if self.flip:
+            flip = jax.random.bernoulli(k_flip, 0.5, (n,))
+            out = {k: jnp.where(flip.reshape((n,) + (1,) * (v.ndim - 1)), jnp.flip(v, 1), v)
+                   for k, v in out.items()}
+        return {**batch, **out}
+
     def train_step(self, state, batch, key):
+        if self.crop or self.flip:
+            key, k_aug = jax.random.split(key)
+            batch = self.augment(batch, k_aug)
+
         def loss_of(params):
             pred, stats = apply_network(self.model, params, state.batch_stats, batch["images"], True,
                                  key)

@@ -184,6 +184,17 @@ def test_normalisations_and_bias_fields():
     np.testing.assert_allclose(p[..., 1] / p[..., 0], x[..., 1] / x[..., 0], rtol=1e-5)
     with pytest.raises(ValueError, match="normalisation"):
         acquisition.AcquisitionConfig(normalisation="zscore")
+    # Per slice and image (Qiu et al.): a slice scaled by 3 comes out the same as the others.
+    y = x.copy()
+    y[:, :, 2] *= 3.0
+    q = acquisition.normalise_images(y, brain, "p95_slice")
+    for z in range(4):
+        np.testing.assert_allclose(np.percentile(q[:, :, z][brain[:, :, z]], 95, axis=0), 1.0,
+                                   rtol=1e-5)
+    np.testing.assert_allclose(q[:, :, 2], acquisition.normalise_images(x, brain, "p95_slice")[:, :, 2],
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match=r"p95_slice' needs images \[X, Y, Z, N\]"):
+        acquisition.normalise_images(x[0], brain[0], "p95_slice")
     f = acquisition.smooth_bias_field(rng, (40, 40, 10), 2.0, 0.1)
     assert f.min() > 0 and 0.05 < np.log(f).std() < 0.15
 

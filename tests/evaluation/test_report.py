@@ -38,6 +38,23 @@ def test_evaluate_maps_per_tissue_lesion_and_roi():
     assert out["roi"]["bias"] == pytest.approx(50.0)
 
 
+def test_csf_dilated_by_one_voxel_is_left_out_per_slice():
+    pred, arrays = _arrays()
+    csf = np.zeros((2, 8, 8), bool)
+    csf[0, 4, 6] = True  # one CSF voxel in slice 0, in grey matter (exact there)
+    pred[0, 3:6, 5:8, 0] = 5000.0  # wrong in its 3x3 neighbourhood
+    arrays["CSF"] = csf
+    out = report.evaluate_maps(pred, arrays, ("T1",))["T1"]
+    grown = report.dilate_in_plane(csf)
+    assert grown[0].sum() == 5 and not grown[1].any()  # the voxel and its 4 neighbours, slice 0
+    assert out["excluding_CSF"]["num_voxels"] == 127
+    assert out["excluding_CSF_dilated"]["num_voxels"] == 123
+    # The 4 corners of the 3x3 block stay in: 4000 ms off each, against 1100-1000 in WM.
+    assert out["excluding_CSF_dilated"]["mae"] == pytest.approx((4 * 4000 + 64 * 100) / 123)
+    per = out["excluding_CSF_dilated"]["per_sample"]["mae"]
+    assert per["n"] == 2 and per["mean"] == pytest.approx(((4 * 4000 + 32 * 100) / 59 + 50) / 2)
+
+
 def test_write_report_and_map_volumes(tmp_path):
     pred, arrays = _arrays()
     m = report.write_report(str(tmp_path), pred, arrays, ("T1",), figures=False,

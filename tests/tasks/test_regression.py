@@ -32,6 +32,42 @@ def test_regression_task_loss_is_in_units_of_the_typical_value():
         RegressionTask(cfg)
 
 
+def test_crop_and_flip_cut_the_same_window_of_images_targets_and_mask():
+    cfg = unet_config_tiny()
+    with cfg.unlocked():
+        cfg.train.crop = (4, 6)
+        cfg.train.flip = True
+    task = create_task(cfg)
+    x = jnp.arange(3 * 8 * 10, dtype=jnp.float32).reshape(3, 8, 10)
+    batch = {"images": jnp.stack([x, 2 * x], -1), "targets": jnp.stack([x, -x, x + 1], -1),
+             "mask": x > -1, "other": jnp.ones(3)}
+    seen_flip, seen_plain = False, False
+    for seed in range(8):
+        out = task.augment(batch, jax.random.key(seed))
+        assert out["images"].shape == (3, 4, 6, 2) and out["mask"].shape == (3, 4, 6)
+        assert out["other"] is batch["other"]
+        np.testing.assert_array_equal(out["images"][..., 1], 2 * out["images"][..., 0])
+        np.testing.assert_array_equal(out["targets"][..., 0], out["images"][..., 0])
+        np.testing.assert_array_equal(out["targets"][..., 1], -out["images"][..., 0])
+        for i in range(3):  # each example is a window of its own slice, maybe flipped along X
+            win = np.asarray(out["images"][i, ..., 0])
+            src = np.asarray(x[i])
+            found = [(ox, oy, f) for f in (False, True) for ox in range(5) for oy in range(5)
+                     if np.array_equal((src[::-1] if f else src)[ox:ox + 4, oy:oy + 6], win)]
+            assert found, (seed, i)
+            seen_flip |= any(f for *_, f in found)
+            seen_plain |= any(not f for *_, f in found)
+    assert seen_flip and seen_plain
+    with cfg.unlocked():
+        cfg.train.crop = (5, 6)
+    with pytest.raises(ValueError, match=r"config.train.crop=\(5, 6\).*multiple of 2"):
+        RegressionTask(cfg)
+    with cfg.unlocked():
+        cfg.train.crop = (16, 6)
+    with pytest.raises(ValueError, match="larger than the images"):
+        RegressionTask(cfg).augment(batch, jax.random.key(0))
+
+
 def test_rim_task_takes_protocol_and_targets_from_the_data():
     cfg = rim_config.get_config()
     with cfg.unlocked():
