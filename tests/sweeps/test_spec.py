@@ -3,6 +3,7 @@ them, checks of bad sweeps, the shipped sweep files."""
 
 import os
 
+import numpy as np
 import pytest
 from ml_collections import config_flags
 
@@ -96,3 +97,23 @@ def test_shipped_thesis_inputs_names_and_overrides():
                                              "inputs=T1w+T2w+PDw_seed=0", "inputs=T1w+T2w_seed=0",
                                              "inputs=T1w_seed=0"]
     assert format_value(trials[-1].overrides["data.inputs"]) == "('T1w',)"
+
+
+def test_shipped_qiu_cv_folds_and_faithful_config():
+    from configs import unet_qiu
+
+    cpu, path = load_sweep(os.path.join(REPO, "configs/sweeps/qiu_cv.py:cpu"))
+    trials = cpu.trials()
+    assert [t.overrides["data.cv_fold"] for t in trials] == list(range(6))
+    assert all(t.overrides["data.cv_folds"] == 6 for t in trials)
+    inputs, _ = load_sweep(os.path.join(REPO, "configs/sweeps/qiu_cv.py:inputs"))
+    assert len(inputs.trials()) == 4 * 6 and inputs.compare == "data.inputs"
+    for preset in ("qiu", "qiu_cpu"):
+        cfg = unet_qiu.get_config(preset)
+        assert len(cfg.model.features) == 5 and cfg.model.up_kernel == 2  # 4 down-samplings
+        assert cfg.data.normalisation == "p95_slice" and tuple(cfg.target_scale[:2]) == (3000, 3000)
+        # Flat for 60% of the steps, then exp(-0.02) per epoch: exp(-4) over the last 200 epochs.
+        n = cfg.train.num_steps
+        assert cfg.train.decay_after == n - 2 * n // 5
+        assert cfg.train.decay_rate ** (n - cfg.train.decay_after) == pytest.approx(np.exp(-4.0))
+    assert unet_qiu.get_config("qiu").train.learning_rate == 1e-4

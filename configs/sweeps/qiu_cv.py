@@ -1,0 +1,42 @@
+"""Qiu et al.'s evaluation: 6-fold cross-validation over subjects of the U-Net that maps MPRAGE,
+GRE and 3D FLAIR to T1, T2 and PD (configs/unet_qiu.py:qiu), and the input-subset supplement.
+
+Metrics as the paper reports them: per test slice, in the brain without CSF dilated by one voxel,
+MAE, mean percentage error, PSNR and SSIM (each fold's mean over its slices; the table: mean +- SD
+over the folds).
+
+Cluster (paper sizes, one GPU per trial):
+  python -m qmri_jax.sweep --sweep=configs/sweeps/qiu_cv.py --out=DIR --backend=slurm \\
+      --partition=gpu --gpus-per-trial=1 --time-min=480
+  ... qiu_cv.py:inputs   the input subsets (all three, MPRAGE + FLAIR, MPRAGE + GRE, MPRAGE), 6 folds
+                         each, paired t-tests against all three
+Here (6 trials, 2 CPU cores):
+  python -m qmri_jax.sweep --sweep=configs/sweeps/qiu_cv.py:cpu --out=DIR
+"""
+
+from qmri_jax.sweeps import Sweep, folds, values
+
+INPUTS = [("MPRAGE", "GRE", "FLAIR"), ("MPRAGE", "FLAIR"), ("MPRAGE", "GRE"), ("MPRAGE",)]
+_REGION = "excluding_CSF_dilated.per_sample"
+METRICS = tuple(f"{m}.{_REGION}.{k}.mean" for m in ("T1", "T2") for k in
+                ("mae", "mean_abs_pct", "psnr", "ssim")) + (f"PD.{_REGION}.mean_abs_pct.mean",)
+_GPU = {"gpus_per_node": 1, "time_min": 480, "cpus_per_task": 8, "mem_gb": 32}
+
+
+def get_sweep(preset: str = ""):
+    if preset == "":
+        return Sweep(name="qiu_cv", config="configs/unet_qiu.py:qiu", axes=[folds(6)],
+                     metrics=METRICS, slurm=_GPU,
+                     description="Qiu et al. 6-fold CV at the paper's sizes.")
+    if preset == "inputs":
+        return Sweep(name="qiu_cv_inputs", config="configs/unet_qiu.py:qiu",
+                     axes=[values("data.inputs", INPUTS), folds(6)], metrics=METRICS,
+                     compare="data.inputs", slurm=_GPU,
+                     description="Qiu et al. input subsets, 6-fold CV each.")
+    if preset == "cpu":
+        return Sweep(name="qiu_cv_cpu", config="configs/unet_qiu.py:qiu_cpu", axes=[folds(6)],
+                     fixed={"eval.figures": False}, metrics=METRICS, slurm={"time_min": 30},
+                     description="Qiu et al. 6-fold CV for 2 CPU cores (configs/unet_qiu.py:"
+                                 "qiu_cpu, 600 steps per fold).")
+    raise ValueError(f"configs/sweeps/qiu_cv.py: unknown preset {preset!r} (available: '' "
+                     "(cluster), inputs, cpu)")
