@@ -6,7 +6,8 @@
 ``per_sample``; Qiu et al.), ``lesion`` and ``healthy`` (brain without lesion) dicts of the same,
 ``per_sample`` each metric's mean, SD and count over the test samples (slices), as papers report
 them; ``roi`` holds per-subject tissue means with
-Bland-Altman bias and limits of agreement. Figures (PNG, units and colour bars): truth / prediction /
+Bland-Altman bias and limits of agreement and a paired t-test per tissue, ``roi_eroded`` the same
+in masks eroded by one voxel (Qiu et al.). Figures (PNG, units and colour bars): truth / prediction /
 difference / % error per map, box plots of % error per tissue, Bland-Altman plots.
 """
 
@@ -16,7 +17,7 @@ import os
 import pathlib
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from qmri_jax.evaluation import metrics as M
 from qmri_jax.physics.units import unit_label
@@ -49,6 +50,7 @@ def evaluate_maps(pred: np.ndarray, arrays: dict, targets) -> dict:
             entry["lesion"] = M.masked_metrics(p, t, brain & lesion)
             entry["healthy"] = M.masked_metrics(p, t, brain & ~lesion)
         entry["roi"] = _roi_agreement(p, t, arrays)
+        entry["roi_eroded"] = _roi_agreement(p, t, arrays, erode=1)
         entry["units"] = unit_label(name)
         out[name] = entry
     return out
@@ -61,23 +63,39 @@ def dilate_in_plane(mask: np.ndarray, voxels: int = 1) -> np.ndarray:
     return ndimage.binary_dilation(mask, structure, iterations=voxels) if voxels > 0 else mask
 
 
-def _roi_agreement(p, t, arrays):
+def _roi_agreement(p, t, arrays, erode: int = 0):
+    """Per subject and tissue (WM, GM, CSF; each mask eroded in-plane by ``erode`` voxels): ROI
+    means of prediction and truth, their Bland-Altman bias and limits, and a paired t-test per
+    tissue over the subjects (``{"WM": {"t", "p", "n"}, ...}``; NaN below 2 subjects)."""
     if "subject" not in arrays:
         return {}
     rows = {"measured": [], "reference": [], "label": []}
-    for s in np.unique(arrays["subject"]):
-        sel = arrays["subject"] == s
-        for tissue in ("WM", "GM", "CSF"):
-            if tissue not in arrays:
-                continue
-            m = sel[:, None, None] & arrays[tissue].astype(bool) & arrays["mask"].astype(bool)
+    tests = {}
+    for tissue in ("WM", "GM", "CSF"):
+        if tissue not in arrays:
+            continue
+        region = arrays[tissue].astype(bool) & arrays["mask"].astype(bool)
+        if erode > 0:
+            structure = ndimage.generate_binary_structure(region.ndim - 1, 1)[None]
+            region = ndimage.binary_erosion(region, structure, iterations=erode)
+        pairs = []
+        for s in np.unique(arrays["subject"]):
+            m = (arrays["subject"] == s).reshape((-1,) + (1,) * (region.ndim - 1)) & region
             if m.sum() >= 10:
-                rows["measured"].append(float(np.mean(p[m])))
-                rows["reference"].append(float(np.mean(t[m])))
+                pairs.append((float(np.mean(p[m])), float(np.mean(t[m]))))
                 rows["label"].append(f"sub{int(s)}-{tissue}")
+        for a, b in pairs:
+            rows["measured"].append(a)
+            rows["reference"].append(b)
+        diff = np.array([a - b for a, b in pairs])
+        if len(pairs) >= 2 and np.ptp(diff) > 1e-9 * np.max(np.abs(diff)):
+            res = stats.ttest_rel([a for a, _ in pairs], [b for _, b in pairs])
+            tests[tissue] = {"t": float(res.statistic), "p": float(res.pvalue), "n": len(pairs)}
+        elif len(pairs) >= 2:  # identical differences (e.g. exact): no spread to test against
+            tests[tissue] = {"t": float("nan"), "p": float("nan"), "n": len(pairs)}
     if len(rows["measured"]) < 2:
         return {}
-    return {**M.bland_altman(rows["measured"], rows["reference"]), **rows}
+    return {**M.bland_altman(rows["measured"], rows["reference"]), **rows, "paired_t": tests}
 
 
 def write_report(out_dir: str, pred: np.ndarray, arrays: dict, targets, figures: bool = True,

@@ -36,6 +36,20 @@ def test_evaluate_maps_per_tissue_lesion_and_roi():
     # ROI means per subject and tissue (WM: 1100 vs 1000, GM: exact) -> Bland-Altman
     assert sorted(out["roi"]["label"]) == ["sub0-GM", "sub0-WM", "sub1-GM", "sub1-WM"]
     assert out["roi"]["bias"] == pytest.approx(50.0)
+    assert out["roi"]["paired_t"]["WM"]["n"] == 2 and np.isnan(out["roi"]["paired_t"]["GM"]["t"])
+    # Eroded by one voxel in-plane: WM (columns 0-3 of 8 x 8) keeps rows 1-6 x columns 1-2.
+    assert out["roi_eroded"]["bias"] == pytest.approx(50.0) and len(out["roi_eroded"]["label"]) == 4
+
+
+def test_roi_paired_t_test_per_tissue():
+    pred, arrays = _arrays()
+    arrays["subject"] = np.array([0, 1, 2])
+    pred, arrays = np.concatenate([pred, pred[:1]]), {k: (np.concatenate([v, v[:1]]) if k not in (
+        "subject",) else v) for k, v in arrays.items()}
+    pred[2, ..., 0][arrays["WM"][2]] = 1300.0  # WM +100, +100, +300 over three subjects
+    out = report.evaluate_maps(pred, arrays, ("T1",))["T1"]["roi"]["paired_t"]["WM"]
+    d = np.array([100.0, 100.0, 300.0])
+    assert out["n"] == 3 and out["t"] == pytest.approx(d.mean() / (d.std(ddof=1) / np.sqrt(3)))
 
 
 def test_csf_dilated_by_one_voxel_is_left_out_per_slice():
