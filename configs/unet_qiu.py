@@ -44,30 +44,22 @@ def _qiu(config, cpu: bool):
     config.train.warmup_steps = 0
     config.train.grad_clip = 0.0
     config.train.flip = True
-    if cpu:
-        config.model.features = (8, 16, 32, 64, 128)
-        config.data.resolution_mm = 2
-        config.data.num_subjects = 12
-        config.data.slices_per_subject = 12
-        config.train.crop = (64, 80)
-        config.train.batch_size = 8
-        config.train.learning_rate = 1e-3
-        config.train.num_steps = 600
-        config.train.eval_every = 200
-        config.train.checkpoint_every = 200
-    else:
-        config.model.features = (64, 128, 256, 512, 1024)
-        config.data.resolution_mm = 1
-        config.data.num_subjects = 36
-        config.data.slices_per_subject = 40
-        config.train.crop = (128, 160)
-        config.train.batch_size = 16
-        config.train.learning_rate = 1e-4
-        # 6-fold CV: 30 of 36 subjects outside the test fold, 10% of those for validation.
-        steps_per_epoch = math.ceil(27 * 40 / 16)
-        config.train.num_steps = 500 * steps_per_epoch
-        config.train.eval_every = 10 * steps_per_epoch
-        config.train.checkpoint_every = 10 * steps_per_epoch
+    # 6-fold CV of 36 subjects: 30 outside the test fold, 10% of those for validation.
+    paper_epoch = math.ceil(27 * 40 / 16)
+    sizes = ({"features": (8, 16, 32, 64, 128), "mm": 2, "subjects": 12, "slices": 12,
+              "crop": (64, 80), "batch": 8, "lr": 1e-3, "steps": 600, "eval": 200} if cpu else
+             {"features": (64, 128, 256, 512, 1024), "mm": 1, "subjects": 36, "slices": 40,
+              "crop": (128, 160), "batch": 16, "lr": 1e-4, "steps": 500 * paper_epoch,
+              "eval": 10 * paper_epoch})
+    config.model.features = sizes["features"]
+    config.data.resolution_mm = sizes["mm"]
+    config.data.num_subjects = sizes["subjects"]
+    config.data.slices_per_subject = sizes["slices"]
+    config.train.crop = sizes["crop"]
+    config.train.batch_size = sizes["batch"]
+    config.train.learning_rate = sizes["lr"]
+    config.train.num_steps = sizes["steps"]
+    config.train.eval_every = config.train.checkpoint_every = sizes["eval"]
     # Constant for 300 of 500 epochs, then x exp(-0.02) per epoch (smoothly, per step): the same
     # shape over any number of steps.
     decay = config.train.num_steps - 3 * config.train.num_steps // 5
