@@ -111,7 +111,8 @@ def test_shipped_qiu_cv_folds_and_faithful_config():
     for preset in ("qiu", "qiu_cpu"):
         cfg = unet_qiu.get_config(preset)
         assert len(cfg.model.features) == 5 and cfg.model.up_kernel == 2  # 4 down-samplings
-        assert cfg.data.normalisation == "p95_slice" and tuple(cfg.target_scale[:2]) == (3000, 3000)
+        assert cfg.data.normalisation == "p95_slice" and tuple(cfg.target_scale) == (3000, 3000)
+        assert tuple(cfg.targets) == ("T1", "T2")
         # Flat for 60% of the steps, then exp(-0.02) per epoch: exp(-4) over the last 200 epochs.
         n = cfg.train.num_steps
         assert cfg.train.decay_after == n - 2 * n // 5
