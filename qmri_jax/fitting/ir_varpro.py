@@ -21,7 +21,8 @@ model      c1                          c2
    smallest sample are tried (the null lies beside it), and a parabola through the best grid point
    and its neighbours refines log T1.
 2. Levenberg-Marquardt on ``(c1, c2, log T1)`` for the Gaussian or Rician objective, written as
-   array arithmetic over ``[V, N]`` (analytic Jacobian, unrolled 3x3 solves): no per-voxel solver.
+   array arithmetic with the voxels on the last axis (``[N, V]``; the sums over samples a scan of
+   elementwise passes, analytic Jacobian, unrolled 3x3 solves): no per-voxel solver.
 3. The same diagnostics as the general solver: the CRLB (Gaussian or Rician Fisher information,
    mapped to the model's parameters by the exact reparametrisation rule ``D F^-1 D^T``), the
    Newton-decrement stationarity test, the no-signal likelihood-ratio test and ``at_bound``.
