@@ -5,10 +5,11 @@
 ``excluding_CSF``, ``excluding_CSF_dilated`` (CSF grown by one voxel left out, with its own
 ``per_sample``; Qiu et al.), ``lesion`` and ``healthy`` (brain without lesion) dicts of the same,
 ``per_sample`` each metric's mean, SD and count over the test samples (slices), as papers report
-them; ``roi`` holds per-subject tissue means with
-Bland-Altman bias and limits of agreement and a paired t-test per tissue, ``roi_eroded`` the same
-in masks eroded by one voxel (Qiu et al.). Figures (PNG, units and colour bars): truth / prediction /
-difference / % error per map, box plots of % error per tissue, Bland-Altman plots.
+them; ``ssim_whole_image``: the SSIM of whole slices, background included (the thesis); ``roi``:
+per-subject tissue means with Bland-Altman bias and limits of agreement and a paired t-test per
+tissue, ``roi_eroded`` the same in masks eroded by one voxel (Qiu et al.). Figures (PNG, units and
+colour bars): truth / prediction / difference / % error per map, box plots of % error per tissue,
+Bland-Altman plots.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def evaluate_maps(pred: np.ndarray, arrays: dict, targets) -> dict:
         p, t = pred[..., c], arrays["targets"][..., c]
         entry = M.masked_metrics(p, t, brain)
         entry["per_sample"] = M.per_sample_metrics(p, t, brain)
+        # The thesis's SSIM: over the whole slice (background included), mean +- SD over slices.
+        whole = np.array([M.ssim(p[i], t[i], np.ones(p.shape[1:], bool)) for i in range(len(p))])
+        entry["ssim_whole_image"] = {"mean": float(whole.mean()), "n": int(whole.size),
+                                     "sd": float(whole.std(ddof=1)) if whole.size > 1 else
+                                     float("nan")}
         by = {}
         for tissue in ("WM", "GM", "CSF"):
             if tissue in arrays:

@@ -102,12 +102,17 @@ class UNet(nn.Module):
       out_scale: one scale per output channel (physical units of a typical value).
       convs_per_level: conv-norm-ReLU per block.
       norm: ``"batch"``, ``"group"`` or ``"none"``.
-      dropout: dropout rate at the bottleneck.
+      dropout: dropout rate at the bottleneck (``dropout_at="bottleneck"``) or, with
+        ``dropout_at="paths"`` (the thesis), on the output of the down-path and on the input of
+        every up-path block.
+      dropout_at: ``"bottleneck"`` or ``"paths"``.
       pool: ``"max"`` or ``"avg"``.
       up: ``"transpose"`` (learned 2x2 transposed conv) or ``"bilinear"`` (resize + conv).
       up_kernel: kernel size of the convolution after a bilinear up-sampling (Qiu et al.: 2).
       residual: residual blocks instead of plain conv blocks.
       attention: attention gates on the skips.
+      attention_levels: with ``attention``, gate only this many of the deepest skips (0: every
+        skip; the thesis's U-AttenNet has one gate, assumed at the deepest skip).
       head: ``"positive"`` (softplus x ``out_scale``, physical units) or ``"linear"`` (a 1x1
         conv to ``len(out_scale)`` unbounded channels, for a task that bounds them itself).
     """
@@ -117,11 +122,13 @@ class UNet(nn.Module):
     convs_per_level: int = 2
     norm: str = "batch"
     dropout: float = 0.0
+    dropout_at: str = "bottleneck"
     pool: str = "max"
     up: str = "transpose"
     up_kernel: int = 3
     residual: bool = False
     attention: bool = False
+    attention_levels: int = 0
     head: str = "positive"
 
     def _block(self, f, x, train, dropout=0.0):
@@ -141,8 +148,13 @@ class UNet(nn.Module):
             x = self._block(f, x, train)
             skips.append(x)
             x = pool2x(x, self.pool)
-        x = self._block(self.features[-1], x, train, self.dropout)
-        for f, skip in zip(reversed(self.features[:-1]), reversed(skips)):
+        if self.dropout_at not in ("bottleneck", "paths"):
+            raise ValueError(f"dropout_at={self.dropout_at!r}: expected 'bottleneck' or 'paths'")
+        paths = self.dropout_at == "paths" and self.dropout > 0
+        if paths:  # the down-path's output
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = self._block(self.features[-1], x, train, 0.0 if paths else self.dropout)
+        for depth, (f, skip) in enumerate(zip(reversed(self.features[:-1]), reversed(skips))):
             if self.up == "transpose":
                 x = UpConv2x(f)(x)
             elif self.up == "bilinear":
@@ -150,9 +162,11 @@ class UNet(nn.Module):
                 x = conv(x, f, self.up_kernel)
             else:
                 raise ValueError(f"up={self.up!r}: expected 'transpose' or 'bilinear'")
-            if self.attention:
+            if self.attention and (self.attention_levels <= 0 or depth < self.attention_levels):
                 skip = AttentionGate(max(f // 2, 1))(skip, x)
             x = jax.numpy.concatenate([skip, x], axis=-1)
+            if paths:  # the input of every up-path block
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
             x = self._block(f, x, train)
         if self.head == "linear":
             return conv(x, len(self.out_scale), 1)

@@ -37,6 +37,10 @@ def test_evaluate_maps_per_tissue_lesion_and_roi():
     assert sorted(out["roi"]["label"]) == ["sub0-GM", "sub0-WM", "sub1-GM", "sub1-WM"]
     assert out["roi"]["bias"] == pytest.approx(50.0)
     assert out["roi"]["paired_t"]["WM"]["n"] == 2 and np.isnan(out["roi"]["paired_t"]["GM"]["t"])
+    whole = out["ssim_whole_image"]
+    assert whole["n"] == 2 and 0 < whole["mean"] < 1 and whole["sd"] == pytest.approx(0, abs=1e-12)
+    assert report.evaluate_maps(arrays["targets"], arrays, ("T1",))["T1"]["ssim_whole_image"][
+        "mean"] == pytest.approx(1.0)
     # Eroded by one voxel in-plane: WM (columns 0-3 of 8 x 8) keeps rows 1-6 x columns 1-2.
     assert out["roi_eroded"]["bias"] == pytest.approx(50.0) and len(out["roi_eroded"]["label"]) == 4
 

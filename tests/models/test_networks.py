@@ -96,6 +96,37 @@ def test_attention_gate_scales_skip_between_zero_and_one():
     assert np.allclose(ratio, ratio[..., :1], atol=1e-5)  # one gate per voxel, all channels
 
 
+def test_thesis_unet_options_one_gate_and_dropout_on_the_paths():
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 4))
+    gated = lambda m: sorted(k for k in m.init(jax.random.key(1), x)["params"]  # noqa: E731
+                             if k.startswith("AttentionGate"))
+    every = models.UAttenNet(features=(4, 8, 16, 32), out_scale=SCALE)
+    one = models.UAttenNet(features=(4, 8, 16, 32), out_scale=SCALE, attention_levels=1)
+    assert len(gated(every)) == 3 and len(gated(one)) == 1
+    m = models.UNet(features=(4, 8, 16), out_scale=SCALE, dropout=0.5, dropout_at="paths",
+                    norm="none")
+    v = m.init(jax.random.key(1), x)
+    a = m.apply(v, x, train=True, rngs={"dropout": jax.random.key(2)})
+    b = m.apply(v, x, train=True, rngs={"dropout": jax.random.key(3)})
+    assert not np.allclose(a, b)  # dropout acts in training
+    np.testing.assert_array_equal(m.apply(v, x), m.apply(v, x))  # and not in evaluation
+    # The same parameters as the bottleneck placement: dropout has none.
+    same = models.UNet(features=(4, 8, 16), out_scale=SCALE, dropout=0.5, norm="none")
+    assert jax.tree.structure(same.init(jax.random.key(1), x)) == jax.tree.structure(v)
+    from configs import uattennet
+    for preset in ("thesis", "thesis_paper"):
+        cfg = uattennet.get_config(preset)
+        assert (cfg.model.attention_levels, cfg.model.dropout_at, cfg.data.field,
+                cfg.data.normalisation, tuple(cfg.data.pathology_splits)) == (
+                    1, "paths", "1.5T", "rescale", ("test",))
+        from qmri_jax.tasks.regression import build_model
+        assert len(gated(build_model(cfg, features=(4, 8, 16, 32)))) == 1
+    assert uattennet.get_config("thesis_paper").model.features == (64, 128, 256, 512)
+    with pytest.raises(ValueError, match="dropout_at='both'"):
+        models.UNet(features=(4, 8), out_scale=SCALE, dropout_at="both").init(
+            jax.random.key(0), x)
+
+
 def test_unet_rejects_indivisible_shapes():
     m = models.UNet(features=(4, 8, 16), out_scale=SCALE)
     with pytest.raises(ValueError, match="must divide by 4"):
