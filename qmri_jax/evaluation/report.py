@@ -62,11 +62,16 @@ def evaluate_maps(pred: np.ndarray, arrays: dict, targets) -> dict:
     return out
 
 
-def dilate_in_plane(mask: np.ndarray, voxels: int = 1) -> np.ndarray:
-    """``mask [N, *S]`` dilated by ``voxels`` within each sample (4-/6-neighbourhood over the
-    spatial axes; never across the first axis)."""
+def _in_plane(op, mask: np.ndarray, voxels: int) -> np.ndarray:
+    """``op`` (binary dilation or erosion) of ``mask [N, *S]`` by ``voxels`` within each sample
+    (4-/6-neighbourhood over the spatial axes; never across the first axis)."""
     structure = ndimage.generate_binary_structure(mask.ndim - 1, 1)[None]
-    return ndimage.binary_dilation(mask, structure, iterations=voxels) if voxels > 0 else mask
+    return op(mask, structure, iterations=voxels) if voxels > 0 else mask
+
+
+def dilate_in_plane(mask: np.ndarray, voxels: int = 1) -> np.ndarray:
+    """``mask [N, *S]`` dilated by ``voxels`` within each sample (see :func:`_in_plane`)."""
+    return _in_plane(ndimage.binary_dilation, mask, voxels)
 
 
 def _roi_agreement(p, t, arrays, erode: int = 0):
@@ -80,19 +85,16 @@ def _roi_agreement(p, t, arrays, erode: int = 0):
     for tissue in ("WM", "GM", "CSF"):
         if tissue not in arrays:
             continue
-        region = arrays[tissue].astype(bool) & arrays["mask"].astype(bool)
-        if erode > 0:
-            structure = ndimage.generate_binary_structure(region.ndim - 1, 1)[None]
-            region = ndimage.binary_erosion(region, structure, iterations=erode)
+        region = _in_plane(ndimage.binary_erosion,
+                           arrays[tissue].astype(bool) & arrays["mask"].astype(bool), erode)
         pairs = []
         for s in np.unique(arrays["subject"]):
             m = (arrays["subject"] == s).reshape((-1,) + (1,) * (region.ndim - 1)) & region
             if m.sum() >= 10:
                 pairs.append((float(np.mean(p[m])), float(np.mean(t[m]))))
                 rows["label"].append(f"sub{int(s)}-{tissue}")
-        for a, b in pairs:
-            rows["measured"].append(a)
-            rows["reference"].append(b)
+        rows["measured"] += [a for a, _ in pairs]
+        rows["reference"] += [b for _, b in pairs]
         diff = np.array([a - b for a, b in pairs])
         if len(pairs) >= 2 and np.ptp(diff) > 1e-9 * np.max(np.abs(diff)):
             res = stats.ttest_rel([a for a, _ in pairs], [b for _, b in pairs])

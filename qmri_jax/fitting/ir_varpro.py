@@ -153,8 +153,9 @@ def _evaluate(ti, c1, c2, u, signed, loss, y, w, sig):
     ``E = exp(-x)``, ``x = TI / T1`` and ``s`` the sign of ``c1 + c2 E`` (1 for signed data); as
     ``s^2 = 1`` the curvature needs only five weighted sums over the samples.
 
-    The sums are unrolled over the (few) samples, so that the whole evaluation is one elementwise
-    pass over voxels: on CPU several times faster than reductions over a samples axis."""
+    The sums run as a scan over the samples, each step one elementwise pass over voxels: on CPU
+    2.5x faster than reductions over a samples axis (and than unrolling the sum in Python inside
+    the LM loop, which XLA compiled 10x slower)."""
     rate = jnp.exp(-u)
 
     def add_sample(sums, sample):
