@@ -2,6 +2,12 @@
 
 ``nilearn.datasets.load_mni152_{template,gm_template,wm_template,brain_mask}`` read files from the
 installed package (no download). They are 1 mm, 197 x 233 x 189 voxels, RAS+ affine.
+
+Deep grey matter regions come from the same wheel: the Seitzman et al. (2018) ROI set
+(``nilearn.datasets.fetch_coords_seitzman_2018``, a packaged text file) places 4 mm spheres at MNI
+coordinates with an anatomical label each. ``putamen``: the basal-ganglia spheres with
+``|x| >= 22 mm`` (8 spheres at x 24.8-28.6 mm; the medial ones are caudate, accumbens and pallidum);
+``thalamus``: the 12 thalamus spheres. They sample the structures (ROIs), they do not outline them.
 """
 
 from __future__ import annotations
@@ -11,7 +17,10 @@ import functools
 
 import numpy as np
 
-__all__ = ["Anatomy", "load_mni152"]
+__all__ = ["Anatomy", "load_mni152", "deep_gm_rois", "DEEP_GM"]
+
+#: The deep grey matter ROIs of :func:`deep_gm_rois`.
+DEEP_GM = ("putamen", "thalamus")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +32,8 @@ class Anatomy:
       brain: brain mask ``[X, Y, Z]`` (bool).
       t1w: the template's T1-weighted intensity ``[X, Y, Z]`` scaled to [0, 1] (texture source).
       affine: voxel-to-RAS+ mm affine ``[4, 4]``.
+      rois: deep grey matter ROIs ``{"putamen", "thalamus"}``, each ``[X, Y, Z]`` float32 in
+        {0, 1} (see the module docstring).
     """
 
     gm: np.ndarray
@@ -31,6 +42,7 @@ class Anatomy:
     brain: np.ndarray
     t1w: np.ndarray
     affine: np.ndarray
+    rois: dict = dataclasses.field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -113,6 +125,35 @@ def load_mni152(resolution_mm: int = 2, multiple: tuple[int, int, int] | None = 
     csf = np.where(brain, np.clip(1.0 - gm - wm, 0, 1), 0)
     t1w = out["t1w"] / max(float(out["t1w"].max()), 1e-6)
     arrays = dict(gm=gm, wm=wm, csf=csf, brain=brain, t1w=t1w)
-    for a in arrays.values():
+    rois = deep_gm_rois(gm.shape, new_affine)
+    for a in (*arrays.values(), *rois.values()):
         a.flags.writeable = False
-    return Anatomy(**arrays, affine=new_affine)
+    return Anatomy(**arrays, affine=new_affine, rois=rois)
+
+
+def deep_gm_rois(shape, affine) -> dict[str, np.ndarray]:
+    """The deep grey matter ROIs (module docstring) on a grid: ``{"putamen", "thalamus"}``, each
+    ``[X, Y, Z]`` float32, 1 where the voxel centre lies within a sphere of the structure.
+
+    Args:
+      shape: ``(X, Y, Z)``.
+      affine: voxel-to-MNI mm ``[4, 4]``.
+    """
+    from nilearn import datasets  # the coordinates ship in the wheel (no download)
+
+    coords = datasets.fetch_coords_seitzman_2018(ordered_regions=False)
+    xyz = np.asarray(coords.rois[["x", "y", "z"]], np.float64)
+    radius = np.asarray(coords.radius, np.float64)
+    region = np.asarray(coords.regions).astype(str)
+    pick = {"putamen": (region == "basalGanglia") & (np.abs(xyz[:, 0]) >= 22.0),
+            "thalamus": region == "thalamus"}
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape],
+                                indexing="ij"), axis=-1)
+    mm = grid @ np.asarray(affine, np.float64)[:3, :3].T + np.asarray(affine)[:3, 3]
+    out = {}
+    for name in DEEP_GM:
+        inside = np.zeros(shape, bool)
+        for centre, r in zip(xyz[pick[name]], radius[pick[name]]):
+            inside |= np.sum((mm - centre) ** 2, axis=-1) <= r ** 2
+        out[name] = inside.astype(np.float32)
+    return out

@@ -5,7 +5,8 @@ read): :class:`QmriBrain2D` (axial slices) and :class:`QmriBrain3D` (volumes). E
 
 * ``images``: ``[H, W, N]`` (2D) or ``[X, Y, Z, N]`` (3D) float32, the protocol's contrasts;
 * ``T1``, ``T2`` (ms), ``PD`` (a.u.), ``k`` (inversion efficiency): ``[H, W]`` / ``[X, Y, Z]``;
-* masks ``brain``, ``GM``, ``WM``, ``CSF``, ``lesion`` (uint8, same spatial shape);
+* masks ``brain``, ``GM``, ``WM``, ``CSF``, ``lesion``, and the deep grey matter ROIs ``putamen``
+  and ``thalamus`` (:func:`qmri_jax.data.anatomy.deep_gm_rois`) (uint8, same spatial shape);
 * ``subject`` (int, the subject index) and ``slice`` (the axial index, -1 for volumes).
 
 Splits are by subject (a subject's slices never straddle splits). Everything is a deterministic
@@ -277,9 +278,10 @@ def _builder_classes():
     import tensorflow_datasets as tfds
 
     class _QmriBase(tfds.core.GeneratorBasedBuilder):
-        VERSION = tfds.core.Version("1.1.0")
+        VERSION = tfds.core.Version("1.2.0")
         RELEASE_NOTES = {"1.0.0": "MNI152 anatomy, literature tissue table, pathology, acquisition.",
-                         "1.1.0": "'p95' normalisation: one factor per series (was per image)."}
+                         "1.1.0": "'p95' normalisation: one factor per series (was per image).",
+                         "1.2.0": "Deep grey matter ROI masks 'putamen' and 'thalamus'."}
         DIMS = 2
 
         def __init__(self, *, qmri_config: DataConfig, **kwargs):

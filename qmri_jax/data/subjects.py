@@ -27,7 +27,7 @@ __all__ = ["Subject", "GEOMETRIC_RADIUS", "make_brain_subject", "make_geometric_
            "jacobian_determinant", "MASK_NAMES", "MAP_NAMES"]
 
 MAP_NAMES = ("T1", "T2", "PD")
-MASK_NAMES = ("brain", "GM", "WM", "CSF", "lesion")
+MASK_NAMES = ("brain", "GM", "WM", "CSF", "lesion", "putamen", "thalamus")
 
 
 @dataclasses.dataclass
@@ -36,7 +36,9 @@ class Subject:
 
     Attributes:
       maps: ``{"T1": ms, "T2": ms, "PD": a.u.}``, each ``[X, Y, Z]`` float32; 0 outside the brain.
-      prob: tissue probabilities ``{"GM", "WM", "CSF", "lesion"}`` ``[X, Y, Z]`` float32.
+      prob: tissue probabilities ``{"GM", "WM", "CSF", "lesion"}`` ``[X, Y, Z]`` float32, and the
+        warped deep grey matter ROIs ``{"putamen", "thalamus"}`` (fractions; zero for geometric
+        subjects).
       brain: ``[X, Y, Z]`` bool.
       affine: voxel-to-RAS+ mm ``[4, 4]``.
       meta: tissue means drawn for this subject, field, pathology description.
@@ -50,14 +52,15 @@ class Subject:
 
     def masks(self) -> dict[str, np.ndarray]:
         """Binary masks ``[X, Y, Z]`` uint8: brain, and the most probable tissue for GM/WM/CSF,
-        lesion where its probability is >= 0.5."""
+        lesion and the deep grey matter ROIs where their fraction is >= 0.5."""
         stack = np.stack([self.prob["GM"], self.prob["WM"], self.prob["CSF"]], axis=-1)
         label = np.argmax(stack, axis=-1)
         b = self.brain
         out = {"brain": b.astype(np.uint8)}
         for i, name in enumerate(("GM", "WM", "CSF")):
             out[name] = (b & (label == i)).astype(np.uint8)
-        out["lesion"] = (b & (self.prob["lesion"] >= 0.5)).astype(np.uint8)
+        for name in ("lesion", "putamen", "thalamus"):
+            out[name] = (b & (self.prob[name] >= 0.5)).astype(np.uint8)
         return out
 
 
@@ -197,10 +200,12 @@ def make_brain_subject(rng: np.random.Generator, anatomy: Anatomy, field: str = 
         gm, wm, csf = (_warp(a, coords) for a in (anatomy.gm, anatomy.wm, anatomy.csf))
         t1w = _warp(anatomy.t1w, coords)
         brain = _warp(anatomy.brain.astype(np.float32), coords) >= 0.5
+        rois = {k: _warp(v, coords) for k, v in anatomy.rois.items()}
     else:
         gm, wm, csf, t1w = (np.array(a, np.float32) for a in
                             (anatomy.gm, anatomy.wm, anatomy.csf, anatomy.t1w))
         brain = np.array(anatomy.brain)
+        rois = {k: np.array(v, np.float32) for k, v in anatomy.rois.items()}
     gm, wm, csf = (np.power(np.clip(v, 0, 1), pv_sharpness) for v in (gm, wm, csf))
     total = gm + wm + csf
     inside = brain & (total > 1e-6)
@@ -241,6 +246,8 @@ def make_brain_subject(rng: np.random.Generator, anatomy: Anatomy, field: str = 
     maps = {p: np.where(brain, v, 0).astype(np.float32) for p, v in maps.items()}
     probs = {k: v.astype(np.float32) for k, v in probs.items()}
     probs["lesion"] = lesion
+    for name in ("putamen", "thalamus"):
+        probs[name] = np.where(brain, rois.get(name, 0.0), 0).astype(np.float32)
     return Subject(maps=maps, prob=probs, brain=brain, affine=anatomy.affine, meta=meta)
 
 
@@ -283,6 +290,6 @@ def make_geometric_subject(rng: np.random.Generator, shape, affine, *, num_ellip
         brain |= inside
         params.append({"T1": t1, "T2": t2, "PD": pd})
     zeros = np.zeros(shape, np.float32)
-    probs = {"GM": zeros, "WM": zeros, "CSF": zeros, "lesion": zeros}
+    probs = {k: zeros for k in ("GM", "WM", "CSF", "lesion", "putamen", "thalamus")}
     return Subject(maps=maps, prob=probs, brain=brain, affine=np.asarray(affine),
                    meta={"geometric": params})

@@ -6,8 +6,11 @@
 ``per_sample``; Qiu et al.), ``lesion`` and ``healthy`` (brain without lesion) dicts of the same,
 ``per_sample`` each metric's mean, SD and count over the test samples (slices), as papers report
 them; ``ssim_whole_image``: the SSIM of whole slices, background included (the thesis); ``roi``:
-per-subject tissue means with Bland-Altman bias and limits of agreement and a paired t-test per
-tissue, ``roi_eroded`` the same in masks eroded by one voxel (Qiu et al.). Figures (PNG, units and
+per-subject region means (WM, GM, CSF and, where the data have them, the deep grey matter ROIs
+putamen and thalamus) with Bland-Altman bias and limits of agreement and a paired t-test per
+region, ``roi_eroded`` the same with the WM, GM and CSF masks eroded by one voxel (Qiu et al.; the
+deep grey matter ROIs are spheres inside the structures and are not eroded). ``by_tissue`` has the
+deep grey matter ROIs too. Figures (PNG, units and
 colour bars): truth / prediction / difference / % error per map, box plots of % error per tissue,
 Bland-Altman plots.
 """
@@ -25,6 +28,10 @@ from qmri_jax.physics.units import unit_label
 
 __all__ = ["evaluate_maps", "write_report", "write_map_volumes", "dilate_in_plane"]
 
+_TISSUES = ("WM", "GM", "CSF")
+_DEEP_GM = ("putamen", "thalamus")  # ROIs inside the structures: never eroded
+_REGIONS = _TISSUES + _DEEP_GM
+
 
 def evaluate_maps(pred: np.ndarray, arrays: dict, targets) -> dict:
     """Metrics dict for predictions ``[N, *S, C]`` against ``arrays["targets"]`` with masks."""
@@ -40,7 +47,7 @@ def evaluate_maps(pred: np.ndarray, arrays: dict, targets) -> dict:
                                      "sd": float(whole.std(ddof=1)) if whole.size > 1 else
                                      float("nan")}
         by = {}
-        for tissue in ("WM", "GM", "CSF"):
+        for tissue in _REGIONS:
             if tissue in arrays:
                 by[tissue] = M.masked_metrics(p, t, brain & arrays[tissue].astype(bool))
         entry["by_tissue"] = by
@@ -75,18 +82,21 @@ def dilate_in_plane(mask: np.ndarray, voxels: int = 1) -> np.ndarray:
 
 
 def _roi_agreement(p, t, arrays, erode: int = 0):
-    """Per subject and tissue (WM, GM, CSF; each mask eroded in-plane by ``erode`` voxels): ROI
-    means of prediction and truth, their Bland-Altman bias and limits, and a paired t-test per
-    tissue over the subjects (``{"WM": {"t", "p", "n"}, ...}``; NaN below 2 subjects)."""
+    """Per subject and region (WM, GM, CSF, each mask eroded in-plane by ``erode`` voxels; the
+    deep grey matter ROIs putamen and thalamus as they are): ROI means of prediction and truth
+    (labels ``sub<i>-<region>``), their Bland-Altman bias and limits, and a paired t-test per
+    region over the subjects (``{"WM": {"t", "p", "n"}, ...}``; NaN below 2 subjects). A subject's
+    region counts from 10 voxels."""
     if "subject" not in arrays:
         return {}
     rows = {"measured": [], "reference": [], "label": []}
     tests = {}
-    for tissue in ("WM", "GM", "CSF"):
+    for tissue in _REGIONS:
         if tissue not in arrays:
             continue
         region = _in_plane(ndimage.binary_erosion,
-                           arrays[tissue].astype(bool) & arrays["mask"].astype(bool), erode)
+                           arrays[tissue].astype(bool) & arrays["mask"].astype(bool),
+                           0 if tissue in _DEEP_GM else erode)
         pairs = []
         for s in np.unique(arrays["subject"]):
             m = (arrays["subject"] == s).reshape((-1,) + (1,) * (region.ndim - 1)) & region
@@ -162,7 +172,7 @@ def plot_report(out_dir, pred, arrays, targets, metrics):
     fig, axes = plt.subplots(1, len(targets), figsize=(4 * len(targets), 3.5), squeeze=False)
     for c, name in enumerate(targets):
         data, labels = [], []
-        for tissue in ("WM", "GM", "CSF"):
+        for tissue in _REGIONS:
             if tissue in arrays:
                 m = brain & arrays[tissue].astype(bool)
                 if m.any():

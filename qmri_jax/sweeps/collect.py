@@ -7,7 +7,9 @@ Reads ``<sweep dir>/sweep.json`` (written when the sweep is launched) and each t
 - ``results.csv``: one row per grid point: axis values, trials done / in total, mean and SD of
   each main metric;
 - ``results.md``: the same table (mean +- SD), the best point per group, paired t-tests between
-  the values of the ``compare`` axis, and the failed trials with their errors;
+  the values of the ``compare`` axis, the ROI agreement pooled over each point's trials (the
+  sweep's ``roi``), and the failed trials with their errors;
+- ``roi.csv``: that ROI agreement, one row per grid point, ROI path and region;
 - ``<metric>.png``: each main metric per grid point (mean, SD bars, every repeat as a dot).
 """
 
@@ -25,7 +27,7 @@ import numpy as np
 from qmri_jax.io.nifti import write_text
 from qmri_jax.sweeps import runner
 
-__all__ = ["collect", "flatten", "load_trials"]
+__all__ = ["collect", "flatten", "load_trials", "pooled_roi"]
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -52,13 +54,52 @@ def load_trials(sweep_dir: str) -> tuple[dict, list[dict]]:
     for t in meta["trials"]:
         workdir = os.path.join(sweep_dir, t["name"])
         status = runner.read_status(workdir)
-        metrics = {}
+        metrics, rois = {}, {}
         mpath = os.path.join(workdir, "eval", "metrics.json")
         if status["state"] == "done" and os.path.isfile(mpath):
             with open(mpath) as f:
-                metrics = flatten(json.load(f))
-        rows.append({**t, "state": status["state"], "status": status, "metrics": metrics})
+                raw = json.load(f)
+            metrics = flatten(raw)
+            rois = {path: _lookup(raw, path) for path in meta.get("roi", [])}
+        rows.append({**t, "state": status["state"], "status": status, "metrics": metrics,
+                     "rois": rois})
     return meta, rows
+
+
+def _lookup(d: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def pooled_roi(trials: list, path: str) -> dict:
+    """The ROI rows at ``path`` of ``trials`` pooled per region (the label's part after the last
+    ``-``): ``{region: {"n", "bias", "loa_low", "loa_high", "bias_pct", "loa_pct_low",
+    "loa_pct_high", "t", "p"}}`` (Bland-Altman of measured - reference; paired t-test)."""
+    from scipy import stats
+
+    from qmri_jax.evaluation.metrics import bland_altman
+
+    by: dict = {}
+    for t in trials:
+        roi = (t.get("rois") or {}).get(path)
+        if not roi:
+            continue
+        for m, r, label in zip(roi["measured"], roi["reference"], roi["label"]):
+            a, b = by.setdefault(str(label).rsplit("-", 1)[-1], ([], []))
+            a.append(float(m))
+            b.append(float(r))
+    out = {}
+    for region, (a, b) in by.items():
+        entry = {**bland_altman(a, b), "t": float("nan"), "p": float("nan")}
+        d = np.subtract(a, b)
+        if len(a) >= 2 and np.ptp(d) > 1e-9 * np.max(np.abs(d)):
+            res = stats.ttest_rel(a, b)
+            entry["t"], entry["p"] = float(res.statistic), float(res.pvalue)
+        out[region] = entry
+    return out
 
 
 def _csv(header: list, rows: list) -> str:
@@ -228,6 +269,28 @@ def collect(sweep_dir: str, figures: bool = True) -> dict:
             for t in tests[m]:
                 md.append(f"| {m} | {t['a']} | {t['b']} | {t['n']} | {_fmt(t['mean_diff'])} | "
                           f"{_fmt(t['t'])} | {_fmt(t['p'])} |")
+    roi_rows = []
+    if meta.get("roi"):
+        md += ["", "ROI agreement pooled over each grid point's trials (every test subject of "
+               "every trial; Bland-Altman of prediction - truth, in % of the truth, and a paired "
+               "t-test of the ROI means):", "",
+               "| " + " | ".join([*keys, "ROI", "region", "subjects", "bias %",
+                                  "limits of agreement %", "t", "p"]) + " |",
+               "|" + "---|" * (len(keys) + 7)]
+        for p in points:
+            for path in meta["roi"]:
+                for region, e in pooled_roi(p["trials"], path).items():
+                    cells = [str(p["point"].get(k)) for k in keys]
+                    md.append("| " + " | ".join(cells + [
+                        path, region, str(e["n"]), _fmt(e["bias_pct"]),
+                        f"{_fmt(e['loa_pct_low'])} to {_fmt(e['loa_pct_high'])}", _fmt(e["t"]),
+                        _fmt(e["p"])]) + " |")
+                    roi_rows.append([*(p["point"].get(k) for k in keys), path, region, e["n"],
+                                     e["bias"], e["loa_low"], e["loa_high"], e["bias_pct"],
+                                     e["loa_pct_low"], e["loa_pct_high"], e["t"], e["p"]])
+        write_text(os.path.join(sweep_dir, "roi.csv"), _csv(
+            [*keys, "roi", "region", "n", "bias", "loa_low", "loa_high", "bias_pct",
+             "loa_pct_low", "loa_pct_high", "t", "p"], roi_rows))
     failed = [r for r in rows if r["state"] == "failed"]
     if failed:
         md += ["", "Failed trials (re-run them with `--retry-failed`):", ""]
@@ -243,4 +306,4 @@ def collect(sweep_dir: str, figures: bool = True) -> dict:
     if figures and any(r["metrics"] for r in rows):
         for m in metrics:
             _figure(os.path.join(sweep_dir, f"{m.replace('/', '_')}.png"), points, m, keys)
-    return {"points": summary_points, "states": states, "tests": tests}
+    return {"points": summary_points, "states": states, "tests": tests, "roi": roi_rows}

@@ -148,6 +148,10 @@ class Sweep:
       group: an axis key: the best point (first metric) per value of it; default ``compare``.
       slurm: defaults of the SLURM backend (``qmri_jax.sweeps.backends.SlurmOptions`` fields).
       description: one line for the results page.
+      roi: dotted paths to per-subject ROI agreement dicts in ``eval/metrics.json``
+        (``"T1.roi_eroded"``: ``measured``, ``reference`` and ``label`` lists): ``--collect``
+        pools their rows over the trials of each grid point (with :func:`folds`, every subject
+        once) into Bland-Altman limits and paired t-tests per region, as papers report ROIs.
     """
 
     name: str
@@ -160,6 +164,7 @@ class Sweep:
     group: str | None = None
     slurm: dict = dataclasses.field(default_factory=dict)
     description: str = ""
+    roi: tuple = ()
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
@@ -207,7 +212,7 @@ class Sweep:
         return {"name": self.name, "sweep": sweep_arg, "config": config_path,
                 "description": self.description, "metrics": list(self.metrics),
                 "higher_is_better": list(self.higher_is_better), "compare": self.compare,
-                "group": self.group,
+                "group": self.group, "roi": list(self.roi),
                 "point_keys": [k for a in self.axes if a.kind == "point" for k in a.keys],
                 "repeat_keys": [k for a in self.axes if a.kind == "repeat" for k in a.keys],
                 "trials": [t.to_dict() for t in self.trials()]}

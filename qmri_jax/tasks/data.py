@@ -12,7 +12,7 @@ from qmri_jax.physics.protocol import get_protocol
 
 __all__ = ["data_config", "as_batch_arrays", "load_data", "data_dir"]
 
-_LABELS = ("GM", "WM", "CSF", "lesion", "subject", "slice")
+_LABELS = ("GM", "WM", "CSF", "lesion", "putamen", "thalamus", "subject", "slice")
 
 
 def data_config(config) -> datasets.DataConfig:

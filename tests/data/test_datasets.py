@@ -41,6 +41,39 @@ def test_anatomy_grid_and_csf(anat2):
     assert a.gm[tuple(ijk2)] == pytest.approx(block if a.brain[tuple(ijk2)] else 0.0, abs=1e-5)
 
 
+def test_deep_grey_matter_rois_are_the_packaged_spheres(anat2):
+    """Putamen and thalamus: every voxel centre within 4 mm of a sphere centre of the structure,
+    the voxel nearest each centre inside, both hemispheres, and deep in the template's grey
+    matter; a subject carries them warped with its anatomy."""
+    from nilearn import datasets as nd
+    c = nd.fetch_coords_seitzman_2018(ordered_regions=False)
+    xyz = np.asarray(c.rois[["x", "y", "z"]], float)
+    regions = np.asarray(c.regions).astype(str)
+    centres = {"putamen": xyz[(regions == "basalGanglia") & (np.abs(xyz[:, 0]) >= 22)],
+               "thalamus": xyz[regions == "thalamus"]}
+    assert [len(v) for v in centres.values()] == [8, 12]
+    inv = np.linalg.inv(anat2.affine)
+    for name, cs in centres.items():
+        roi = anat2.rois[name].astype(bool)
+        ijk = np.argwhere(roi)
+        mm = ijk @ anat2.affine[:3, :3].T + anat2.affine[:3, 3]
+        dist = np.min(np.linalg.norm(mm[:, None] - cs[None], axis=-1), axis=1)
+        assert dist.max() <= 4.0 + 1e-6
+        for centre in cs:
+            nearest = np.round(inv[:3, :3] @ centre + inv[:3, 3]).astype(int)
+            assert roi[tuple(nearest)]
+        assert (mm[:, 0] > 0).any() and (mm[:, 0] < 0).any()
+        assert anat2.gm[roi].mean() > 0.4 and anat2.brain[roi].all()
+    assert np.abs(centres["putamen"][:, 0]).min() > np.abs(centres["thalamus"][:, 0]).max()
+    flat = subjects.make_brain_subject(np.random.default_rng(0), anat2, deform=False)
+    np.testing.assert_array_equal(flat.masks()["putamen"], anat2.rois["putamen"])
+    warped = subjects.make_brain_subject(np.random.default_rng(1), anat2).masks()
+    for name in ("putamen", "thalamus"):
+        n0 = anat2.rois[name].sum()
+        assert 0.6 * n0 < warped[name].sum() < 1.4 * n0
+        assert not (warped[name] & ~warped["brain"]).any()
+
+
 @pytest.mark.parametrize("field", ["1.5T", "3T"])
 def test_tissue_medians_within_literature_ranges(anat2, field):
     for seed, pathology in enumerate(["tumour", "ms", None]):

@@ -56,6 +56,23 @@ def test_roi_paired_t_test_per_tissue():
     assert out["n"] == 3 and out["t"] == pytest.approx(d.mean() / (d.std(ddof=1) / np.sqrt(3)))
 
 
+def test_deep_grey_matter_rois_are_reported_and_not_eroded():
+    pred, arrays = _arrays()
+    putamen = np.zeros((2, 8, 8), bool)
+    putamen[:, 5:8, 5:8] = True  # 9 voxels per subject: below the 10-voxel minimum
+    putamen[1, 4, 5] = True  # 10 in subject 1; one erosion would leave a single voxel
+    arrays["putamen"] = putamen
+    pred[..., 0][putamen] = 900.0  # -10% in the putamen
+    out = report.evaluate_maps(pred, arrays, ("T1",))["T1"]
+    assert out["by_tissue"]["putamen"]["median_abs_pct"] == pytest.approx(10.0)
+    for key in ("roi", "roi_eroded"):
+        i = out[key]["label"].index("sub1-putamen")
+        assert "sub0-putamen" not in out[key]["label"]
+        assert out[key]["measured"][i] == pytest.approx(900.0)
+        assert out[key]["reference"][i] == pytest.approx(1000.0)
+        assert "putamen" not in out[key]["paired_t"]  # one subject: nothing to test
+
+
 def test_csf_dilated_by_one_voxel_is_left_out_per_slice():
     pred, arrays = _arrays()
     csf = np.zeros((2, 8, 8), bool)

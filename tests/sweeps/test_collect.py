@@ -92,3 +92,42 @@ def test_unfinished_trials_are_listed_and_missing_sweep_json_is_explained(tmp_pa
     with pytest.raises(FileNotFoundError, match="OUT/<sweep name>"):
         collect(str(tmp_path))
     json.dumps(sweep.meta("c", "s"))  # JSON-able
+
+
+def test_roi_rows_are_pooled_over_folds_per_region(tmp_path):
+    from qmri_jax.sweeps import folds
+    sweep = Sweep(name="cv", config="configs/unet.py", axes=[folds(3)],
+                  metrics=("T1.median_abs_pct",), roi=("T1.roi_eroded",))
+    sweep_dir = tmp_path / "cv"
+    sweep_dir.mkdir()
+    write_json(str(sweep_dir / "sweep.json"), sweep.meta("/x/configs/unet.py", "s.py"))
+    pooled = {"GM": ([], []), "putamen": ([], [])}
+    for i, t in enumerate(sweep.trials()):
+        wd = sweep_dir / t.name
+        (wd / "eval").mkdir(parents=True)
+        measured, reference, label = [], [], []
+        for s in (2 * i, 2 * i + 1):  # two test subjects per fold
+            for region, ref in (("GM", 1400.0), ("putamen", 1150.0)):
+                m = ref * (1 + RNG.normal(0.02, 0.03))
+                measured.append(m)
+                reference.append(ref)
+                label.append(f"sub{s}-{region}")
+                pooled[region][0].append(m)
+                pooled[region][1].append(ref)
+        write_json(str(wd / "eval" / "metrics.json"), {"T1": {
+            "median_abs_pct": 3.0, "roi_eroded": {"measured": measured, "reference": reference,
+                                                  "label": label}}})
+        write_json(str(wd / STATUS_FILE), {"state": "done", "attempts": 1})
+    collect(str(sweep_dir), figures=False)
+    rows = {r["region"]: r for r in csv.DictReader(open(sweep_dir / "roi.csv"))}
+    assert set(rows) == {"GM", "putamen"}
+    for region, (m, r) in pooled.items():
+        pct = 100 * (np.array(m) - r) / np.array(r)
+        ref = stats.ttest_rel(m, r)
+        row = rows[region]
+        assert int(row["n"]) == 6 and row["roi"] == "T1.roi_eroded"
+        assert float(row["bias_pct"]) == pytest.approx(pct.mean())
+        assert float(row["loa_pct_high"]) == pytest.approx(pct.mean() + 1.96 * pct.std(ddof=1))
+        assert float(row["t"]) == pytest.approx(ref.statistic)
+        assert float(row["p"]) == pytest.approx(ref.pvalue)
+    assert "| T1.roi_eroded | putamen | 6 |" in open(sweep_dir / "results.md").read()
