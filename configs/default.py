@@ -59,6 +59,9 @@ def get_config():
     config.data.inputs = ()
     config.data.data_dir = ""  # "" = ~/.cache/qmri_jax/tfds (shared between workdirs)
     config.data.on_the_fly = False  # True: fresh training subjects every epoch
+    # 2: axial slices; 3: whole volumes (the regression task trains on random 3D crops,
+    # train.crop = (X, Y, Z), and evaluates on the 2D split's test slices, so 2D and 3D compare).
+    config.data.dims = 2
 
     config.targets = ("T1", "T2", "PD")
     config.target_scale = (1000.0, 100.0, 1.0)  # typical values (units of each target)

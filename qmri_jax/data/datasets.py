@@ -34,6 +34,7 @@ from qmri_jax.data import acquisition, anatomy as anatomy_lib, subjects as subje
 from qmri_jax.physics.protocol import get_protocol
 
 __all__ = ["DataConfig", "subject_split", "make_subject", "subject_volume", "subject_slices",
+           "slice_indices",
            "epoch_arrays",
            "build", "prepare_locked", "load_split_arrays", "QmriBrain2D", "QmriBrain3D", "MAP_KEYS", "MASK_KEYS",
            "SPLITS"]
@@ -229,7 +230,9 @@ def subject_volume(config: DataConfig, index: int, epoch: int | None = None) -> 
     return ex
 
 
-def _slice_indices(brain: np.ndarray, count: int) -> np.ndarray:
+def slice_indices(brain: np.ndarray, count: int) -> np.ndarray:
+    """The axial indices of a subject's 2D examples: ``count`` evenly spaced over the slices of
+    ``brain [X, Y, Z]`` whose brain area is >= 40% of the largest."""
     area = brain.sum(axis=(0, 1))
     good = np.flatnonzero(area >= 0.4 * area.max())
     if len(good) == 0:
@@ -242,7 +245,7 @@ def subject_slices(config: DataConfig, index: int, epoch: int | None = None) -> 
     """One subject as 2D axial slice examples ``[H, W, ...]``."""
     vol = subject_volume(config, index, epoch)
     out = []
-    for z in _slice_indices(vol["brain"].astype(bool), config.slices_per_subject):
+    for z in slice_indices(vol["brain"].astype(bool), config.slices_per_subject):
         ex = {k: v[:, :, z] for k, v in vol.items()
               if isinstance(v, np.ndarray) and v.ndim >= 3}
         ex["subject"] = np.int32(index)

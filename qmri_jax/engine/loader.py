@@ -76,8 +76,9 @@ class Loader:
         """This process's rows of global batch ``step`` of ``epoch`` (numpy)."""
         arrays = self.arrays(epoch)
         idx = self.order(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
-        if len(idx) < self.batch_size:  # pad a final partial batch by wrapping (no drop_remainder)
-            idx = np.concatenate([idx, self.order(epoch)[:self.batch_size - len(idx)]])
+        if len(idx) < self.batch_size:  # pad a final partial batch by wrapping (no drop_remainder;
+            # cyclically, as often as needed when the split is smaller than a batch)
+            idx = np.concatenate([idx, np.resize(self.order(epoch), self.batch_size - len(idx))])
         nproc, pid = jax.process_count(), jax.process_index()
         local = idx.reshape(nproc, -1)[pid]
         keys = self.keys or [k for k, v in arrays.items() if np.asarray(v).dtype != object]

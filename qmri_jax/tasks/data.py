@@ -10,7 +10,7 @@ import numpy as np
 from qmri_jax.data import datasets
 from qmri_jax.physics.protocol import get_protocol
 
-__all__ = ["data_config", "as_batch_arrays", "load_data", "data_dir"]
+__all__ = ["data_config", "as_batch_arrays", "load_data", "data_dir", "test_slices"]
 
 _LABELS = ("GM", "WM", "CSF", "lesion", "putamen", "thalamus", "subject", "slice")
 
@@ -43,10 +43,14 @@ def as_batch_arrays(arrays: dict, targets) -> dict:
 
 def load_data(config) -> dict:
     """``{split: arrays}`` for train / validation / test (TFDS array_record, built once under
-    ``config.data.data_dir``), ``"train_fn"`` (``epoch -> arrays``) with
+    ``config.data.data_dir``; axial slices ``[N, H, W, ...]``, or with ``config.data.dims = 3``
+    volumes ``[N, X, Y, Z, ...]``), ``"train_fn"`` (``epoch -> arrays``) with
     ``config.data.on_the_fly``, and ``"protocol"`` (the acquisition protocol's dict)."""
     dcfg = data_config(config)
-    builder = datasets.build(dcfg, data_dir(config), dims=2)
+    dims = int(config.data.get("dims", 2))
+    if dims not in (2, 3):
+        raise ValueError(f"config.data.dims={dims}: expected 2 (slices) or 3 (volumes)")
+    builder = datasets.build(dcfg, data_dir(config), dims=dims)
     protocol = get_protocol(dcfg.protocol)
     index = input_index(protocol, tuple(config.data.get("inputs", ())))
     out = {s: select_inputs(as_batch_arrays(datasets.load_split_arrays(builder, s),
@@ -54,7 +58,7 @@ def load_data(config) -> dict:
            for s in datasets.SPLITS}
     if config.data.on_the_fly:
         out["train_fn"] = lambda epoch: select_inputs(as_batch_arrays(
-            datasets.epoch_arrays(dcfg, "train", epoch), config.targets), index)
+            datasets.epoch_arrays(dcfg, "train", epoch, dims), config.targets), index)
     out["protocol"] = (protocol if index is None else protocol.subset(index)).to_dict()
     return out
 
@@ -91,3 +95,23 @@ def select_inputs(arrays: dict, index: list[int] | None) -> dict:
     if index is None:
         return arrays
     return {**arrays, "images": np.ascontiguousarray(arrays["images"][..., index])}
+
+
+def test_slices(config, volumes: dict, pred: np.ndarray) -> tuple[np.ndarray, dict]:
+    """3D test volumes (``volumes [N, X, Y, Z, ...]``, predictions ``[N, X, Y, Z, C]``) cut into
+    the axial slices the 2D test split has (:func:`qmri_jax.data.datasets.slice_indices`, the
+    same subjects and images): ``(pred [M, X, Y, C], arrays [M, X, Y, ...])`` with ``slice``
+    set, so a volume model is scored on exactly the 2D model's test voxels."""
+    count = int(config.data.slices_per_subject)
+    preds, parts = [], {k: [] for k in volumes}
+    for i in range(len(pred)):
+        zs = datasets.slice_indices(volumes["mask"][i].astype(bool), count)
+        preds.append(np.moveaxis(pred[i][:, :, zs], 2, 0))
+        for k, v in volumes.items():
+            if k == "subject":
+                parts[k].append(np.full(len(zs), v[i]))
+            elif k == "slice":
+                parts[k].append(zs.astype(np.int32))
+            else:
+                parts[k].append(np.moveaxis(np.asarray(v[i])[:, :, zs], 2, 0))
+    return np.concatenate(preds), {k: np.concatenate(v) for k, v in parts.items()}

@@ -3,6 +3,12 @@ HighResNet, ResNet, the RIM) trained on a masked loss of its maps against the tr
 
 The loss compares ``pred / target_scale`` with ``targets / target_scale`` (``config.target_scale``:
 the typical value of each map), so maps in ms and in a.u. weigh alike.
+
+Slices ``[B, H, W, C]`` or volumes ``[B, X, Y, Z, C]`` (``config.data.dims = 3``): inputs whose
+spatial sizes do not divide by the network's ``size_multiple`` are zero-padded at the far end of
+each axis (background) and the output cut back, so whole volumes of any size can be mapped; 3D
+training takes random ``config.train.crop = (X, Y, Z)`` patches, and the test report scores the
+volumes on the 2D test split's slices (:func:`qmri_jax.tasks.data.test_slices`).
 """
 
 from __future__ import annotations
@@ -63,43 +69,59 @@ class RegressionTask:
         self.ema_decay = float(config.train.ema_decay)
         self.crop = tuple(int(c) for c in config.train.get("crop", ()))
         self.flip = bool(config.train.get("flip", False))
-        if self.crop and (len(self.crop) != 2 or min(self.crop) < 1
+        dims = int(config.data.get("dims", 2))
+        if self.crop and (len(self.crop) != dims or min(self.crop) < 1
                           or any(c % self.size_multiple for c in self.crop)):
-            raise ValueError(f"config.train.crop={self.crop}: expected (height, width), each a "
-                             f"multiple of {self.size_multiple} (the network's levels)")
+            raise ValueError(f"config.train.crop={self.crop}: expected {dims} sizes "
+                             f"(config.data.dims={dims}), each a multiple of "
+                             f"{self.size_multiple} (the network's levels)")
         self.scale = jnp.asarray(config.target_scale, jnp.float32)
         if self.scale.shape != (len(self.targets),):
             raise ValueError(f"config.target_scale={tuple(config.target_scale)}: expected one "
                              f"typical value per target {self.targets}")
 
     def create_state(self, key, batch):
-        variables = self.model.init({"params": key, "dropout": key}, batch["images"],
+        variables = self.model.init({"params": key, "dropout": key}, self._pad(batch["images"]),
                                     train=False)
         return create_state(variables["params"], self.tx, variables.get("batch_stats", {}))
+
+    def _pad(self, images):
+        """``images [B, *S, C]`` zero-padded at the end of each spatial axis to a multiple of
+        ``size_multiple``."""
+        m = self.size_multiple
+        pad = [(0, 0)] + [(0, -s % m) for s in images.shape[1:-1]] + [(0, 0)]
+        return jnp.pad(images, pad) if any(p[1] for p in pad) else images
+
+    def _apply(self, params, batch_stats, images, train, key=None):
+        """The network on ``images [B, *S, C]`` of any spatial size (padded, then cut back)."""
+        out, stats = apply_network(self.model, params, batch_stats, self._pad(images), train, key)
+        return out[(slice(None),) + tuple(slice(0, s) for s in images.shape[1:-1])], stats
 
     def _loss(self, pred, batch):
         return self.loss_fn(pred / self.scale, batch["targets"] / self.scale, batch["mask"])
 
     def augment(self, batch, key):
         """Training-time augmentation of a ``[B, X, Y, ...]`` batch (``images``, ``targets``,
-        ``mask``): a random ``config.train.crop`` window per example and, with
-        ``config.train.flip``, a left-right flip (axis X) of half the examples."""
+        ``mask``): a random ``config.train.crop`` window (2 or 3 spatial sizes) per example and,
+        with ``config.train.flip``, a left-right flip (axis X) of half the examples."""
         if not (self.crop or self.flip):
             return batch
         out = {k: batch[k] for k in self.batch_keys}
-        n, size = out["images"].shape[0], out["images"].shape[1:3]
-        k_x, k_y, k_flip = jax.random.split(key, 3)
+        nd = len(self.crop) or 2
+        n, size = out["images"].shape[0], out["images"].shape[1:1 + nd]
+        keys = jax.random.split(key, max(nd, 2) + 1)  # 2D: (x, y, flip), as it always was
+        k_flip = keys[-1]
         if self.crop:
             if any(c > s for c, s in zip(self.crop, size)):
                 raise ValueError(f"config.train.crop={self.crop} is larger than the images {size}")
-            ox = jax.random.randint(k_x, (n,), 0, size[0] - self.crop[0] + 1)
-            oy = jax.random.randint(k_y, (n,), 0, size[1] - self.crop[1] + 1)
+            offsets = jnp.stack([jax.random.randint(k, (n,), 0, s - c + 1) for k, s, c in
+                                 zip(keys, size, self.crop)], axis=1)
 
-            def cut(a, ox, oy):
-                return jax.lax.dynamic_slice(a, (ox, oy) + (0,) * (a.ndim - 2),
-                                             self.crop + a.shape[2:])
+            def cut(a, o):
+                return jax.lax.dynamic_slice(a, tuple(o) + (0,) * (a.ndim - nd),
+                                             self.crop + a.shape[nd:])
 
-            out = {k: jax.vmap(cut)(v, ox, oy) for k, v in out.items()}
+            out = {k: jax.vmap(cut)(v, offsets) for k, v in out.items()}
         if self.flip:
             flip = jax.random.bernoulli(k_flip, 0.5, (n,))
             out = {k: jnp.where(flip.reshape((n,) + (1,) * (v.ndim - 1)), jnp.flip(v, 1), v)
@@ -112,8 +134,7 @@ class RegressionTask:
             batch = self.augment(batch, k_aug)
 
         def loss_of(params):
-            pred, stats = apply_network(self.model, params, state.batch_stats, batch["images"], True,
-                                 key)
+            pred, stats = self._apply(params, state.batch_stats, batch["images"], True, key)
             return self._loss(pred, batch), stats
 
         (loss, stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
@@ -126,7 +147,7 @@ class RegressionTask:
     def predict(self, state, images, key=None):
         """``{"mean": maps [B, *S, C]}`` (physical units) from ``images [B, *S, C_in]``."""
         params = eval_params(state, self.ema_decay)
-        return {"mean": apply_network(self.model, params, state.batch_stats, images, False)[0]}
+        return {"mean": self._apply(params, state.batch_stats, images, False)[0]}
 
     def predict_split(self, state, images, batch_size=None):
         """Maps ``[N, *S, C]`` (numpy) for a whole split, in its stored order."""
@@ -137,7 +158,11 @@ class RegressionTask:
     def evaluate(self, state, data, out_dir):
         """Test-split report: ``metrics.json`` and figures in ``out_dir``."""
         from qmri_jax.evaluation import report
-        pred = self.predict_split(state, data["test"]["images"])
+        test = data["test"]
+        pred = self.predict_split(state, test["images"])
+        if pred.ndim == 5:  # volumes: scored on the 2D test split's slices
+            from qmri_jax.tasks.data import test_slices
+            pred, test = test_slices(self.config, test, pred)
         os.makedirs(out_dir, exist_ok=True)
-        return report.write_report(out_dir, pred, data["test"], self.targets,
+        return report.write_report(out_dir, pred, test, self.targets,
                                    figures=self.config.eval.figures)

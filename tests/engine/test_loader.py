@@ -27,3 +27,15 @@ def test_loader_deterministic_sharded_and_complete():
     np.testing.assert_array_equal(np.asarray(ld.batch_at(3)["x"]), np.asarray(list(ld.epoch(1))[1]["x"]))
     with pytest.raises(ValueError, match="divisible"):
         loader.Loader(arrays, batch_size=6, mesh=mesh)
+
+
+def test_a_split_smaller_than_a_batch_is_repeated_to_fill_it():
+    """One example, batches of 4 (the device count): the example four times, not a short batch."""
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+    ld = loader.Loader({"x": np.array([[7.0]]), "y": np.array([[1.0], [2.0]])[:1]}, 4, mesh=mesh,
+                       shuffle=False, keys=["x"], drop_remainder=False)
+    assert ld.steps_per_epoch() == 1
+    np.testing.assert_array_equal(ld.host_batch(0, 0)["x"], np.full((4, 1), 7.0))
+    three = loader.Loader({"x": np.arange(3.0)[:, None]}, 8, mesh=mesh, shuffle=False,
+                          drop_remainder=False)
+    np.testing.assert_array_equal(three.host_batch(0, 0)["x"][:, 0], [0, 1, 2, 0, 1, 2, 0, 1])
