@@ -16,7 +16,7 @@ METRICS = ("T1.median_abs_pct", "T2.median_abs_pct", "PD.median_abs_pct")
 
 def get_sweep(preset: str = ""):
     if preset == "":
-        return Sweep(name="thesis_inputs", config="configs/uattennet.py:paper",
+        return Sweep(name="thesis_inputs", config="configs/uattennet.py:thesis_paper",
                      axes=[values("data.inputs", INPUTS), repeats(3)], metrics=METRICS,
                      compare="data.inputs",
                      slurm={"gpus_per_node": 1, "time_min": 240, "cpus_per_task": 8,
@@ -24,7 +24,7 @@ def get_sweep(preset: str = ""):
                      description="Thesis input ablation at the paper's sizes "
                                  "(configs/uattennet.py:paper).")
     if preset == "cpu":
-        return Sweep(name="thesis_inputs_cpu", config="configs/uattennet.py",
+        return Sweep(name="thesis_inputs_cpu", config="configs/uattennet.py:thesis",
                      axes=[values("data.inputs", INPUTS), repeats(2)],
                      fixed={"train.num_steps": 300, "train.eval_every": 100,
                             "train.checkpoint_every": 100, "eval.figures": False},

@@ -19,14 +19,14 @@ FIXED = {"data.pathology_fraction": 1.0, "data.pathology_kinds": ("tumour",)}
 
 def get_sweep(preset: str = ""):
     if preset == "":
-        return Sweep(name="thesis_tumour", config="configs/uattennet.py:paper",
+        return Sweep(name="thesis_tumour", config="configs/uattennet.py:thesis_paper",
                      axes=[values("data.pathology_splits", SPLITS), repeats(3)], fixed=FIXED,
                      metrics=METRICS, compare="data.pathology_splits",
                      slurm={"gpus_per_node": 1, "time_min": 240, "cpus_per_task": 8,
                             "mem_gb": 32},
                      description="Thesis tumour experiment at the paper's sizes.")
     if preset == "cpu":
-        return Sweep(name="thesis_tumour_cpu", config="configs/uattennet.py",
+        return Sweep(name="thesis_tumour_cpu", config="configs/uattennet.py:thesis",
                      axes=[values("data.pathology_splits", SPLITS), repeats(2)],
                      fixed={**FIXED, "train.num_steps": 300, "train.eval_every": 100,
                             "train.checkpoint_every": 100, "eval.figures": False},

@@ -5,8 +5,8 @@ read): :class:`QmriBrain2D` (axial slices) and :class:`QmriBrain3D` (volumes). E
 
 * ``images``: ``[H, W, N]`` (2D) or ``[X, Y, Z, N]`` (3D) float32, the protocol's contrasts;
 * ``T1``, ``T2`` (ms), ``PD`` (a.u.), ``k`` (inversion efficiency): ``[H, W]`` / ``[X, Y, Z]``;
-* masks ``brain``, ``GM``, ``WM``, ``CSF``, ``lesion``, and the deep grey matter ROIs ``putamen``
-  and ``thalamus`` (:func:`qmri_jax.data.anatomy.deep_gm_rois`) (uint8, same spatial shape);
+* masks ``brain``, ``GM``, ``WM``, ``CSF``, ``lesion``, ``putamen``, ``thalamus`` (uint8, same
+  spatial shape; the last two: :func:`qmri_jax.data.anatomy.deep_gm_rois`);
 * ``subject`` (int, the subject index) and ``slice`` (the axial index, -1 for volumes).
 
 Splits are by subject (a subject's slices never straddle splits). Everything is a deterministic
@@ -34,10 +34,8 @@ from qmri_jax.data import acquisition, anatomy as anatomy_lib, subjects as subje
 from qmri_jax.physics.protocol import get_protocol
 
 __all__ = ["DataConfig", "subject_split", "make_subject", "subject_volume", "subject_slices",
-           "slice_indices",
-           "epoch_arrays",
-           "build", "prepare_locked", "load_split_arrays", "QmriBrain2D", "QmriBrain3D", "MAP_KEYS", "MASK_KEYS",
-           "SPLITS"]
+           "slice_indices", "epoch_arrays", "build", "prepare_locked", "load_split_arrays",
+           "QmriBrain2D", "QmriBrain3D", "MAP_KEYS", "MASK_KEYS", "SPLITS"]
 
 MAP_KEYS = ("T1", "T2", "PD", "k")
 MASK_KEYS = subjects_lib.MASK_NAMES
