@@ -244,8 +244,7 @@ def subject_slices(config: DataConfig, index: int, epoch: int | None = None) -> 
     vol = subject_volume(config, index, epoch)
     out = []
     for z in slice_indices(vol["brain"].astype(bool), config.slices_per_subject):
-        ex = {k: v[:, :, z] for k, v in vol.items()
-              if isinstance(v, np.ndarray) and v.ndim >= 3}
+        ex = {k: v[:, :, z] for k, v in vol.items() if isinstance(v, np.ndarray) and v.ndim >= 3}
         ex["subject"] = np.int32(index)
         ex["slice"] = np.int32(z)
         out.append(ex)
