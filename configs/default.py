@@ -143,6 +143,9 @@ def get_config():
     # that mean +- 2 * scale * std covers 95% of validation voxels; 0: no calibration.
     config.ddpm.calibration_slices = 8
     config.ddpm.calibration_coverage = 0.95
+    # Test-split brain voxels whose exact posterior (fitting.posterior, the main job's prior) the
+    # model's mean and std are compared with (metrics.json uncertainty.exact); 0: off.
+    config.ddpm.exact_voxels = 300
     # Training-time saturation: with this probability a slice's images are clipped at a level
     # drawn from saturation_range (units of the in-brain p95) and renormalised, as a 12-bit scanner
     # that clips bright voxels at 4095 would deliver them (data.acquisition.saturate).

@@ -46,6 +46,7 @@ def ddpm_config_tiny(num_steps=3, preset="unet"):
         cfg.ddpm.eval_slices = 2
         cfg.ddpm.eval_batch = 2
         cfg.ddpm.calibration_slices = 2
+        cfg.ddpm.exact_voxels = 16
         _short_training(cfg, num_steps)
     return cfg
 

@@ -198,6 +198,23 @@ class DdpmTask:
         mean, std = self.sample_split(state, sub, key=1)
         return fit_std_scale(mean, std, sub, self.names, d.calibration_coverage)
 
+    def exact_reference(self, mean, std, arrays) -> dict:
+        """``mean``/``std`` of ``arrays`` against the exact per-voxel posterior
+        (:func:`qmri_jax.evaluation.exact_posterior.exact_uncertainty`) on ``ddpm.exact_voxels``
+        brain voxels; ``{"skipped": reason}`` where the protocol or targets do not allow it."""
+        from qmri_jax.evaluation.exact_posterior import exact_uncertainty
+        from qmri_jax.fitting.models import get_model
+        from qmri_jax.tasks.data import input_protocol
+        protocol = input_protocol(self.config)
+        try:
+            get_model("ir").check(protocol)
+        except ValueError as e:
+            return {"skipped": f"the exact posterior is for IR protocols: {e}"}
+        if "T1" not in self.names:
+            return {"skipped": "the exact posterior needs T1 among the targets"}
+        return exact_uncertainty(mean, std, arrays, self.names, protocol,
+                                 max_voxels=self.cfg.exact_voxels)
+
     def evaluate(self, state, data, out_dir) -> dict:
         """Sample the test split and write the report, calibrated on ``data["validation"]``."""
         from qmri_jax.evaluation import figures, report
@@ -207,6 +224,8 @@ class DdpmTask:
         sub = self.eval_subset(data["test"])
         mean, std = self.sample_split(state, sub)
         unc = uncertainty_metrics(mean, std, sub, names, cal)
+        if d.exact_voxels:
+            unc["exact"] = self.exact_reference(mean, std, sub)
         extra = {"uncertainty": unc, "sampler": {"kind": d.sampler, "steps": d.sample_steps,
                                                  "eta": d.eta, "num_samples": d.num_samples},
                  "num_slices": int(len(sub["images"]))}
@@ -222,6 +241,11 @@ class DdpmTask:
         report.write_map_volumes(out_dir, vols, self.config.data.resolution_mm, prefix="ddpm")
         print(f"uncertainty ({unc['map']}): Spearman(std, |err|) {unc['spearman_std_abs_err']:.3f}, "
               f"coverage of mean +- 2 std {unc['coverage_2sigma']:.3f}")
+        ex = unc.get("exact", {})
+        if "sd_ratio_median" in ex:
+            print(f"  against the exact posterior ({ex['voxels']} voxels, {ex['map']}): SD ratio "
+                  f"{ex['sd_ratio_median']:.3g} (median voxel), raw coverage "
+                  f"{ex['raw_coverage_2sd']:.3f} (exact: {ex['exact_coverage_2sd']:.3f})")
         if cal:
             c = unc["by_map"][unc["map"]]
             print(f"  calibrated on {cal[unc['map']]['slices']} validation slices: std x "

@@ -43,6 +43,7 @@ class DdpmConfig:
     eval_batch: int = 4
     calibration_slices: int = 8
     calibration_coverage: float = 0.95
+    exact_voxels: int = 300
     saturation_augment: float = 0.0
     saturation_range: tuple = (0.5, 1.5)
     condition: str = "images"

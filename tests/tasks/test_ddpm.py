@@ -61,6 +61,9 @@ def test_ddpm_trains_samples_reports_and_resumes(vir_data, tmp_path):
         assert set(on_disk["uncertainty"]) >= {"spearman_std_abs_err", "coverage_2sigma",
                                                 "coverage_2sigma_calibrated", "std_scale"}
         assert on_disk["uncertainty"]["calibration_slices"] == 2 and unc["std_scale"] > 0
+        exact = on_disk["uncertainty"]["exact"]  # against the exact posterior of 16 voxels
+        assert exact["voxels"] == 16 and exact["map"] == "T1" and exact["sd_ratio_median"] > 0
+        assert {"raw_coverage_2sd", "exact_coverage_2sd", "w2_median"} <= set(exact)
         for f in ("ddpm_T1map.nii.gz", "ddpm_desc-std_T1map.nii.gz",
                   "ddpm_desc-stdcal_T1map.nii.gz", "uncertainty.png", "maps.png"):
             assert os.path.exists(os.path.join(wd, "eval", f)), f
