@@ -143,11 +143,22 @@ def _stats(trials: list, metric: str) -> tuple[float, float, list]:
 
 def _paired_tests(meta: dict, rows: list, metric: str) -> list[dict]:
     """Paired t-tests between each two values of ``compare``, pairing trials that agree on every
-    other axis (point and repeat)."""
+    other axis (point and repeat). Keys that change together with ``compare`` (one value per
+    value of it, as the other keys of a :func:`~qmri_jax.sweeps.zip_axes` axis) are part of what
+    is compared, not of the pairing."""
     from scipy import stats
 
     cmp_key = meta["compare"]
-    others = [k for k in meta["point_keys"] if k != cmp_key] + meta["repeat_keys"]
+    tied = set()
+    for k in meta["point_keys"]:
+        seen: dict = {}
+        for r in rows:
+            seen.setdefault(json.dumps(r["point"].get(cmp_key)), set()).add(
+                json.dumps(r["point"].get(k)))
+        if all(len(v) == 1 for v in seen.values()):
+            tied.add(k)
+    others = [k for k in meta["point_keys"] if k != cmp_key and k not in tied] + \
+        meta["repeat_keys"]
     by_value: dict = {}
     for r in rows:
         if metric in r["metrics"]:

@@ -131,3 +131,23 @@ def test_roi_rows_are_pooled_over_folds_per_region(tmp_path):
         assert float(row["t"]) == pytest.approx(ref.statistic)
         assert float(row["p"]) == pytest.approx(ref.pvalue)
     assert "| T1.roi_eroded | putamen | 6 |" in open(sweep_dir / "results.md").read()
+
+
+def test_keys_zipped_with_the_compared_one_do_not_split_the_pairs(tmp_path):
+    from qmri_jax.sweeps import zip_axes
+    sweep = Sweep(name="dims", config="configs/unet.py",
+                  axes=[zip_axes({"data.dims": [2, 3], "train.crop": [(), (8, 8, 8)]}),
+                        repeats(3)], metrics=("T1.median_abs_pct",), compare="data.dims")
+    sweep_dir = tmp_path / "dims"
+    sweep_dir.mkdir()
+    write_json(str(sweep_dir / "sweep.json"), sweep.meta("/x/configs/unet.py", "s.py"))
+    vals = {}
+    for t in sweep.trials():
+        wd = sweep_dir / t.name
+        (wd / "eval").mkdir(parents=True)
+        vals[(t.point["data.dims"], t.repeat["seed"])] = v = float(RNG.normal(5, 1))
+        write_json(str(wd / "eval" / "metrics.json"), {"T1": {"median_abs_pct": v}})
+        write_json(str(wd / STATUS_FILE), {"state": "done", "attempts": 1})
+    t = collect(str(sweep_dir), figures=False)["tests"]["T1.median_abs_pct"][0]
+    ref = stats.ttest_rel([vals[(2, s)] for s in range(3)], [vals[(3, s)] for s in range(3)])
+    assert t["n"] == 3 and t["t"] == pytest.approx(ref.statistic)
