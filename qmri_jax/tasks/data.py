@@ -10,7 +10,7 @@ import numpy as np
 from qmri_jax.data import datasets
 from qmri_jax.physics.protocol import get_protocol
 
-__all__ = ["data_config", "as_batch_arrays", "load_data", "data_dir", "test_slices"]
+__all__ = ["data_config", "as_batch_arrays", "load_data", "data_dir", "cut_test_slices"]
 
 _LABELS = ("GM", "WM", "CSF", "lesion", "putamen", "thalamus", "subject", "slice")
 
@@ -97,7 +97,7 @@ def select_inputs(arrays: dict, index: list[int] | None) -> dict:
     return {**arrays, "images": np.ascontiguousarray(arrays["images"][..., index])}
 
 
-def test_slices(config, volumes: dict, pred: np.ndarray) -> tuple[np.ndarray, dict]:
+def cut_test_slices(config, volumes: dict, pred: np.ndarray) -> tuple[np.ndarray, dict]:
     """3D test volumes (``volumes [N, X, Y, Z, ...]``, predictions ``[N, X, Y, Z, C]``) cut into
     the axial slices the 2D test split has (:func:`qmri_jax.data.datasets.slice_indices`, the
     same subjects and images): ``(pred [M, X, Y, C], arrays [M, X, Y, ...])`` with ``slice``

@@ -8,7 +8,7 @@ Slices ``[B, H, W, C]`` or volumes ``[B, X, Y, Z, C]`` (``config.data.dims = 3``
 spatial sizes do not divide by the network's ``size_multiple`` are zero-padded at the far end of
 each axis (background) and the output cut back, so whole volumes of any size can be mapped; 3D
 training takes random ``config.train.crop = (X, Y, Z)`` patches, and the test report scores the
-volumes on the 2D test split's slices (:func:`qmri_jax.tasks.data.test_slices`).
+volumes on the 2D test split's slices (:func:`qmri_jax.tasks.data.cut_test_slices`).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class RegressionTask:
         out = {k: batch[k] for k in self.batch_keys}
         nd = len(self.crop) or 2
         n, size = out["images"].shape[0], out["images"].shape[1:1 + nd]
-        keys = jax.random.split(key, max(nd, 2) + 1)  # 2D: (x, y, flip), as it always was
+        keys = jax.random.split(key, nd + 1)  # 2D: (x, y, flip), as it always was
         k_flip = keys[-1]
         if self.crop:
             if any(c > s for c, s in zip(self.crop, size)):
@@ -161,8 +161,8 @@ class RegressionTask:
         test = data["test"]
         pred = self.predict_split(state, test["images"])
         if pred.ndim == 5:  # volumes: scored on the 2D test split's slices
-            from qmri_jax.tasks.data import test_slices
-            pred, test = test_slices(self.config, test, pred)
+            from qmri_jax.tasks.data import cut_test_slices
+            pred, test = cut_test_slices(self.config, test, pred)
         os.makedirs(out_dir, exist_ok=True)
         return report.write_report(out_dir, pred, test, self.targets,
                                    figures=self.config.eval.figures)

@@ -124,7 +124,7 @@ def test_3d_crops_are_windows_and_any_size_is_mapped_through_padding():
 def test_3d_training_is_scored_on_the_2d_test_slices(tmp_path):
     """data.dims=3 trains on volumes and scores the test volumes on exactly the 2D test split's
     slices: the same images, maps, masks, subjects and slice indices."""
-    from qmri_jax.tasks.data import load_data, test_slices
+    from qmri_jax.tasks.data import load_data, cut_test_slices
     from qmri_jax.train import train_and_evaluate
     cfg = unet_config_tiny()
     with cfg.unlocked():
@@ -137,7 +137,7 @@ def test_3d_training_is_scored_on_the_2d_test_slices(tmp_path):
     data = load_data(cfg)
     vol = data["test"]
     assert vol["images"].ndim == 5 and vol["images"].shape[1:4] == (48, 56, 46)
-    pred, sliced = test_slices(cfg, vol, vol["targets"])
+    pred, sliced = cut_test_slices(cfg, vol, vol["targets"])
     assert set(sliced) == set(d2)
     for k in d2:
         np.testing.assert_array_equal(sliced[k], d2[k], err_msg=k)
