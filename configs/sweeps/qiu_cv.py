@@ -13,9 +13,12 @@ Cluster (paper sizes, one GPU per trial):
                          each, paired t-tests against all three
 Here (6 trials, 2 CPU cores):
   python -m qmri_jax.sweep --sweep=configs/sweeps/qiu_cv.py:cpu --out=DIR
+  ... qiu_cv.py:inputs_cpu   the input subsets on folds 0-2 of the 6 (12 trials, 400 steps each)
 """
 
-from qmri_jax.sweeps import Sweep, folds, values
+import math
+
+from qmri_jax.sweeps import Axis, Sweep, folds, values
 
 INPUTS = [("MPRAGE", "GRE", "FLAIR"), ("MPRAGE", "FLAIR"), ("MPRAGE", "GRE"), ("MPRAGE",)]
 _REGION = "excluding_CSF_dilated.per_sample"
@@ -41,5 +44,18 @@ def get_sweep(preset: str = ""):
                      roi=ROI,
                      description="Qiu et al. 6-fold CV for 2 CPU cores (configs/unet_qiu.py:"
                                  "qiu_cpu, 600 steps per fold).")
+    if preset == "inputs_cpu":
+        return Sweep(name="qiu_cv_inputs_cpu", config="configs/unet_qiu.py:qiu_cpu",
+                     axes=[values("data.inputs", INPUTS), Axis(tuple(
+                         {"data.cv_folds": 6, "data.cv_fold": f} for f in range(3)),
+                         kind="repeat")],
+                     # the schedule of configs/unet_qiu.py for 400 steps: flat for 3/5 of them
+                     fixed={"eval.figures": False, "train.num_steps": 400,
+                            "train.decay_after": 240,
+                            "train.decay_rate": math.exp(-0.02 * 200 / 160),
+                            "train.eval_every": 200, "train.checkpoint_every": 200},
+                     metrics=METRICS, compare="data.inputs", slurm={"time_min": 30}, roi=ROI,
+                     description="Qiu et al. input subsets for 2 CPU cores: folds 0-2 of the "
+                                 "6-fold split, 400 steps per trial.")
     raise ValueError(f"configs/sweeps/qiu_cv.py: unknown preset {preset!r} (available: '' "
-                     "(cluster), inputs, cpu)")
+                     "(cluster), inputs, cpu, inputs_cpu)")
