@@ -95,7 +95,7 @@ def test_run_writes_outputs_and_kill_resume_is_exact(tiny_data, tmp_path):
     for name in ("T1", "T2", "PD"):
         assert set(ev[name]) >= {"median_abs_pct", "mean_abs_pct", "psnr", "ssim", "rmse",
                                  "by_tissue"}
-        assert set(ev[name]["by_tissue"]) == {"WM", "GM", "CSF"}
+        assert set(ev[name]["by_tissue"]) == {"WM", "GM", "CSF", "putamen", "thalamus"}
     assert os.listdir(os.path.join(wd, "checkpoints_best"))
     assert os.listdir(os.path.join(wd, "tb"))
     # A further call with more steps continues from step 4 rather than starting over.
