@@ -151,6 +151,15 @@ def get_config():
     # that clips bright voxels at 4095 would deliver them (data.acquisition.saturate).
     config.ddpm.saturation_augment = 0.0
     config.ddpm.saturation_range = (0.5, 1.5)
+    # Give the network (and the "fit" condition's fit) the per-sample validity mask: samples that
+    # are not measurements (clipped at the stored maximum, or absent) are NaN in the images a model
+    # is given; they are zeroed and N mask channels follow the images, and the fit leaves them out
+    # (diffusion.conditioning). Training then marks the clipped samples of saturation_augment and
+    # drops samples at random: on a missing_augment fraction of the series (per voxel for the
+    # per-voxel network, else per slice) each sample is absent with probability missing_rate.
+    config.ddpm.validity = False
+    config.ddpm.missing_augment = 0.0
+    config.ddpm.missing_rate = 0.1
     # What the network is conditioned on: "images" (the normalised series as it is) or "fit": the
     # images plus each voxel's least-squares IR fit (PD, T1, k; qmri_jax.fitting.fit_signals),
     # computed in the step from the images alone (IR protocols: ir, flair, ir_fse images).

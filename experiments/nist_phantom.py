@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import glob
 import pathlib
 import sys
@@ -45,6 +46,7 @@ import time
 
 import numpy as np
 
+from experiments.phantom_learned import learned_t1
 from experiments.phantom_report import roi_sd, write_report
 from qmri_jax.evaluation import plot_maps, roi_medians
 from qmri_jax.fitting import SolverOptions, auto_mask, fit_images, fit_t2_smooth_b1
@@ -99,8 +101,23 @@ def _crlb_per_roi(res, name, labels):
     return roi_medians(res.crlb_sd[name], labels, keep=res.converged)
 
 
+def scale_and_clip(series, factor: float):
+    """``series`` as a scan ``factor`` times brighter would have stored it: the stored values times
+    ``factor``, clipped at the stored bit depth's maximum (``2**BitsStored - 1``), the newly
+    clipped samples marked invalid. A harder test of clipped-sample handling than the scan itself."""
+    if not factor > 0:
+        raise SystemExit(f"--vir-scale {factor}: expected a factor > 0")
+    if series.bits_stored is None:
+        raise SystemExit(f"--vir-scale: {series.files[0]} has no BitsStored (needed for the "
+                         "clipping level)")
+    top = float(2 ** series.bits_stored - 1)
+    scaled = series.images * np.float32(factor)
+    return dataclasses.replace(series, images=np.minimum(scaled, top).astype(np.float32),
+                               valid=series.valid & (scaled < top))
+
+
 def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
-        checkpoint=None) -> dict:
+        checkpoint=None, vir_scale: float = 1.0) -> dict:
     data = pathlib.Path(data)
     out = pathlib.Path(out)
     ref = load_reference(data, temperature)
@@ -118,6 +135,11 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
 
     # ---- T1 from variable inversion recovery.
     vir = read_dicom_series(_series_dirs(data, "vir"), kind="ir", name="vir")
+    if vir_scale != 1.0:
+        vir = scale_and_clip(vir, vir_scale)
+        results["vir_scale"] = vir_scale
+        print(f"VIR images x {vir_scale:g}, clipped at {2 ** vir.bits_stored - 1}: "
+              f"{vir.n_clipped} clipped samples")
     t1_labels = np.asarray(rois["t1_labels"]).T  # rows/cols -> NIfTI x/y
     if t1_labels.shape != vir.images.shape[:2]:
         raise SystemExit(f"{rois_path}: t1_labels {rois['t1_labels'].shape} does not match the VIR "
@@ -313,76 +335,6 @@ def fit_vir(vir, mask):
                       options=SolverOptions(loss="rician", max_iter=30))
 
 
-def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm=None) -> dict:
-    """T1 (and posterior std for a DDPM) from a model trained with ``qmri_jax.main`` on the VIR
-    protocol, applied to the real VIR images normalised like its training data.
-
-    ``norm_mask`` (default ``mask``) is where the normalisation's percentile is taken;
-    ``transform`` (``[X, Y, N] -> [X, Y, N]``, default none) is applied to the normalised images at
-    the scan's grid, before they are brought to the network's voxel size (used by
-    ``experiments.phantom_domain_gap``). ``apply_mm`` (default: the training voxel size) is the
-    voxel size the images are block-averaged to before the network sees them."""
-    import json
-
-    import ml_collections
-
-    import jax
-
-    from qmri_jax import predict as predict_lib
-    from qmri_jax.tasks import create_task, predict_in_batches
-    from qmri_jax.data.acquisition import normalise_images
-
-    workdir = pathlib.Path(workdir)
-    cfg_path = workdir / "config.json"
-    if not cfg_path.is_file():
-        raise SystemExit(f"--checkpoint {workdir}: no config.json (expected a qmri_jax.main workdir)")
-    config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
-    trained = json.loads((workdir / "protocol.json").read_text())
-    predict_lib.check_protocol(trained, vir.protocol, vir.images.shape[-1], str(workdir))
-    images = vir.images[:, :, 0].astype(np.float32)  # [X, Y, N]
-    images = normalise_images(images, mask if norm_mask is None else norm_mask,
-                              config.data.normalisation)
-    if transform is not None:
-        images = np.asarray(transform(images), np.float32)
-    # Apply the network at the voxel size it was trained at (block averaging; the maps are brought
-    # back to the scan grid by repetition): its receptive field and the bottleneck attention's
-    # memory stay what they were in training.
-    pixel_mm = float(np.linalg.norm(vir.affine[:3, 0]))
-    target_mm = config.data.resolution_mm if apply_mm is None else float(apply_mm)
-    f = max(1, int(round(target_mm / max(pixel_mm, 1e-3))))
-    native = images.shape[:2]
-    if f > 1:
-        cx, cy = (native[0] // f) * f, (native[1] // f) * f
-        images = images[:cx, :cy].reshape(cx // f, f, cy // f, f, -1).mean(axis=(1, 3))
-    factor = create_task(config).size_multiple
-    x = np.pad(images[None], [(0, 0), (0, (-images.shape[0]) % factor),
-                              (0, (-images.shape[1]) % factor), (0, 0)])
-    nx, ny = images.shape[:2]
-    try:
-        task, state = predict_lib.load_trained(config, str(workdir), x.shape[1:],
-                                               prefer_best=False)
-    except FileNotFoundError:
-        raise SystemExit(f"--checkpoint {workdir}: no checkpoint found") from None
-    names = list(task.targets)
-
-    def back(a):  # [nx, ny] at the network's grid -> the scan grid (edge rows repeated)
-        a = np.repeat(np.repeat(a[:nx, :ny], f, 0), f, 1)
-        a = np.pad(a, [(0, max(0, native[0] - a.shape[0])), (0, max(0, native[1] - a.shape[1]))],
-                   mode="edge")
-        return a[:native[0], :native[1]]
-
-    fn = jax.jit(lambda im, key: task.predict(state, im, key))
-    # The one slice padded to a batch of predict.batch_size copies: the noise draws (and so the
-    # numbers in docs/results.md) are those of the DDPM's evaluation batches.
-    out = predict_in_batches(fn, x, int(config.predict.get("batch_size", 8)),
-                             jax.random.key(0))
-    i = names.index("T1")
-    res = {"T1": np.where(mask, back(out["mean"][0, ..., i]), np.nan),
-           "kind": f"{type(task).__name__} at {f * pixel_mm:.1f} mm"}
-    if "std" in out:
-        res["T1_std"] = np.where(mask, back(out["std"][0, ..., i]), np.nan)
-    return res
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, type=pathlib.Path, help="scan-session folder (e.g. .../nist_phantom/A)")
@@ -392,8 +344,12 @@ def main(argv=None):
     parser.add_argument("--checkpoint", action="append", default=None,
                         help="a trained qmri_jax.main workdir (DDPM, RIM, ResNet, ...) to evaluate "
                              "beside the fit; repeat for several")
+    parser.add_argument("--vir-scale", type=float, default=1.0,
+                        help="multiply the VIR images by this factor and clip them at the stored "
+                             "maximum before anything is fitted (a harder clipping test; "
+                             "default 1: the scan as it is)")
     args = parser.parse_args(argv)
-    run(args.data, args.out, args.temperature, args.checkpoint)
+    run(args.data, args.out, args.temperature, args.checkpoint, args.vir_scale)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.nist_phantom import T1_JUDGED, _series_dirs, fit_vir, learned_t1, load_reference
+from experiments.nist_phantom import T1_JUDGED, _series_dirs, fit_vir, load_reference
+from experiments.phantom_learned import learned_t1
 from qmri_jax.evaluation import roi_medians
 from qmri_jax.io import read_dicom_series
 from qmri_jax.physics.noise import add_rician_noise

@@ -164,6 +164,14 @@ def predict_files(config, workdir: str) -> str:
         images = images[:, :, None]
         brain = brain[:, :, None]
     task, state = load_trained(config, workdir, (16, 16, images.shape[-1]))
+    invalid = ~series.valid.reshape(images.shape)
+    if invalid.any():
+        if getattr(task, "validity", False):  # clipped samples go in as such (NaN)
+            images = np.where(invalid, np.nan, images).astype(np.float32)
+            print(f"{int(invalid.sum())} clipped samples marked invalid for the model")
+        else:
+            print(f"note: {int(invalid.sum())} clipped samples are fed as measurements (this "
+                  "model was trained without the validity mask, ddpm.validity)")
     fn = jax.jit(lambda x, key: task.predict(state, jnp.asarray(x), key))
     batch = int(config.predict.get("batch_size", 8))
     print(f"predicting {images.shape[2]} slice(s) of {images.shape[0]} x {images.shape[1]} "

@@ -110,14 +110,17 @@ def test_predict_files_on_a_ddpm_workdir_writes_posterior_mean_and_std(ddpm_work
 
 def test_trained_ddpm_applies_to_real_phantom_scans(ddpm_workdir, nist_dir, tmp_path):
     """experiments/nist_phantom.py --checkpoint: the DDPM workdir applies to the real VIR DICOMs
-    through the task's predict, with a posterior std inside the spheres."""
-    from experiments import nist_phantom
+    through the task's predict, with a posterior std inside the spheres; the scan's clipped
+    samples reach the model marked invalid (the main job's model takes the validity mask)."""
+    from experiments.phantom_learned import learned_t1
     from qmri_jax.io.dicom import read_dicom_series
     _, wd = ddpm_workdir
     vir = read_dicom_series(str(nist_dir / "dicom" / "vir"), kind="ir", name="vir")
     labels = np.asarray(np.load(nist_dir / "rois.npz")["t1_labels"]).T
-    out = nist_phantom.learned_t1(wd, vir, labels > 0, tmp_path)
+    assert vir.n_clipped > 0
+    out = learned_t1(wd, vir, labels > 0, tmp_path)
     assert out["T1"].shape == labels.shape and "T1_std" in out
+    assert "clipped samples marked invalid" in out["kind"], out["kind"]
     inside = labels > 0
     assert np.all(np.isfinite(out["T1"][inside])) and np.all(out["T1"][inside] > 0)
     assert np.all(np.isnan(out["T1"][~inside]))

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
 from qmri_jax.physics.protocol import Protocol, simulate
 
-__all__ = ["AcquisitionConfig", "acquire", "normalise_images", "saturate", "smooth_bias_field",
+__all__ = ["AcquisitionConfig", "acquire", "normalise_images", "saturate", "invalid_samples", "smooth_bias_field",
            "NORMALISATIONS"]
 
 NORMALISATIONS = ("rescale", "p95", "p95_slice", "none")
@@ -137,6 +138,33 @@ def saturate(images, level):
     ``level`` broadcasts against ``images`` (e.g. ``[B, 1, 1, 1]``); returns a JAX array.
     """
     return jnp.minimum(images, level) / jnp.minimum(level, 1.0)
+
+
+def invalid_samples(key, images, saturation: float = 0.0, saturation_range=(0.5, 1.5),
+                    missing: float = 0.0, missing_rate: float = 0.1):
+    """Training augmentation for models that take a per-sample validity mask: ``images
+    [B, ..., N]`` (``"p95"``-normalised) with clipped and missing samples, in the form the learned
+    paths take them (NaN; :func:`qmri_jax.diffusion.conditioning.mark_invalid`).
+
+    On a ``saturation`` fraction of the batch items the series is clipped at a level drawn
+    uniformly in ``saturation_range`` (:func:`saturate`, which renormalises as ``"p95"`` does on a
+    clipped scan) and the samples at the level become NaN; on a ``missing`` fraction each sample
+    is absent (NaN) with probability ``missing_rate``. ``key``: a JAX key; returns a JAX array."""
+    k_on, k_level, k_miss, k_rate = jax.random.split(key, 4)
+    shape = (images.shape[0],) + (1,) * (images.ndim - 1)
+    out = images
+    if saturation > 0:
+        level = jax.random.uniform(k_level, shape, minval=saturation_range[0],
+                                   maxval=saturation_range[1])
+        on = jax.random.bernoulli(k_on, saturation, shape)
+        clipped = on & (images >= level)
+        out = jnp.where(on, saturate(images, level), images)
+        out = jnp.where(clipped, jnp.nan, out)
+    if missing > 0:
+        on = jax.random.bernoulli(k_miss, missing, shape)
+        gone = on & jax.random.bernoulli(k_rate, missing_rate, images.shape)
+        out = jnp.where(gone, jnp.nan, out)
+    return out
 
 
 def acquire(rng: np.random.Generator, maps: dict, protocol: Protocol, brain: np.ndarray,

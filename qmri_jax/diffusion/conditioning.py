@@ -7,6 +7,13 @@ voxel's least-squares fit of the ``ir`` model (PD, T1, k; dictionary search plus
 (:data:`qmri_jax.physics.units.SCALING`) and held within +-2. The fitted channels depend on the
 voxel's own series only, never on the image around it, so a network can lean on them where the
 picture is unlike its training data (a phantom's spheres instead of a brain).
+
+Samples that are not measurements (clipped at the scanner's stored maximum, or absent) are NaN in
+the images a model is given (:func:`mark_invalid`). With ``validity=True`` the condition carries
+the per-sample validity mask: the invalid samples are zeroed, the mask follows the images as N
+more channels, and the fit leaves them out, as the voxelwise fit does
+(``fit_images(..., valid=...)``). Without it a NaN reaches the network (a model trained without
+the mask cannot tell a clipped sample from a measured one).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from qmri_jax.fitting import fit_signals, get_model
 from qmri_jax.physics.units import to_unit_range
 
 __all__ = ["CONDITIONS", "FIT_MODEL", "FIT_CHANNELS", "FIT_ITERATIONS", "condition_images",
-           "condition_channels", "fit_base"]
+           "condition_channels", "fit_base", "mark_invalid", "split_invalid"]
 
 CONDITIONS = ("images", "fit")
 FIT_MODEL = "ir"  # the voxelwise model behind condition "fit": PD, T1, k
@@ -26,25 +33,47 @@ FIT_ITERATIONS = 5  # Levenberg-Marquardt steps after the dictionary search
 FIT_CLIP = 2.0  # fitted channels beyond +-2 (e.g. PD of noise-only voxels) are held there
 
 
-def condition_channels(kind: str, num_images: int) -> int:
-    """Channels of the condition of ``kind`` for ``num_images`` weighted images."""
+def mark_invalid(images, valid):
+    """``images [..., N]`` with the samples where ``valid [..., N]`` (bool) is False set to NaN:
+    the form in which the learned paths take clipped or missing samples."""
+    return jnp.where(jnp.asarray(valid), images, jnp.nan)
+
+
+def split_invalid(images):
+    """``(images with NaN samples zeroed, valid mask [..., N] bool)`` of :func:`mark_invalid`'s
+    form."""
+    valid = jnp.isfinite(images)
+    return jnp.where(valid, images, 0.0), valid
+
+
+def condition_channels(kind: str, num_images: int, validity: bool = False) -> int:
+    """Channels of the condition of ``kind`` for ``num_images`` weighted images (``validity``:
+    with the per-sample validity mask)."""
     if kind not in CONDITIONS:
         raise ValueError(f"config.ddpm.condition={kind!r}: expected one of {CONDITIONS}")
-    return num_images + (len(FIT_CHANNELS) if kind == "fit" else 0)
+    return (num_images * (2 if validity else 1)
+            + (len(FIT_CHANNELS) if kind == "fit" else 0))
 
 
-def condition_images(images, kind: str, protocol=None):
-    """The network's condition ``[..., N]`` (``"images"``) or ``[..., N + 3]`` (``"fit"``; needs
-    the acquisition ``protocol``) from normalised images ``[..., N]``."""
-    if kind == "images":
-        return images
+def condition_images(images, kind: str, protocol=None, validity: bool = False):
+    """The network's condition from normalised images ``[..., N]`` (invalid samples NaN):
+    ``[..., N]`` (``"images"``) or ``[..., N + 3]`` (``"fit"``; needs the acquisition
+    ``protocol``), with N validity channels (1 = measured) after the images when ``validity``."""
+    if kind not in CONDITIONS:
+        raise ValueError(f"config.ddpm.condition={kind!r}: expected one of {CONDITIONS}")
+    valid = None
+    parts = [images]
+    if validity:
+        images, valid = split_invalid(images)
+        parts = [images, valid.astype(images.dtype)]
     if kind == "fit":
         if protocol is None:
             raise ValueError("config.ddpm.condition='fit' needs the acquisition protocol")
-        est = fit_signals(get_model(FIT_MODEL), protocol, images, max_iter=FIT_ITERATIONS)
+        est = fit_signals(get_model(FIT_MODEL), protocol, images, valid=valid,
+                          max_iter=FIT_ITERATIONS)
         chans = [jnp.clip(to_unit_range(est[n], n), -FIT_CLIP, FIT_CLIP) for n in FIT_CHANNELS]
-        return jnp.concatenate([images, jnp.stack(chans, axis=-1).astype(images.dtype)], axis=-1)
-    raise ValueError(f"config.ddpm.condition={kind!r}: expected one of {CONDITIONS}")
+        parts.append(jnp.stack(chans, axis=-1).astype(images.dtype))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 
 def fit_base(condition, names):

@@ -221,7 +221,7 @@ def _fit_chunk(model, protocol, y, w, sigma, cov, *, loss, max_iter, tol, lambda
     return phys, var * factor**2, converged, at_bound, cost
 
 
-def fit_signals(model: FitModel, protocol: Protocol, signals, *, max_iter: int = 5,
+def fit_signals(model: FitModel, protocol: Protocol, signals, *, valid=None, max_iter: int = 5,
                 tol: float = 1e-6, lambda_init: float = 1e-2) -> dict:
     """The Gaussian least-squares fit of :func:`fit_voxels` as a pure function of an array, to be
     called inside other jitted code (e.g. to condition a network on the voxelwise estimate).
@@ -232,7 +232,9 @@ def fit_signals(model: FitModel, protocol: Protocol, signals, *, max_iter: int =
     Args:
       model: a :class:`~qmri_jax.fitting.models.FitModel`; ``model.check(protocol)`` is applied.
       protocol: the acquisition with ``N`` images.
-      signals: ``[..., N]`` magnitude signals (any leading shape; all samples used).
+      signals: ``[..., N]`` magnitude signals (any leading shape).
+      valid: optional ``[..., N]`` bool, False for samples that are not measurements (clipped or
+        missing): left out of the fit, as :func:`fit_voxels` does. Default: all samples used.
 
     Returns:
       ``{param: [...]}`` in physical units for every ``model.params``, plus ``"converged"``
@@ -248,7 +250,11 @@ def fit_signals(model: FitModel, protocol: Protocol, signals, *, max_iter: int =
                          f"{protocol.name!r} with {len(protocol)} images")
     lead = y.shape[:-1]
     y = y.reshape(-1, y.shape[-1])
-    theta, amp, _, converged, _, _ = _fit_core(model, protocol, y, jnp.ones_like(y),
+    w = (jnp.ones_like(y) if valid is None
+         else jnp.broadcast_to(jnp.asarray(valid), (*lead, y.shape[-1])).reshape(y.shape)
+         .astype(y.dtype))
+    y = jnp.where(w > 0, y, 0.0)  # an invalid sample's value (even NaN) never reaches the fit
+    theta, amp, _, converged, _, _ = _fit_core(model, protocol, y, w,
                                                jnp.float32(-1.0), jnp.zeros((y.shape[0], 0)),
                                                "gaussian", max_iter, tol,
                                                lambda_init,

@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qmri_jax.data.acquisition import saturate
+from qmri_jax.data.acquisition import invalid_samples, saturate
 from qmri_jax.diffusion import process, samplers, schedules
 from qmri_jax.diffusion.conditioning import (FIT_MODEL, condition_channels, condition_images,
-                                             fit_base)
+                                             fit_base, mark_invalid)
 from qmri_jax.diffusion.voxel_draw import draw_voxels, resimulate_voxels
 from qmri_jax.engine import create_optimizer, create_state, eval_params
 from qmri_jax.engine.state import apply_gradients
@@ -58,6 +58,7 @@ class DdpmTask:
                                     out_channels=len(self.names), emb_dim=d.emb_dim, dtype=dtype)
             self.size_multiple = 1
         self.residual_scale = d.residual_factors(self.names)
+        self.validity = d.validity  # predict takes clipped / missing samples (NaN, or valid=)
         self.schedule = schedules.get_schedule(d.schedule, d.num_steps)
         self.snr_cap = float(d.snr_cap) if d.snr_cap else None
         self.protocol = None
@@ -81,29 +82,39 @@ class DdpmTask:
         b = images.shape[0]
         x = jnp.zeros((*images.shape[:-1], len(self.names)))
         c = jnp.zeros((*images.shape[:-1],
-                       condition_channels(self.cfg.condition, images.shape[-1])), images.dtype)
+                       condition_channels(self.cfg.condition, images.shape[-1],
+                                          self.cfg.validity)), images.dtype)
         params = self.net.init(key, x, jnp.zeros((b,), jnp.int32), c)["params"]
         return create_state(params, self.tx)
 
     def _condition(self, images):
-        return condition_images(images, self.cfg.condition, self.protocol)
+        return condition_images(images, self.cfg.condition, self.protocol, self.cfg.validity)
 
     def _loss(self, params, x0, c, key, mask):
         fn = lambda x_t, t: self.net.apply({"params": params}, x_t, t, c)  # noqa: E731
         return process.diffusion_loss(fn, self.schedule, x0, key, mask=mask,
                                       prediction=self.cfg.prediction, snr_cap=self.snr_cap)
 
+    def _invalid(self, images, key):
+        """The validity augmentation (:func:`~qmri_jax.data.acquisition.invalid_samples`)."""
+        d = self.cfg
+        return invalid_samples(key, images, d.saturation_augment, d.saturation_range,
+                               d.missing_augment, d.missing_rate)
+
     def train_step(self, state, batch, key):
         d, names = self.cfg, self.names
         images = batch["images"]
         loss_mask = None
-        if d.saturation_augment > 0:  # scanner saturation (12-bit DICOM) on part of the batch
+        if d.saturation_augment > 0 and not d.validity:  # clipped samples as if measured
             key, k_on, k_level = jax.random.split(key, 3)
             shape = (images.shape[0],) + (1,) * (images.ndim - 1)
             level = jax.random.uniform(k_level, shape, minval=d.saturation_range[0],
                                        maxval=d.saturation_range[1])
             on = jax.random.bernoulli(k_on, d.saturation_augment, shape)
             images = jnp.where(on, saturate(images, level), images)
+        key, k_inv = jax.random.split(key)
+        if d.validity and not d.voxel_batch:  # per slice: clipped / missing samples become NaN
+            images = self._invalid(images, k_inv)
         batch = {**batch, "images": images}
         if d.voxel_batch:  # per-voxel network: voxels of the batch, each with its own step t
             key, k_vox = jax.random.split(key)
@@ -116,6 +127,8 @@ class DdpmTask:
                 if d.voxel_resimulate_pd == "drop":  # no PD loss on the re-simulated voxels
                     is_pd = jnp.arange(len(names)) == names.index("PD")
                     loss_mask = jnp.where(batch["redrawn"][..., None] & is_pd, 0.0, 1.0)
+            if d.validity:  # per voxel, after the re-simulation (which fits the series)
+                batch = {**batch, "images": self._invalid(batch["images"], k_inv)}
         x0 = scale_maps(batch["targets"], batch["mask"], names)
         c = self._condition(batch["images"])  # per voxel ("fit" too): after the draw
         if d.residual:
@@ -167,8 +180,13 @@ class DdpmTask:
 
         return sample
 
-    def predict(self, state, images, key):
-        """``{"mean", "std", "samples"}`` of ``ddpm.num_samples`` posterior draws."""
+    def predict(self, state, images, key, valid=None):
+        """``{"mean", "std", "samples"}`` of ``ddpm.num_samples`` posterior draws given
+        ``images [B, *S, N]``; samples that are not measurements are NaN there or False in
+        ``valid [B, *S, N]`` (a model trained with ``ddpm.validity`` leaves them out; for one
+        without it they make its maps NaN)."""
+        if valid is not None:
+            images = mark_invalid(images, valid)
         return self.sample_fn()(state, images, key)
 
     def sample_split(self, state, arrays, sampler=None, steps=None, num_samples=None, key=0):

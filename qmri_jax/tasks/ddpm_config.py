@@ -46,6 +46,9 @@ class DdpmConfig:
     exact_voxels: int = 300
     saturation_augment: float = 0.0
     saturation_range: tuple = (0.5, 1.5)
+    validity: bool = False
+    missing_augment: float = 0.0
+    missing_rate: float = 0.1
     condition: str = "images"
     residual: bool = False
     residual_scale: tuple = ()
@@ -131,6 +134,12 @@ class DdpmConfig:
                     bad(key, "expected (low, high) with 0 < low < high")
         if not 0.0 <= self.saturation_augment <= 1.0:
             bad("saturation_augment", "expected a probability in [0, 1]")
+        if not 0.0 <= self.missing_augment <= 1.0 or not 0.0 < self.missing_rate < 1.0:
+            bad("missing_augment", "a probability in [0, 1], with config.ddpm.missing_rate in "
+                f"(0, 1) (got {self.missing_rate})")
+        if self.missing_augment and not self.validity:
+            bad("missing_augment", "drops samples, which only a model given the validity mask "
+                "can tell: it needs config.ddpm.validity=True")
         lo, hi = self.saturation_range
         if not 0.0 < lo <= hi:
             bad("saturation_range", "expected (low, high) with 0 < low <= high")

@@ -176,6 +176,29 @@ def test_saturate_equals_clipping_then_p95_normalisation():
     assert isinstance(out, jax.Array) and float(out.max()) == pytest.approx(1.0)
 
 
+
+def test_invalid_samples_marks_exactly_the_clipped_and_the_dropped_samples():
+    """The validity augmentation: with saturation on every item and a fixed level, the NaN
+    samples are exactly those at or above the level and the rest are saturate()'s values; random
+    missing samples come at the stated rate, only on the stated fraction of items."""
+    rng = np.random.default_rng(2)
+    x = jax.numpy.asarray(rng.uniform(0.0, 1.4, (4000, 1, 10)), jax.numpy.float32)
+    key = jax.random.key(0)
+    out = np.asarray(acquisition.invalid_samples(key, x, saturation=1.0,
+                                                 saturation_range=(0.8, 0.8)))
+    xn = np.asarray(x)
+    np.testing.assert_array_equal(np.isnan(out), xn >= 0.8)
+    ok = ~np.isnan(out)
+    np.testing.assert_allclose(out[ok], np.asarray(acquisition.saturate(x, 0.8))[ok], rtol=1e-6)
+    out = np.asarray(acquisition.invalid_samples(key, x, missing=0.5, missing_rate=0.2))
+    per_item = np.isnan(out).reshape(4000, -1).any(-1)
+    rate = np.isnan(out)[per_item].mean()
+    assert abs(per_item.mean() - 0.5 * (1 - 0.8 ** 10)) < 0.03, per_item.mean()
+    assert abs(rate - 0.2 / (1 - 0.8 ** 10)) < 0.02, rate  # given at least one missing
+    np.testing.assert_array_equal(out[~np.isnan(out)], xn[~np.isnan(out)])
+    np.testing.assert_array_equal(np.asarray(acquisition.invalid_samples(key, x)), xn)
+
+
 def test_k_spread_scales_the_inversion_efficiency_per_subject():
     maps = {"T1": np.full((6, 6, 2), 300.0), "T2": np.full((6, 6, 2), 80.0),
             "PD": np.ones((6, 6, 2))}

@@ -57,3 +57,34 @@ def test_fit_condition_values_and_scale_equivariance(vir_data):
     assert float(jnp.abs(a[..., -3:]).max()) <= 2.0  # noise-only voxels' fits are held at +-2
     with pytest.raises(ValueError, match="needs the acquisition protocol"):
         conditioning.condition_images(x, "fit")
+
+
+def test_validity_condition_zeroes_invalid_samples_and_its_fit_leaves_them_out():
+    """validity=True: NaN samples (clipped or missing) become 0 with a 0 in their mask channel,
+    and the fitted channels are the fit of the valid samples alone: a series whose brightest
+    samples were clipped (here at 85% of their value) reads the true T1 with them marked, and a
+    wrong one when the clipped values are fitted as measurements."""
+    prot = get_protocol("nist_vir")
+    n = len(prot)
+    t1 = jnp.asarray([300.0, 800.0, 1500.0])
+    truth = {"PD": jnp.ones(3), "T1": t1, "T2": jnp.full(3, 80.0), "k": jnp.full(3, 0.95)}
+    clean = simulate(truth, prot)  # [3, N]
+    level = 0.85 * jnp.max(clean, axis=-1, keepdims=True)
+    clipped = jnp.minimum(clean, level)
+    valid = clean < level
+    assert bool(jnp.all(jnp.sum(~valid, -1) >= 1)) and bool(jnp.all(jnp.sum(valid, -1) >= 4))
+    c = conditioning.condition_images(conditioning.mark_invalid(clipped, valid), "fit", prot,
+                                      validity=True)
+    assert c.shape == (3, 2 * n + 3) == (3, conditioning.condition_channels("fit", n, True))
+    assert bool(jnp.all(jnp.isfinite(c)))
+    np.testing.assert_array_equal(c[:, :n], jnp.where(valid, clipped, 0.0))
+    np.testing.assert_array_equal(c[:, n:2 * n], valid.astype(jnp.float32))
+    fitted = unscale_maps(c[:, 2 * n:], ("PD", "T1", "k"))
+    np.testing.assert_allclose(fitted[:, 1], t1, rtol=5e-3)
+    np.testing.assert_allclose(fitted[:, 2], 0.95, atol=5e-3)
+    as_measured = unscale_maps(conditioning.condition_images(clipped, "fit", prot)[:, n:],
+                               ("PD", "T1", "k"))
+    assert float(jnp.max(jnp.abs(as_measured[:, 1] / t1 - 1))) > 0.05
+    # Without validity the condition is what it was (no mask channels).
+    assert conditioning.condition_images(clipped, "images", validity=False).shape == (3, n)
+    assert conditioning.condition_channels("images", n, True) == 2 * n

@@ -382,3 +382,33 @@ def test_workdir_config_written_before_the_split_loads_or_says_how_to_convert():
         cfg.ddpm.mystery = 1
     with pytest.raises(ValueError, match="unknown keys \\['mystery'\\]"):
         DdpmTask(cfg)
+
+
+def test_validity_mask_trains_and_an_invalid_sample_never_reaches_the_posterior(vir_data):
+    """ddpm.validity: a per-voxel step with clipped and dropped samples trains; at sampling a
+    sample marked invalid (``valid=False``) leaves the posterior exactly where it is whatever
+    its value, a valid one moves it; a model trained without the mask returns NaN for a NaN
+    sample rather than a number; missing_augment without the mask is refused."""
+    cfg = _voxel_steps_change_parameters(vir_data, validity=True, saturation_augment=0.5,
+                                         missing_augment=0.5, missing_rate=0.2,
+                                         condition="fit", residual=True)
+    task = DdpmTask(cfg)
+    imgs = jnp.asarray(vir_data["train"]["images"][:1])
+    state = task.create_state(jax.random.key(0), {"images": imgs})
+    valid = jnp.ones(imgs.shape, bool).at[0, 10, 12, 3].set(False)
+    predict = jax.jit(task.predict)
+    a = predict(state, imgs, jax.random.key(2), valid)
+    b = predict(state, imgs.at[0, 10, 12, 3].mul(3.0), jax.random.key(2), valid)
+    c = predict(state, imgs.at[0, 10, 12, 4].mul(3.0), jax.random.key(2), valid)
+    assert np.all(np.isfinite(np.asarray(a["mean"])))
+    np.testing.assert_array_equal(np.asarray(a["mean"]), np.asarray(b["mean"]))
+    assert np.any(np.asarray(a["mean"][0, 10, 12] != c["mean"][0, 10, 12]))
+    with cfg.unlocked():
+        cfg.ddpm.validity = False
+        cfg.ddpm.missing_augment = 0.0
+    plain = DdpmTask(cfg)
+    pstate = plain.create_state(jax.random.key(0), {"images": imgs})
+    out = jax.jit(plain.predict)(pstate, imgs, jax.random.key(2), valid)
+    assert np.isnan(np.asarray(out["mean"][0, 10, 12])).all()
+    assert np.isfinite(np.asarray(out["mean"][0, 10, 13])).all()
+    _task_refuses(cfg, "missing_augment", missing_augment=0.3)

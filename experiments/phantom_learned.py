@@ -1,0 +1,109 @@
+"""Learned T1 maps of the NIST phantom's VIR series: a model trained with ``qmri_jax.main`` on
+the VIR protocol, applied to the real images normalised like its training data
+(``experiments.nist_phantom --checkpoint``)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+__all__ = ["block_mean", "learned_t1"]
+
+
+def block_mean(images, valid, f: int):
+    """``images [X, Y, N]`` averaged over ``f x f`` blocks (the trailing rows/columns that do not
+    fill a block dropped). With ``valid [X, Y, N]`` (bool) only the valid voxels of a block are
+    averaged and a block sample with fewer than half its voxels valid is NaN (not a measurement);
+    ``valid=None``: every voxel counts."""
+    images = np.asarray(images, np.float32)
+    if f <= 1:
+        return images if valid is None else np.where(valid, images, np.nan).astype(np.float32)
+    cx, cy = (images.shape[0] // f) * f, (images.shape[1] // f) * f
+
+    def blocks(a):
+        return a[:cx, :cy].reshape(cx // f, f, cy // f, f, -1).sum(axis=(1, 3))
+
+    if valid is None:
+        return (blocks(images) / (f * f)).astype(np.float32)
+    w = np.asarray(valid, np.float32)
+    count = blocks(w)
+    mean = blocks(images * w) / np.maximum(count, 1.0)
+    return np.where(count >= 0.5 * f * f, mean, np.nan).astype(np.float32)
+
+
+def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm=None) -> dict:
+    """T1 (and posterior std for a DDPM) from a model trained with ``qmri_jax.main`` on the VIR
+    protocol, applied to the real VIR images normalised like its training data.
+
+    ``norm_mask`` (default ``mask``) is where the normalisation's percentile is taken;
+    ``transform`` (``[X, Y, N] -> [X, Y, N]``, default none) is applied to the normalised images at
+    the scan's grid, before they are brought to the network's voxel size (used by
+    ``experiments.phantom_domain_gap``). ``apply_mm`` (default: the training voxel size) is the
+    voxel size the images are block-averaged to before the network sees them."""
+    import json
+
+    import ml_collections
+
+    import jax
+
+    from qmri_jax import predict as predict_lib
+    from qmri_jax.tasks import create_task, predict_in_batches
+    from qmri_jax.data.acquisition import normalise_images
+
+    workdir = pathlib.Path(workdir)
+    cfg_path = workdir / "config.json"
+    if not cfg_path.is_file():
+        raise SystemExit(f"--checkpoint {workdir}: no config.json (expected a qmri_jax.main workdir)")
+    config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
+    trained = json.loads((workdir / "protocol.json").read_text())
+    predict_lib.check_protocol(trained, vir.protocol, vir.images.shape[-1], str(workdir))
+    images = vir.images[:, :, 0].astype(np.float32)  # [X, Y, N]
+    valid = vir.valid[:, :, 0]
+    images = normalise_images(images, mask if norm_mask is None else norm_mask,
+                              config.data.normalisation)
+    if transform is not None:
+        images = np.asarray(transform(images), np.float32)
+    # Apply the network at the voxel size it was trained at (block averaging; the maps are brought
+    # back to the scan grid by repetition): its receptive field and the bottleneck attention's
+    # memory stay what they were in training.
+    pixel_mm = float(np.linalg.norm(vir.affine[:3, 0]))
+    target_mm = config.data.resolution_mm if apply_mm is None else float(apply_mm)
+    f = max(1, int(round(target_mm / max(pixel_mm, 1e-3))))
+    native = images.shape[:2]
+    task0 = create_task(config)
+    # A model given the validity mask sees the clipped samples as such (NaN; a block's sample is
+    # the mean of its valid voxels, NaN where fewer than half are valid); one without it gets them
+    # as measurements, as before the mask existed.
+    with_validity = bool(getattr(task0, "validity", False))
+    images = block_mean(images, valid if with_validity else None, f)
+    factor = task0.size_multiple
+    x = np.pad(images[None], [(0, 0), (0, (-images.shape[0]) % factor),
+                              (0, (-images.shape[1]) % factor), (0, 0)])
+    nx, ny = images.shape[:2]
+    try:
+        task, state = predict_lib.load_trained(config, str(workdir), x.shape[1:],
+                                               prefer_best=False)
+    except FileNotFoundError:
+        raise SystemExit(f"--checkpoint {workdir}: no checkpoint found") from None
+    names = list(task.targets)
+
+    def back(a):  # [nx, ny] at the network's grid -> the scan grid (edge rows repeated)
+        a = np.repeat(np.repeat(a[:nx, :ny], f, 0), f, 1)
+        a = np.pad(a, [(0, max(0, native[0] - a.shape[0])), (0, max(0, native[1] - a.shape[1]))],
+                   mode="edge")
+        return a[:native[0], :native[1]]
+
+    fn = jax.jit(lambda im, key: task.predict(state, im, key))
+    # The one slice padded to a batch of predict.batch_size copies: the noise draws (and so the
+    # numbers in docs/results.md) are those of the DDPM's evaluation batches.
+    out = predict_in_batches(fn, x, int(config.predict.get("batch_size", 8)),
+                             jax.random.key(0))
+    i = names.index("T1")
+    res = {"T1": np.where(mask, back(out["mean"][0, ..., i]), np.nan),
+           "kind": f"{type(task).__name__} at {f * pixel_mm:.1f} mm, clipped samples "
+                   + ("marked invalid" if with_validity else "fed as measured (no validity mask)")}
+    if "std" in out:
+        res["T1_std"] = np.where(mask, back(out["std"][0, ..., i]), np.nan)
+    return res
+
