@@ -2,6 +2,11 @@
 
 Run: python -m qmri_jax.main --config=configs/unet.py --workdir=/tmp/qmri_unet
 GPU preset (paper sizes): --config=configs/unet.py:paper
+:invivo_mtsat  T1 and PD from the 3D spoiled-gradient-echo PDw / T1w pair of ../shared/invivo/mtsat
+    ("qmrlab_mtsat": 6 deg / TR 28 ms, 20 deg / TR 18 ms), 2 mm slices, images normalised by the
+    in-brain p95, SNR 1000 relative to PD = 1 (that scan's background noise against its PDw brain
+    signal, ~110 in the image), no transmit-field inhomogeneity (so, like the two-angle DESPOT1
+    fit it is compared with, it does not correct B1); experiments.invivo_learned trains it.
 """
 
 from configs import default, presets
@@ -11,4 +16,14 @@ def get_config(preset: str = ""):
     config = default.get_config()
     config.mode = "train"
     config.model.name = "unet"
+    if preset == "invivo_mtsat":
+        config.data.protocol = "qmrlab_mtsat"
+        config.targets = ("T1", "PD")
+        config.target_scale = (1000.0, 1.0)
+        config.data.normalisation = "p95"
+        config.data.snr = 1000.0
+        config.data.num_subjects = 20
+        config.data.slices_per_subject = 16
+        config.train.num_steps = 600
+        return config
     return presets.apply(config, preset, "unet")

@@ -271,6 +271,22 @@ def _nist_vfa() -> Protocol:
                            names=tuple(f"FA{f}" for f in fa), name="nist_vfa")
 
 
+def _qmrlab_ir() -> Protocol:
+    """The in-vivo inversion recovery of the qMRLab demo data (``../shared/invivo/ir``, its JSON
+    sidecar): magnitude, TR 2500 ms, TI 350-1700 ms (9); TE not stated (0: absorbed in PD)."""
+    ti = [350, 500, 650, 800, 950, 1100, 1250, 1400, 1700]
+    return Protocol.create("ir", tr_ms=2500, te_ms=0.0, ti_ms=ti,
+                           names=tuple(f"TI{t}" for t in ti), name="qmrlab_ir")
+
+
+def _qmrlab_mtsat() -> Protocol:
+    """The 3D spoiled gradient echo PDw / T1w pair of the qMRLab MTsat demo
+    (``../shared/invivo/mtsat``, its JSON sidecars): PDw 6 deg / TR 28 ms, T1w 20 deg / TR 18 ms;
+    TE not stated (0). The MT-weighted volume is not part of it (no MT model here)."""
+    return Protocol.create("spgr", tr_ms=[28, 18], te_ms=0.0, flip_deg=[6, 20],
+                           names=("PDw", "T1w"), name="qmrlab_mtsat")
+
+
 def _pelvis_se5() -> Protocol:
     """The five spin-echo contrasts of the physics-informed contrast-transfer GAN (100 pelvic
     patients; TE/TR in ms): T2w 75/4500, T2w 120/4500, T1w 8/400, T1w 8/750, PDw 8/4500."""
@@ -308,6 +324,8 @@ _PROTOCOLS = {
     "nist_vir": _nist_vir,
     "nist_mse": _nist_mse,
     "nist_vfa": _nist_vfa,
+    "qmrlab_ir": _qmrlab_ir,
+    "qmrlab_mtsat": _qmrlab_mtsat,
 }
 
 

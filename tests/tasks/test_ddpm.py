@@ -206,6 +206,12 @@ def test_voxel_network_task_trains_and_samples_each_voxel_on_its_own(vir_data):
         assert vt.cfg.voxel_background == 0.0 and vt.cfg.voxel_resimulate == 0.5
         np.testing.assert_array_equal(vt.residual_scale, [8.0, 1.0, 1.0])
         assert vcfg.train.num_steps == steps and vcfg.data.k_spread == 0.15
+        assert vt.validity and vt.cfg.saturation_augment == 0.3 and vt.cfg.missing_augment == 0.2
+    # :invivo_ir: the same model for the in-vivo IR protocol, with a wider apparent k.
+    icfg = ddpm_config.get_config("invivo_ir")
+    it = DdpmTask(icfg)
+    assert it.protocol.name == "qmrlab_ir" and len(it.protocol) == 9 and it.validity
+    assert icfg.data.k_spread == 0.3 and tuple(icfg.ddpm.voxel_k_range) == (0.7, 1.4)
     for preset in ("unet", "paper"):
         ut = DdpmTask(ddpm_config.get_config(preset))
         assert not isinstance(ut.net, VoxelDenoiser) and ut.cfg.voxel_batch == 0
