@@ -224,17 +224,16 @@ def _fit_chunk(model, protocol, y, w, sigma, cov, *, loss, max_iter, tol, lambda
 def fit_signals(model: FitModel, protocol: Protocol, signals, *, valid=None, max_iter: int = 5,
                 tol: float = 1e-6, lambda_init: float = 1e-2) -> dict:
     """The Gaussian least-squares fit of :func:`fit_voxels` as a pure function of an array, to be
-    called inside other jitted code (e.g. to condition a network on the voxelwise estimate).
-
-    The same initialisation and Levenberg-Marquardt steps (a fixed ``max_iter``; no
-    CRLB, no chunking, no sharding, no checks of the data: the caller's batch is fitted at once).
+    called inside other jitted code (e.g. to condition a network on the voxelwise estimate): the
+    same start and Levenberg-Marquardt steps (a fixed ``max_iter``; no CRLB, no chunking, no
+    sharding, no checks of the data: the caller's batch is fitted at once).
 
     Args:
       model: a :class:`~qmri_jax.fitting.models.FitModel`; ``model.check(protocol)`` is applied.
       protocol: the acquisition with ``N`` images.
       signals: ``[..., N]`` magnitude signals (any leading shape).
-      valid: optional ``[..., N]`` bool, False for samples that are not measurements (clipped or
-        missing): left out of the fit, as :func:`fit_voxels` does. Default: all samples used.
+      valid: ``[..., N]`` bool, False for samples that are not measurements (clipped, missing):
+        left out, as :func:`fit_voxels` does (default: all used).
 
     Returns:
       ``{param: [...]}`` in physical units for every ``model.params``, plus ``"converged"``
@@ -248,17 +247,12 @@ def fit_signals(model: FitModel, protocol: Protocol, signals, *, valid=None, max
     if y.shape[-1] != len(protocol):
         raise ValueError(f"fit_signals: signals [..., {y.shape[-1]}] for protocol "
                          f"{protocol.name!r} with {len(protocol)} images")
-    lead = y.shape[:-1]
-    y = y.reshape(-1, y.shape[-1])
-    w = (jnp.ones_like(y) if valid is None
-         else jnp.broadcast_to(jnp.asarray(valid), (*lead, y.shape[-1])).reshape(y.shape)
-         .astype(y.dtype))
-    y = jnp.where(w > 0, y, 0.0)  # an invalid sample's value (even NaN) never reaches the fit
-    theta, amp, _, converged, _, _ = _fit_core(model, protocol, y, w,
-                                               jnp.float32(-1.0), jnp.zeros((y.shape[0], 0)),
-                                               "gaussian", max_iter, tol,
-                                               lambda_init,
-                                               _resolve_init(model, protocol, "auto"))
+    lead, n = y.shape[:-1], y.shape[-1]
+    w = jnp.broadcast_to(True if valid is None else jnp.asarray(valid), y.shape).reshape(-1, n)
+    y = jnp.where(w, y.reshape(-1, n), 0.0)  # an invalid sample (even NaN) is never fitted
+    theta, amp, _, converged, _, _ = _fit_core(
+        model, protocol, y, w.astype(y.dtype), jnp.float32(-1.0), jnp.zeros((y.shape[0], 0)), "gaussian",
+        max_iter, tol, lambda_init, _resolve_init(model, protocol, "auto"))
     phys, _ = _to_physical(model, theta, amp)
     out = {p: phys[:, i].reshape(lead) for i, p in enumerate(model.params)}
     out["converged"] = converged.reshape(lead)

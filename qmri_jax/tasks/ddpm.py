@@ -112,7 +112,8 @@ class DdpmTask:
                                        maxval=d.saturation_range[1])
             on = jax.random.bernoulli(k_on, d.saturation_augment, shape)
             images = jnp.where(on, saturate(images, level), images)
-        key, k_inv = jax.random.split(key)
+        if d.validity:  # (its own key only then: runs without the mask draw as before it)
+            key, k_inv = jax.random.split(key)
         if d.validity and not d.voxel_batch:  # per slice: clipped / missing samples become NaN
             images = self._invalid(images, k_inv)
         batch = {**batch, "images": images}
@@ -221,6 +222,7 @@ class DdpmTask:
         (:func:`qmri_jax.evaluation.exact_posterior.exact_uncertainty`) on ``ddpm.exact_voxels``
         brain voxels; ``{"skipped": reason}`` where the protocol or targets do not allow it."""
         from qmri_jax.evaluation.exact_posterior import exact_uncertainty
+        from qmri_jax.fitting.posterior import GridPrior
         from qmri_jax.fitting.models import get_model
         from qmri_jax.tasks.data import input_protocol
         protocol = input_protocol(self.config)
@@ -230,7 +232,10 @@ class DdpmTask:
             return {"skipped": f"the exact posterior is for IR protocols: {e}"}
         if "T1" not in self.names:
             return {"skipped": "the exact posterior needs T1 among the targets"}
-        return exact_uncertainty(mean, std, arrays, self.names, protocol,
+        # The prior the per-voxel model is trained towards: its re-simulation ranges (the main
+        # job's equal MAIN_JOB_PRIOR's).
+        prior = GridPrior(t1_ms=tuple(self.cfg.voxel_t1_range), k=tuple(self.cfg.voxel_k_range))
+        return exact_uncertainty(mean, std, arrays, self.names, protocol, prior=prior,
                                  max_voxels=self.cfg.exact_voxels)
 
     def evaluate(self, state, data, out_dir) -> dict:

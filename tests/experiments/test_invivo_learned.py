@@ -21,7 +21,7 @@ def _tiny_workdirs(root):
     each a few steps on 4 synthetic brains of its protocol."""
     ddpm = ddpm_config_tiny(3, preset="invivo_ir")
     unet = unet_config_tiny()
-    preset = invivo_learned._config("configs/unet.py", "invivo_mtsat")
+    preset = invivo_learned.preset_config("configs/unet.py", "invivo_mtsat")
     with unet.unlocked():
         unet.data.update(preset.data.to_dict())
         unet.targets, unet.target_scale = preset.targets, preset.target_scale

@@ -133,7 +133,7 @@ def test_brighter_scan_clipped_at_4095_is_marked_and_the_fit_reads_what_is_left(
     from qmri_jax.evaluation import roi_medians
     from qmri_jax.io import read_dicom_series
 
-    vir = read_dicom_series(nist_phantom._series_dirs(nist_dir, "vir"), kind="ir", name="vir")
+    vir = read_dicom_series(str(nist_dir / "dicom" / "vir"), kind="ir", name="vir")
     labels = np.asarray(np.load(nist_dir / "rois.npz")["t1_labels"]).T
     ref = nist_phantom.load_reference(nist_dir, None)
     bias = {}
