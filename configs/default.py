@@ -89,6 +89,9 @@ def get_config():
     # whole slices; each a multiple of the network's 2**(levels-1)) and left-right flips.
     config.train.crop = ()
     config.train.flip = False
+    # (low, high): each training example's images times a gain log-uniform in it, its PD target
+    # with them (the regression task; () = off): T1 then cannot be read from absolute intensity.
+    config.train.intensity_scale = ()
     config.train.loss = "mae"
     config.train.loss_kwargs = ml_collections.ConfigDict()
     config.train.log_every = 25

@@ -17,6 +17,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from qmri_jax import losses as losses_lib
 from qmri_jax.engine import create_optimizer, create_state, eval_params
@@ -75,6 +76,11 @@ class RegressionTask:
             raise ValueError(f"config.train.crop={self.crop}: expected {dims} sizes "
                              f"(config.data.dims={dims}), each a multiple of "
                              f"{self.size_multiple} (the network's levels)")
+        self.intensity = tuple(float(v) for v in config.train.get("intensity_scale", ()))
+        if self.intensity and not (len(self.intensity) == 2
+                                   and 0 < self.intensity[0] <= self.intensity[1]):
+            raise ValueError(f"config.train.intensity_scale={self.intensity}: expected (low, "
+                             "high) with 0 < low <= high, or () (off)")
         self.scale = jnp.asarray(config.target_scale, jnp.float32)
         if self.scale.shape != (len(self.targets),):
             raise ValueError(f"config.target_scale={tuple(config.target_scale)}: expected one "
@@ -128,10 +134,26 @@ class RegressionTask:
                    for k, v in out.items()}
         return {**batch, **out}
 
+    def scale_intensity(self, batch, key):
+        """Each example's images times a receive gain drawn log-uniform in
+        ``config.train.intensity_scale``, and its PD target with them (T1, T2, k are ratios of
+        the images and stay): a network trained so cannot read T1 from the absolute intensity
+        left by a normalisation, which differs between scans (skull, field of view)."""
+        lo, hi = self.intensity
+        n = batch["images"].shape[0]
+        g = jnp.exp(jax.random.uniform(key, (n,), minval=np.log(lo), maxval=np.log(hi)))
+        g_img = g.reshape((n,) + (1,) * (batch["images"].ndim - 1))
+        is_pd = jnp.asarray([t == "PD" for t in self.targets])
+        g_tgt = jnp.where(is_pd, g.reshape((n,) + (1,) * (batch["targets"].ndim - 1)), 1.0)
+        return {**batch, "images": batch["images"] * g_img, "targets": batch["targets"] * g_tgt}
+
     def train_step(self, state, batch, key):
         if self.crop or self.flip:
             key, k_aug = jax.random.split(key)
             batch = self.augment(batch, k_aug)
+        if self.intensity:
+            key, k_int = jax.random.split(key)
+            batch = self.scale_intensity(batch, k_int)
 
         def loss_of(params):
             pred, stats = self._apply(params, state.batch_stats, batch["images"], True, key)

@@ -68,6 +68,38 @@ def test_crop_and_flip_cut_the_same_window_of_images_targets_and_mask():
         RegressionTask(cfg).augment(batch, jax.random.key(0))
 
 
+
+def test_intensity_scale_multiplies_images_and_pd_by_one_gain_per_example():
+    """train.intensity_scale: each example's images and its PD target times the same gain
+    (log-uniform in the range), T1 and T2 untouched; the gains differ between examples and stay
+    in range; a train step runs with it; bad ranges are refused by name."""
+    cfg = unet_config_tiny()
+    with cfg.unlocked():
+        cfg.train.intensity_scale = (0.5, 2.0)
+    task = create_task(cfg)
+    rng = np.random.default_rng(0)
+    batch = {"images": jnp.asarray(rng.uniform(0.1, 1, (6, 8, 8, 4)), jnp.float32),
+             "targets": jnp.asarray(rng.uniform(0.1, 1, (6, 8, 8, 3)), jnp.float32),
+             "mask": jnp.ones((6, 8, 8), bool)}
+    out = task.scale_intensity(batch, jax.random.key(3))
+    gain = np.asarray(out["images"] / batch["images"])
+    g = gain[:, 0, 0, 0]
+    np.testing.assert_allclose(gain, g[:, None, None, None] * np.ones_like(gain), rtol=1e-6)
+    assert np.all((g >= 0.5) & (g <= 2.0)) and np.ptp(g) > 0.3
+    pd = cfg.targets.index("PD")
+    np.testing.assert_allclose(out["targets"][..., pd] / batch["targets"][..., pd],
+                               gain[..., 0], rtol=1e-6)
+    for t in ("T1", "T2"):
+        i = cfg.targets.index(t)
+        np.testing.assert_array_equal(out["targets"][..., i], batch["targets"][..., i])
+    state = task.create_state(jax.random.key(0), batch)
+    _, metrics = jax.jit(task.train_step)(state, batch, jax.random.key(1))
+    assert np.isfinite(float(metrics["loss"]))
+    with cfg.unlocked():
+        cfg.train.intensity_scale = (2.0, 0.5)
+    with pytest.raises(ValueError, match="intensity_scale"):
+        create_task(cfg)
+
 def test_rim_task_takes_protocol_and_targets_from_the_data():
     cfg = rim_config.get_config()
     with cfg.unlocked():
