@@ -28,8 +28,8 @@ from scipy import ndimage
 
 from qmri_jax.physics.protocol import Protocol, simulate
 
-__all__ = ["AcquisitionConfig", "acquire", "normalise_images", "saturate", "invalid_samples", "smooth_bias_field",
-           "NORMALISATIONS"]
+__all__ = ["AcquisitionConfig", "acquire", "normalise_images", "saturate", "invalid_samples",
+           "smooth_bias_field", "NORMALISATIONS"]
 
 NORMALISATIONS = ("rescale", "p95", "p95_slice", "none")
 

@@ -251,8 +251,8 @@ def fit_signals(model: FitModel, protocol: Protocol, signals, *, valid=None, max
     w = jnp.broadcast_to(True if valid is None else jnp.asarray(valid), y.shape).reshape(-1, n)
     y = jnp.where(w, y.reshape(-1, n), 0.0)  # an invalid sample (even NaN) is never fitted
     theta, amp, _, converged, _, _ = _fit_core(
-        model, protocol, y, w.astype(y.dtype), jnp.float32(-1.0), jnp.zeros((y.shape[0], 0)), "gaussian",
-        max_iter, tol, lambda_init, _resolve_init(model, protocol, "auto"))
+        model, protocol, y, w.astype(y.dtype), jnp.float32(-1.0), jnp.zeros((y.shape[0], 0)),
+        "gaussian", max_iter, tol, lambda_init, _resolve_init(model, protocol, "auto"))
     phys, _ = _to_physical(model, theta, amp)
     out = {p: phys[:, i].reshape(lead) for i, p in enumerate(model.params)}
     out["converged"] = converged.reshape(lead)
