@@ -30,4 +30,7 @@ def get_config(preset: str = ""):
         # view); without this the U-Net read T1 +31% against DESPOT1 on that volume.
         config.train.intensity_scale = (0.5, 2.0)
         return config
+    if preset not in ("", "paper"):
+        raise ValueError(f"configs/unet.py: unknown preset {preset!r} (available: paper, "
+                         "invivo_mtsat)")
     return presets.apply(config, preset, "unet")
