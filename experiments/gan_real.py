@@ -29,14 +29,9 @@ import pathlib
 
 import numpy as np
 
+from experiments.phantom_learned import block_mean
+
 CLIP = 4095.0
-
-
-def _block(x, f):
-    if f <= 1:
-        return x
-    cx, cy = (x.shape[0] // f) * f, (x.shape[1] // f) * f
-    return x[:cx, :cy].reshape(cx // f, f, cy // f, f, *x.shape[2:]).mean(axis=(1, 3))
 
 
 def load_scans(data: pathlib.Path, invivo_tr: float, blocks: dict) -> dict:
@@ -49,9 +44,9 @@ def load_scans(data: pathlib.Path, invivo_tr: float, blocks: dict) -> dict:
         s = read_dicom_series(mse_dirs, kind="se", name="mse")
         img = s.images[:, :, 0].astype(np.float32)
         f = blocks["phantom"]
-        scans["phantom"] = (_block(img, f), np.asarray(s.protocol.te_ms),
-                            np.asarray(s.protocol.tr_ms), _block((~s.valid[:, :, 0]).astype(
-                                np.float32), f) > 0, None)
+        scans["phantom"] = (block_mean(img, None, f), np.asarray(s.protocol.te_ms),
+                            np.asarray(s.protocol.tr_ms), block_mean((~s.valid[:, :, 0]).astype(
+                                np.float32), None, f) > 0, None)
     mese = data / "invivo" / "mese" / "sub-01_MESE.nii.gz"
     if mese.is_file():
         import nibabel as nib
@@ -65,10 +60,10 @@ def load_scans(data: pathlib.Path, invivo_tr: float, blocks: dict) -> dict:
         mask_path = mese.parent / "sub-01_mask.nii.gz"
         brain = None
         if mask_path.is_file():
-            brain = _block(np.asarray(nib.load(str(mask_path)).dataobj, np.float32).reshape(
-                img.shape[:2]), f) >= 0.5
-        scans["invivo"] = (_block(img, f), te, np.full_like(te, invivo_tr),
-                           _block((img >= CLIP).astype(np.float32), f) > 0, brain)
+            brain = block_mean(np.asarray(nib.load(str(mask_path)).dataobj, np.float32).reshape(
+                img.shape[:2]), None, f) >= 0.5
+        scans["invivo"] = (block_mean(img, None, f), te, np.full_like(te, invivo_tr),
+                           block_mean((img >= CLIP).astype(np.float32), None, f) > 0, brain)
     if not scans:
         raise SystemExit(f"{data}: neither nist_phantom/A/dicom/mse nor invivo/mese found")
     return scans

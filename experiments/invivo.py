@@ -143,11 +143,24 @@ def _write(out, folder, subject, name, data, affine):
     return str(path)
 
 
+def ir_protocol(meta: dict, folder) -> Protocol:
+    """The IR series' protocol from its sidecar (TR, TIs; TE not stated: 0)."""
+    return Protocol.create("ir", tr_ms=float(_field(meta, "RepetitionTime_ms", folder)),
+                           ti_ms=_field(meta, "InversionTime_ms", folder), te_ms=0.0,
+                           name="invivo_ir")
+
+
+def mtsat_protocol(meta_pd: dict, meta_t1: dict, folder) -> Protocol:
+    """The PDw / T1w spoiled-gradient-echo pair's protocol from their sidecars (TE: 0)."""
+    tr = [float(_field(m, "RepetitionTime_ms", folder)) for m in (meta_pd, meta_t1)]
+    fa = [float(_field(m, "FlipAngle_deg", folder)) for m in (meta_pd, meta_t1)]
+    return Protocol.create("spgr", tr_ms=tr, te_ms=0.0, flip_deg=fa, names=("PDw", "T1w"),
+                           name="invivo_mtsat")
+
+
 def process_ir(folder, out):
     subject, img, affine, meta = _series(folder, "IR")
-    ti = _field(meta, "InversionTime_ms", folder)
-    prot = Protocol.create("ir", tr_ms=float(_field(meta, "RepetitionTime_ms", folder)),
-                           ti_ms=ti, te_ms=0.0, name="invivo_ir")
+    prot = ir_protocol(meta, folder)
     mask, how = _mask(folder, subject, img.shape[:-1], img.mean(-1))
     res = fit_images(img, prot, "ir_fse", mask=mask, options=SolverOptions(loss="rician"))
     files = [_write(out, "ir", subject, "T1map", res.maps["T1"], affine),
@@ -231,11 +244,7 @@ def process_mtsat(folder, out):
     subject, pdw, affine, meta_pd = _series(folder, "PDw")
     _, t1w, _, meta_t1 = _series(folder, "T1w")
     img = np.stack([pdw, t1w], axis=-1)
-    prot = Protocol.create("spgr", tr_ms=[float(_field(meta_pd, "RepetitionTime_ms", folder)),
-                                          float(_field(meta_t1, "RepetitionTime_ms", folder))],
-                           te_ms=0.0, flip_deg=[float(_field(meta_pd, "FlipAngle_deg", folder)),
-                                                float(_field(meta_t1, "FlipAngle_deg", folder))],
-                           name="invivo_mtsat")
+    prot = mtsat_protocol(meta_pd, meta_t1, folder)
     mask = brain_mask(pdw)
     res = fit_images(img, prot, "vfa", mask=mask, options=SolverOptions(loss="gaussian"),
                      estimate_sigma=False)

@@ -43,7 +43,6 @@ from experiments import invivo
 from qmri_jax.evaluation.transfer import otsu_threshold
 from qmri_jax.io import write_json, write_nifti
 from qmri_jax.io.nifti import write_text
-from qmri_jax.physics import Protocol
 
 MODELS = {"qmrlab_ir": ("ddpm_ir", "configs/ddpm.py", "invivo_ir"),
           "qmrlab_mtsat": ("unet_mtsat", "configs/unet.py", "invivo_mtsat")}
@@ -191,9 +190,7 @@ def run_ir(folder: pathlib.Path, workdir: pathlib.Path, out: pathlib.Path,
     subject, img, affine, meta = invivo._series(folder, "IR")
     if img.ndim != 4 or img.shape[2] != 1:
         raise SystemExit(f"{folder}: expected one IR slice [X, Y, 1, N], got {img.shape}")
-    prot = Protocol.create("ir", tr_ms=float(invivo._field(meta, "RepetitionTime_ms", folder)),
-                           ti_ms=invivo._field(meta, "InversionTime_ms", folder), te_ms=0.0,
-                           name="sidecar")
+    prot = invivo.ir_protocol(meta, folder)
     mask, how = invivo._mask(folder, subject, img.shape[:-1], img.mean(-1))
     fit = fit_images(img, prot, "ir_fse", mask=mask, options=SolverOptions(loss="rician"))
     x, m = img[:, :, 0], mask[:, :, 0]
@@ -250,10 +247,7 @@ def run_mtsat(folder: pathlib.Path, workdir: pathlib.Path, out: pathlib.Path) ->
     subject, pdw, affine, meta_pd = invivo._series(folder, "PDw")
     _, t1w, _, meta_t1 = invivo._series(folder, "T1w")
     img = np.stack([pdw, t1w], axis=-1)
-    tr = [float(invivo._field(mt, "RepetitionTime_ms", folder)) for mt in (meta_pd, meta_t1)]
-    fa = [float(invivo._field(mt, "FlipAngle_deg", folder)) for mt in (meta_pd, meta_t1)]
-    prot = Protocol.create("spgr", tr_ms=tr, te_ms=0.0, flip_deg=fa, names=("PDw", "T1w"),
-                           name="sidecar")
+    prot = invivo.mtsat_protocol(meta_pd, meta_t1, folder)
     mask = brain_only(pdw, affine)
     fit = fit_images(img, prot, "vfa", mask=mask, options=SolverOptions(loss="gaussian"),
                      estimate_sigma=False)

@@ -12,23 +12,23 @@ __all__ = ["block_mean", "learned_t1"]
 
 
 def block_mean(images, valid, f: int):
-    """``images [X, Y, N]`` averaged over ``f x f`` blocks (the trailing rows/columns that do not
-    fill a block dropped). With ``valid [X, Y, N]`` (bool) only the valid voxels of a block are
-    averaged and a block sample with fewer than half its voxels valid is NaN (not a measurement);
-    ``valid=None``: every voxel counts."""
+    """``images [X, Y, ...]`` averaged over ``f x f`` blocks of the first two axes (the trailing
+    rows/columns that do not fill a block dropped). With ``valid`` (bool, the shape of
+    ``images``) only the valid voxels of a block are averaged and a block value with fewer than
+    half its voxels valid is NaN (not a measurement); ``valid=None``: every voxel counts."""
     images = np.asarray(images, np.float32)
     if f <= 1:
         return images if valid is None else np.where(valid, images, np.nan).astype(np.float32)
     cx, cy = (images.shape[0] // f) * f, (images.shape[1] // f) * f
 
     def blocks(a):
-        return a[:cx, :cy].reshape(cx // f, f, cy // f, f, -1).sum(axis=(1, 3))
+        return a[:cx, :cy].reshape(cx // f, f, cy // f, f, *a.shape[2:])
 
     if valid is None:
-        return (blocks(images) / (f * f)).astype(np.float32)
+        return blocks(images).mean(axis=(1, 3))
     w = np.asarray(valid, np.float32)
-    count = blocks(w)
-    mean = blocks(images * w) / np.maximum(count, 1.0)
+    count = blocks(w).sum(axis=(1, 3))
+    mean = blocks(images * w).sum(axis=(1, 3)) / np.maximum(count, 1.0)
     return np.where(count >= 0.5 * f * f, mean, np.nan).astype(np.float32)
 
 
