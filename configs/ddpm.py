@@ -22,7 +22,14 @@ Presets:
   :unet   the time-conditioned U-Net of the paper's layout at CPU size (levels 32/32/64, 800
           steps, x0 objective), the default until 2026-11-23: more accurate on brains like its
           training data, far off on the phantom (its spatial prior);
-  :paper  that U-Net at the published sizes (levels 128/256/256, T = 1000, 2 mm, eps), for GPUs.
+  :paper  that U-Net at the published sizes (levels 128/256/256, T = 1000, 2 mm, eps), for GPUs;
+  :diffusor  the seed paper's own setting: its 7-TI IR-FSE protocol ("ir_fse_7ti": TR 10 s,
+          TE 7.14 ms, TI 50-2500 ms), targets T1 / PD / B (the IR-FSE inversion factor, 1 + k),
+          maps scaled by 2 tanh(x / x0) - 1 (ddpm.map_scaling='tanh'), batch 8, T = 1000, eps,
+          ancestral (DDPM) sampling over all 1000 steps, 10 samples, the paper-size U-Net; for
+          GPUs. configs/resnet.py:diffusor and configs/rim.py:diffusor (9 steps) are its
+          baselines on the same data and budget; experiments/diffusor_table.py compares them on
+          the NIST phantom (trained with --config.data.protocol=nist_vir, the phantom's scan).
 
 Training data: MNI152 brains plus "geometric" subjects (random ellipsoids, T1 10-4000 ms) so short
 and long T1 are covered, 3 T, Rician noise (SNR 50), mild B1 inhomogeneity (inversion efficiency
@@ -108,7 +115,29 @@ def get_config(preset: str = ""):
         config.train.eval_every = 5000
         config.train.checkpoint_every = 2000
         config.ddpm.eval_slices = 64
+    elif preset == "diffusor":
+        config.data.protocol = "ir_fse_7ti"
+        config.data.resolution_mm = 2
+        config.data.num_subjects = 97
+        config.data.slices_per_subject = 40
+        config.data.k_spread = 0.1  # B = 1 + k varies over subjects, not only with B1
+        config.targets = ("T1", "PD", "B")
+        config.target_scale = (1000.0, 1.0, 1.0)
+        config.ddpm.map_scaling = "tanh"
+        config.ddpm.features = (128, 256, 256)
+        config.ddpm.attention_levels = (1, 2)
+        config.ddpm.prediction = "eps"
+        config.ddpm.snr_cap = 0.0
+        config.ddpm.sampler = "ddpm"
+        config.ddpm.sample_steps = 1000
+        config.ddpm.num_samples = 10
+        config.ddpm.eval_slices = 64
+        config.train.batch_size = 8
+        config.train.num_steps = 100000
+        config.train.learning_rate = 1e-4
+        config.train.eval_every = 5000
+        config.train.checkpoint_every = 2000
     elif preset != "unet":
         raise ValueError(f"configs/ddpm.py: unknown preset {preset!r} (available: voxel, "
-                         "invivo_ir, unet, paper)")
+                         "invivo_ir, unet, paper, diffusor)")
     return config

@@ -3,6 +3,8 @@ protocol, on the same data as configs/ddpm.py:unet (no per-subject k spread).
 
 Run: python -m qmri_jax.main --config=configs/rim.py --workdir=/tmp/qmri_rim
 GPU preset: --config=configs/rim.py:paper
+The qMRI Diffusor's RIM baseline (9 steps; configs/ddpm.py:diffusor's data, targets T1 / PD / B,
+batch 8 and step budget): --config=configs/rim.py:diffusor
 """
 
 import ml_collections
@@ -11,6 +13,14 @@ from configs import ddpm
 
 
 def get_config(preset: str = ""):
+    if preset == "diffusor":  # the qMRI Diffusor's RIM baseline: 9 steps, its data and budget
+        config = ddpm.get_config("diffusor")
+        config.task = "rim"
+        config.model = ml_collections.ConfigDict({"name": "rim", "features": 64,
+                                                  "num_iterations": 9})
+        config.train.loss = "nmae"
+        config.train.ema_decay = 0.0
+        return config
     config = ddpm.get_config("paper" if preset == "paper" else "unet")
     config.task = "rim"  # the RIM's protocol and targets are the data's
     config.model = ml_collections.ConfigDict({"name": "rim", "features": 32,
@@ -29,5 +39,6 @@ def get_config(preset: str = ""):
         config.model.num_iterations = 8
         config.train.num_steps = 30000
     elif preset:
-        raise ValueError(f"configs/rim.py: unknown preset {preset!r} (available: paper)")
+        raise ValueError(f"configs/rim.py: unknown preset {preset!r} (available: paper, "
+                         "diffusor)")
     return config

@@ -57,7 +57,8 @@ T2_JUDGED = range(2, 13)
 
 
 def load_reference(data: pathlib.Path, temperature: float | None) -> dict:
-    """(array, index) -> {"T1": ms, "T2": ms} at the requested temperature (default 20 C)."""
+    """(array, index) -> {"T1": ms, "T2": ms, "T1_unc": ms, "T2_unc": ms} at the requested
+    temperature (default 20 C); the uncertainties are NaN where the table has none."""
     rows = None
     if temperature is not None:
         for cand in (data / "reference_all_temperatures.csv", data.parent / "reference_all_temperatures.csv"):
@@ -79,14 +80,17 @@ def load_reference(data: pathlib.Path, temperature: float | None) -> dict:
     ref = {}
     for r in rows:
         try:
-            ref[(r["sphere_array"], int(r["sphere_index"]))] = {"T1": float(r["ref_T1_ms"]),
-                                                               "T2": float(r["ref_T2_ms"])}
+            ref[(r["sphere_array"], int(r["sphere_index"]))] = {
+                "T1": float(r["ref_T1_ms"]), "T2": float(r["ref_T2_ms"]),
+                "T1_unc": float(r.get("ref_T1_unc_ms") or "nan"),
+                "T2_unc": float(r.get("ref_T2_unc_ms") or "nan")}
         except (KeyError, ValueError) as e:
             raise SystemExit(f"reference table: bad row {r}: {e}") from None
     return ref
 
 
-def _series_dirs(data, name):
+def series_dirs(data, name):
+    """The DICOM series folders of one protocol of a scan session (``data/dicom/<name>/*``)."""
     dirs = sorted(glob.glob(str(data / "dicom" / name / "*")))
     if not dirs:
         raise SystemExit(f"{data / 'dicom' / name}: no series folders found")
@@ -134,7 +138,7 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
     t0 = time.perf_counter()
 
     # ---- T1 from variable inversion recovery.
-    vir = read_dicom_series(_series_dirs(data, "vir"), kind="ir", name="vir")
+    vir = read_dicom_series(series_dirs(data, "vir"), kind="ir", name="vir")
     if vir_scale != 1.0:
         vir = scale_and_clip(vir, vir_scale)
         results["vir_scale"] = vir_scale
@@ -159,7 +163,7 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
     learned_sd = [roi_medians(m["T1_std"], t1_labels) if "T1_std" in m else None for m in learned]
 
     # ---- T2 from multi-echo spin echo.
-    mse = read_dicom_series(_series_dirs(data, "mse"), kind="se", name="mse")
+    mse = read_dicom_series(series_dirs(data, "mse"), kind="se", name="mse")
     t2_labels = np.asarray(rois["t2_labels"]).T
     if t2_labels.shape != mse.images.shape[:2]:
         raise SystemExit(f"{rois_path}: t2_labels does not match the MSE images")

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.nist_phantom import T1_JUDGED, _series_dirs, fit_vir, load_reference
+from experiments.nist_phantom import T1_JUDGED, fit_vir, load_reference, series_dirs
 from experiments.phantom_learned import learned_t1
 from qmri_jax.evaluation import roi_medians
 from qmri_jax.io import read_dicom_series
@@ -89,7 +89,7 @@ def run(data, checkpoint, out=None, scales=(0.7, 0.85, 1.15, 1.4), snr=50.0, see
     data = pathlib.Path(data)
     ref = load_reference(data, None)
     rois = np.load(data / "rois.npz")
-    vir = read_dicom_series(_series_dirs(data, "vir"), kind="ir", name="vir")
+    vir = read_dicom_series(series_dirs(data, "vir"), kind="ir", name="vir")
     labels = np.asarray(rois["t1_labels"]).T
     mask = labels > 0
     spheres = [k for k in T1_JUDGED if (labels == k).any()]

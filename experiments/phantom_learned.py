@@ -33,7 +33,8 @@ def block_mean(images, valid, f: int):
 
 
 def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm=None) -> dict:
-    """T1 (and posterior std for a DDPM) from a model trained with ``qmri_jax.main`` on the VIR
+    """T1 and the model's other target maps (``{name: [X, Y]}``, plus ``name_std``, the posterior
+    std, for a DDPM; NaN outside ``mask``) from a model trained with ``qmri_jax.main`` on the VIR
     protocol, applied to the real VIR images normalised like its training data.
 
     ``norm_mask`` (default ``mask``) is where the normalisation's percentile is taken;
@@ -99,11 +100,11 @@ def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm
     # numbers in docs/results.md) are those of the DDPM's evaluation batches.
     out = predict_in_batches(fn, x, int(config.predict.get("batch_size", 8)),
                              jax.random.key(0))
-    i = names.index("T1")
-    res = {"T1": np.where(mask, back(out["mean"][0, ..., i]), np.nan),
-           "kind": f"{type(task).__name__} at {f * pixel_mm:.1f} mm, clipped samples "
+    res = {"kind": f"{type(task).__name__} at {f * pixel_mm:.1f} mm, clipped samples "
                    + ("marked invalid" if with_validity else "fed as measured (no validity mask)")}
-    if "std" in out:
-        res["T1_std"] = np.where(mask, back(out["std"][0, ..., i]), np.nan)
+    for i, name in enumerate(names):
+        res[name] = np.where(mask, back(out["mean"][0, ..., i]), np.nan)
+        if "std" in out:
+            res[f"{name}_std"] = np.where(mask, back(out["std"][0, ..., i]), np.nan)
     return res
 

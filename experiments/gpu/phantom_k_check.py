@@ -16,7 +16,7 @@ from qmri_jax.fitting.models import get_model
 
 data = pathlib.Path("../shared/nist_phantom/A")  # run from the repository root
 ref = n.load_reference(data, None)
-vir = n.read_dicom_series(n._series_dirs(data, "vir"), kind="ir", name="vir")
+vir = n.read_dicom_series(n.series_dirs(data, "vir"), kind="ir", name="vir")
 lab = np.load(data / "rois.npz")["t1_labels"].T
 img, valid = vir.images[:, :, 0], vir.valid[:, :, 0]
 mask = lab > 0

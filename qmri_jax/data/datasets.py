@@ -270,7 +270,6 @@ def epoch_arrays(config: DataConfig, split: str = "train", epoch: int = 0,
     return _stack(examples)
 
 
-# --------------------------------------------------------------------------------------------------
 # TFDS builders (tensorflow_datasets is imported lazily: it is only needed to build or read).
 
 
@@ -278,10 +277,11 @@ def _builder_classes():
     import tensorflow_datasets as tfds
 
     class _QmriBase(tfds.core.GeneratorBasedBuilder):
-        VERSION = tfds.core.Version("1.2.0")
+        VERSION = tfds.core.Version("1.3.0")
         RELEASE_NOTES = {"1.0.0": "MNI152 anatomy, literature tissue table, pathology, acquisition.",
                          "1.1.0": "'p95' normalisation: one factor per series (was per image).",
-                         "1.2.0": "Deep grey matter ROI masks 'putamen' and 'thalamus'."}
+                         "1.2.0": "Deep grey matter ROIs 'putamen', 'thalamus'.", "1.3.0":
+                         "IR-FSE images carry the subject's inversion (B = 1 + k)."}
         DIMS = 2
 
         def __init__(self, *, qmri_config: DataConfig, **kwargs):

@@ -32,10 +32,12 @@ K_RANGE = (0.5, 1.05)
 
 
 def _unscale(x, name, k_range=K_RANGE):
-    """[-1, 1] -> physical: k linear over ``k_range``, T1 as :func:`from_unit_range`."""
-    if name == "k":
+    """[-1, 1] -> physical: k linear over ``k_range`` (``B = 1 + k``), T1 as
+    :func:`from_unit_range`."""
+    if name in ("k", "B"):
         lo, hi = k_range
-        return (jnp.clip(x, -1, 1) + 1) / 2 * (hi - lo) + lo
+        k = (jnp.clip(x, -1, 1) + 1) / 2 * (hi - lo) + lo
+        return k if name == "k" else 1.0 + k
     return from_unit_range(x, name)
 
 
@@ -43,7 +45,7 @@ def profiled_nll(xs, images, protocol, names, k_range=K_RANGE):
     """Per-voxel Gaussian NLL ``0.5 ||y - a b(x)||^2`` with the amplitude ``a`` profiled out.
 
     Args:
-      xs: scaled estimates ``[..., len(names)]`` in [-1, 1] (names from ``("T1", "k")``).
+      xs: scaled estimates ``[..., len(names)]`` in [-1, 1] (names from ``("T1", "k", "B")``).
       images: ``[..., N]``.
       protocol: the Protocol.
       names: the quantities in ``xs``.
@@ -52,7 +54,8 @@ def profiled_nll(xs, images, protocol, names, k_range=K_RANGE):
     Returns:
       ``(nll [...], amplitude [...])``.
     """
-    maps = {"PD": 1.0, "T2": 1e4, "k": 1.0}  # T2 only scales every image by e^{-TE/T2}: in ``a``
+    # T2 only scales every image by e^{-TE/T2}: in ``a``. Without k or B a perfect inversion.
+    maps = {"PD": 1.0, "T2": 1e4}
     for i, n in enumerate(names):
         maps[n] = _unscale(xs[..., i], n, k_range)
     b = simulate(maps, protocol)
@@ -74,7 +77,8 @@ class ConvGRU(nn.Module):
 
 
 class RIM(nn.Module):
-    """Attributes: ``protocol`` (name), ``targets`` (output order, from T1/PD/k), ``features``,
+    """Attributes: ``protocol`` (name), ``targets`` (output order, from T1/PD/k, or B = 1 + k for
+    k, the qMRI Diffusor's form), ``features``,
     ``num_iterations``, ``out_scale`` (unused scale of the PD head, kept for the model registry),
     ``k_range`` (the physical range of the k estimate)."""
 
@@ -88,7 +92,9 @@ class RIM(nn.Module):
     @nn.compact
     def __call__(self, images, train: bool = False):
         prot = get_protocol(self.protocol)
-        est = tuple(n for n in ("T1", "k") if n in self.targets)
+        est = tuple(n for n in ("T1", "k", "B") if n in self.targets)
+        if {"k", "B"} <= set(est):
+            raise ValueError("RIM: targets k and B are one quantity (B = 1 + k); give one")
         b, h, w, _ = images.shape
         xs = jnp.zeros((b, h, w, len(est)))
         hidden = jnp.zeros((b, h, w, self.features))

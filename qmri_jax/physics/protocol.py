@@ -182,6 +182,14 @@ def _required(maps, key, kind):
     return jnp.asarray(maps[key])
 
 
+def _efficiency(maps):
+    """The inversion efficiency ``k`` of ``maps``: ``"k"``, else ``"B" - 1`` (the IR-FSE
+    inversion factor ``B = 1 + k``), else 1 (a perfect inversion)."""
+    if "k" in maps:
+        return maps["k"]
+    return maps["B"] - 1.0 if "B" in maps else 1.0
+
+
 def _one_image(maps, kind, tr, te, ti, flip):
     if kind == "se":
         return signals.spin_echo(_required(maps, "PD", kind), _required(maps, "T1", kind),
@@ -189,10 +197,11 @@ def _one_image(maps, kind, tr, te, ti, flip):
     if kind in ("ir", "ir_signed", "flair"):
         return signals.inversion_recovery(
             _required(maps, "PD", kind), _required(maps, "T1", kind), _required(maps, "T2", kind),
-            tr, te, ti, k=maps.get("k", 1.0), magnitude=(kind != "ir_signed"))
+            tr, te, ti, k=_efficiency(maps), magnitude=(kind != "ir_signed"))
     if kind == "ir_fse":
+        b = maps["B"] if "B" in maps else 1.0 + _efficiency(maps)
         return signals.ir_fse_magnitude(_required(maps, "PD", kind), _required(maps, "T1", kind),
-                                        ti, b=maps.get("B", 2.0))
+                                        ti, b=b)
     if kind == "spgr":
         return signals.spoiled_gradient_echo(
             _required(maps, "PD", kind), _required(maps, "T1", kind), tr, flip, te_ms=te,
@@ -200,10 +209,10 @@ def _one_image(maps, kind, tr, te, ti, flip):
     if kind == "mprage":
         return signals.mprage(_required(maps, "PD", kind), _required(maps, "T1", kind), tr, ti,
                               flip, te_ms=te, t2s_ms=maps.get("T2s", jnp.inf),
-                              k=maps.get("k", 1.0), b1=maps.get("B1", 1.0))
+                              k=_efficiency(maps), b1=maps.get("B1", 1.0))
     if kind == "space_flair":
         return space.space_flair(_required(maps, "PD", kind), _required(maps, "T1", kind),
-                                 _required(maps, "T2", kind), tr, te, ti, k=maps.get("k", 1.0))
+                                 _required(maps, "T2", kind), tr, te, ti, k=_efficiency(maps))
     raise ValueError(f"unknown sequence kind {kind!r}")
 
 
@@ -213,6 +222,8 @@ def simulate(maps: Mapping[str, jax.Array], protocol: Protocol) -> jax.Array:
     Args:
       maps: dict of maps (``"PD"``, ``"T1"`` in ms, ``"T2"`` in ms, optional ``"k"``, ``"B"``,
         ``"T2s"``, ``"B1"``), each ``[...]`` (e.g. ``[H, W]`` or ``[B, H, W]``), broadcastable.
+        The inversion is one quantity in two forms, ``B = 1 + k``: every IR kind takes its own
+        (``k``; ``B`` for ``ir_fse``) or else the other (default ``k = 1``, ``B = 2``).
       protocol: the :class:`Protocol` with ``N`` images.
 
     Returns:

@@ -33,12 +33,24 @@ def data_config(config) -> datasets.DataConfig:
 
 def as_batch_arrays(arrays: dict, targets) -> dict:
     """A split's stored arrays -> ``images [N, *S, C_in]``, ``targets [N, *S, C]`` (``targets``
-    order, physical units), ``mask [N, *S]`` plus the labels present."""
+    order, physical units; ``B`` derived as ``1 + k``), ``mask [N, *S]`` plus the labels
+    present."""
     out = {"images": arrays["images"].astype(np.float32),
-           "targets": np.stack([arrays[t] for t in targets], axis=-1).astype(np.float32),
+           "targets": np.stack([_target(arrays, t) for t in targets], axis=-1).astype(np.float32),
            "mask": arrays["brain"].astype(np.float32)}
     out.update({k: arrays[k] for k in _LABELS if k in arrays})
     return out
+
+
+def _target(arrays: dict, name: str) -> np.ndarray:
+    """A stored map, or ``B``: the IR-FSE inversion factor ``1 + k`` (0 outside the brain, like
+    ``k``), the form of the inversion efficiency the qMRI Diffusor estimates."""
+    if name == "B" and "B" not in arrays and "k" in arrays:
+        return np.where(arrays["brain"], 1.0 + arrays["k"], 0.0)
+    if name not in arrays:
+        raise ValueError(f"config.targets: no map {name!r} in the data (its maps: "
+                         f"{sorted(k for k in arrays if k in datasets.MAP_KEYS)}, and B = 1 + k)")
+    return arrays[name]
 
 
 def load_data(config) -> dict:

@@ -130,7 +130,7 @@ class DdpmTask:
                     loss_mask = jnp.where(batch["redrawn"][..., None] & is_pd, 0.0, 1.0)
             if d.validity:  # per voxel, after the re-simulation (which fits the series)
                 batch = {**batch, "images": self._invalid(batch["images"], k_inv)}
-        x0 = scale_maps(batch["targets"], batch["mask"], names)
+        x0 = scale_maps(batch["targets"], batch["mask"], names, d.map_scaling)
         c = self._condition(batch["images"])  # per voxel ("fit" too): after the draw
         if d.residual:
             x0 = (x0 - fit_base(c, names)) * jnp.asarray(self.residual_scale)
@@ -141,7 +141,7 @@ class DdpmTask:
         """The training loss on whole validation slices at the given noise draws; over the brain
         voxels only where training draws no background (``voxel_background=0``): otherwise voxels
         the network never trained on would dominate it, and with it the best checkpoint."""
-        x0 = scale_maps(batch["targets"], batch["mask"], self.names)
+        x0 = scale_maps(batch["targets"], batch["mask"], self.names, self.cfg.map_scaling)
         c = self._condition(batch["images"])
         if self.cfg.residual:
             x0 = (x0 - fit_base(c, self.names)) * jnp.asarray(self.residual_scale)
@@ -174,7 +174,7 @@ class DdpmTask:
                 else:
                     x = samplers.ddim_sample(fn, self.schedule, shape, key_k, steps, d.eta,
                                              prediction=d.prediction, clip=clip)
-                return unscale_maps(x / rs + base, names)
+                return unscale_maps(x / rs + base, names, d.map_scaling)
 
             draws = jax.vmap(one)(jax.random.split(key, k))
             return {"mean": draws.mean(0), "std": draws.std(0), "samples": draws}

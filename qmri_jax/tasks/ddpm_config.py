@@ -9,7 +9,7 @@ import numpy as np
 
 from qmri_jax.diffusion.conditioning import CONDITIONS, FIT_CHANNELS
 from qmri_jax.diffusion.voxel_draw import VOXEL_PRIORS
-from qmri_jax.physics.units import SCALING
+from qmri_jax.physics.units import MAP_SCALINGS, SCALING, TANH_SCALE
 
 __all__ = ["DdpmConfig", "NETWORKS", "RESIMULATE_PD"]
 
@@ -34,6 +34,7 @@ class DdpmConfig:
     schedule: str = "linear"
     num_steps: int = 1000
     prediction: str = "eps"
+    map_scaling: str = "range"
     snr_cap: float = 0.0
     sampler: str = "ddim"
     sample_steps: int = 50
@@ -89,10 +90,17 @@ class DdpmConfig:
         def bad(key, expected):
             raise ValueError(f"config.ddpm.{key}={getattr(self, key)!r}: {expected}")
 
+        if self.map_scaling not in MAP_SCALINGS:
+            bad("map_scaling", f"expected one of {MAP_SCALINGS}")
+        known = SCALING if self.map_scaling == "range" else TANH_SCALE
         for t in names:
-            if t not in SCALING:
-                raise ValueError(f"config.targets: {t!r} has no DDPM scaling (known: "
-                                 f"{sorted(SCALING)})")
+            if t not in known:
+                raise ValueError(f"config.targets: {t!r} has no DDPM scaling "
+                                 f"config.ddpm.map_scaling={self.map_scaling!r} (known: "
+                                 f"{sorted(known)})")
+        if self.map_scaling != "range" and self.residual:
+            bad("map_scaling", "the residual DDPM diffuses around the fit on the 'range' "
+                "scaling (config.ddpm.residual=True needs map_scaling='range')")
         if self.dtype not in ("float32", "bfloat16"):
             bad("dtype", "expected 'float32' or 'bfloat16'")
         if self.network not in NETWORKS:

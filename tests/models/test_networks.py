@@ -303,6 +303,36 @@ def test_rim_shapes_gradients_and_data_term():
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(gr))
 
 
+def test_rim_estimates_b_as_one_plus_k_for_ir_and_ir_fse():
+    """Targets T1 / PD / B (the qMRI Diffusor's): the data term at B equals the one at k = B - 1
+    on the IR protocol, is zero at the truth on the IR-FSE protocol, and B comes out within
+    1 + k_range."""
+    from qmri_jax.models.rim import K_RANGE, profiled_nll
+    from qmri_jax.physics.protocol import get_protocol, simulate
+    vir, fse = get_protocol("nist_vir"), get_protocol("ir_fse_7ti")
+    xs = jnp.array([[0.2, 0.4], [-0.3, -0.5]])  # (T1, k) and (T1, B) on the same unit scale
+    for prot in (vir, fse):
+        yk = simulate({"PD": 1.0, "T1": jnp.array([700.0, 300.0]), "T2": 1e4, "k": 0.9}, prot)
+        np.testing.assert_allclose(profiled_nll(xs, yk, prot, ("T1", "B"))[0],
+                                   profiled_nll(xs, yk, prot, ("T1", "k"))[0], rtol=1e-5)
+    from qmri_jax.physics.units import from_unit_range
+    t1 = float(from_unit_range(jnp.asarray(0.2), "T1"))
+    b = 1 + K_RANGE[0] + (0.4 + 1) / 2 * (K_RANGE[1] - K_RANGE[0])
+    y = 2.0 * simulate({"PD": 1.0, "T1": jnp.array([t1]), "B": b}, fse)
+    nll, a = profiled_nll(xs[:1], y, fse, ("T1", "B"))
+    assert float(nll[0]) == pytest.approx(0.0, abs=1e-6) and float(a[0]) == pytest.approx(2.0,
+                                                                                       rel=1e-4)
+    rim = models.RIM(protocol="ir_fse_7ti", targets=("T1", "PD", "B"), features=8,
+                     num_iterations=2)
+    x = jax.random.uniform(jax.random.key(0), (1, 8, 8, 7))
+    out = rim.apply(rim.init(jax.random.key(1), x), x)
+    assert out.shape == (1, 8, 8, 3)
+    assert bool(jnp.all((out[..., 2] >= 1 + K_RANGE[0]) & (out[..., 2] <= 1 + K_RANGE[1])))
+    bad = models.RIM(protocol="nist_vir", targets=("T1", "k", "B"), features=8, num_iterations=1)
+    with pytest.raises(ValueError, match="one quantity"):
+        bad.init(jax.random.key(1), jnp.ones((1, 8, 8, 10)))
+
+
 @pytest.mark.parametrize("padding,dilation", [("SAME", (1, 1, 1)), ("REFLECT", (2, 1, 2))])
 def test_conv3d_equals_a_naive_3d_convolution(padding, dilation):
     from qmri_jax.models.layers import Conv3D

@@ -184,6 +184,28 @@ def test_named_protocols():
     assert q.kinds == p.kinds and q.names == p.names
 
 
+def test_inversion_given_as_k_or_as_b_is_one_quantity():
+    """B = 1 + k: an IR-FSE series simulated from k equals the one from B = 1 + k (closed form
+    |PD (1 - B e^{-TI/T1})|), an IR series from B equals the one from k = B - 1, and without
+    either the inversion is perfect (k = 1, B = 2)."""
+    fse, vir = physics.get_protocol("ir_fse_7ti"), physics.get_protocol("nist_vir")
+    base = {"PD": 0.8, "T1": 900.0, "T2": 80.0}
+    k = 0.85
+    by_k = physics.simulate({**base, "k": k}, fse)
+    ti = np.asarray(fse.ti_ms)
+    np.testing.assert_allclose(by_k, 0.8 * np.abs(1 - (1 + k) * np.exp(-ti / 900.0)), rtol=1e-5)
+    np.testing.assert_allclose(physics.simulate({**base, "B": 1 + k}, fse), by_k, rtol=1e-6)
+    np.testing.assert_allclose(physics.simulate({**base, "B": 1 + k}, vir),
+                               physics.simulate({**base, "k": k}, vir), rtol=1e-6)
+    np.testing.assert_allclose(physics.simulate(base, fse),
+                               physics.simulate({**base, "B": 2.0}, fse), rtol=1e-6)
+    np.testing.assert_allclose(physics.simulate(base, vir),
+                               physics.simulate({**base, "k": 1.0}, vir), rtol=1e-6)
+    # The kind's own form wins where both are given.
+    np.testing.assert_allclose(physics.simulate({**base, "k": 0.5, "B": 1 + k}, fse), by_k,
+                               rtol=1e-6)
+
+
 def test_protocol_validation():
     with pytest.raises(ValueError, match="unknown sequence kind"):
         physics.Protocol.create(("se", "bogus"), tr_ms=100.0)

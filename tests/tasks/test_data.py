@@ -6,7 +6,8 @@ import pytest
 
 from configs import unet as unet_config
 from qmri_jax.physics.protocol import get_protocol
-from qmri_jax.tasks.data import input_index, input_protocol, load_data, select_inputs
+from qmri_jax.tasks.data import (as_batch_arrays, input_index, input_protocol, load_data,
+                                 select_inputs)
 
 
 def test_inputs_select_channels_and_protocol_by_name():
@@ -41,3 +42,16 @@ def test_load_data_with_inputs_gives_the_subset_and_its_protocol(tmp_path):
     assert [im["name"] for im in data["protocol"]["images"]] == ["PDw", "T1w"]
     assert data["protocol"]["images"][0]["tr_ms"] == 8000.0
     assert [im["name"] for im in full["protocol"]["images"]] == ["T1w", "T2w", "PDw", "FLAIR"]
+
+
+def test_target_b_is_one_plus_k_in_the_brain_and_an_unknown_target_is_named():
+    """The qMRI Diffusor's B target comes from the stored k: 1 + k in the brain, 0 outside."""
+    brain = np.array([[True, False], [True, True]])
+    k = np.array([[0.9, 0.0], [1.1, 0.95]], np.float32)
+    arrays = {"images": np.ones((2, 2, 3), np.float32), "brain": brain, "k": k,
+              "T1": np.full((2, 2), 800.0), "PD": np.full((2, 2), 0.7)}
+    out = as_batch_arrays(arrays, ("T1", "PD", "B"))
+    np.testing.assert_allclose(out["targets"][..., 2], np.where(brain, 1 + k, 0.0), rtol=1e-6)
+    np.testing.assert_allclose(out["targets"][..., 0], 800.0)
+    with pytest.raises(ValueError, match=r"no map 'T2'.*its maps: \['PD', 'T1', 'k'\]"):
+        as_batch_arrays(arrays, ("T1", "T2"))

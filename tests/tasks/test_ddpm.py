@@ -222,6 +222,19 @@ def test_voxel_network_task_trains_and_samples_each_voxel_on_its_own(vir_data):
         assert ut.cfg.condition == "images" and not ut.cfg.residual
     with pytest.raises(ValueError, match="unknown preset 'voxels'"):
         ddpm_config.get_config("voxels")
+    # :diffusor follows the seed paper; the ResNet and RIM baselines share its data and budget.
+    from configs import resnet as resnet_config
+    from configs import rim as rim_config
+    dcfg = ddpm_config.get_config("diffusor")
+    dt = DdpmTask(dcfg)
+    assert dt.protocol is None and dcfg.data.protocol == "ir_fse_7ti"
+    assert dt.names == ("T1", "PD", "B") and dt.cfg.map_scaling == "tanh"
+    assert (dt.cfg.sampler, dt.cfg.num_steps, dt.cfg.num_samples, dt.cfg.prediction) == (
+        "ddpm", 1000, 10, "eps") and dcfg.train.batch_size == 8
+    for base in (resnet_config.get_config("diffusor"), rim_config.get_config("diffusor")):
+        assert base.data.to_dict() == dcfg.data.to_dict() and base.targets == dcfg.targets
+        assert (base.train.batch_size, base.train.num_steps) == (8, dcfg.train.num_steps)
+    assert rim_config.get_config("diffusor").model.num_iterations == 9
 
 
 def _voxel_steps_change_parameters(vir_data, **ddpm_fields):
@@ -423,3 +436,37 @@ def test_validity_mask_trains_and_an_invalid_sample_never_reaches_the_posterior(
     assert np.isnan(np.asarray(out["mean"][0, 10, 12])).all()
     assert np.isfinite(np.asarray(out["mean"][0, 10, 13])).all()
     _task_refuses(cfg, "missing_augment", missing_augment=0.3)
+
+
+def _with_b(arrays):
+    """The split with its k target replaced by B = 1 + k (0 outside the brain)."""
+    t = np.array(arrays["targets"])
+    t[..., 2] = np.where(arrays["mask"] > 0, 1 + t[..., 2], 0.0)
+    return {**arrays, "targets": t}
+
+
+def test_diffusor_preset_trains_on_b_and_samples_through_the_tanh_scaling(vir_data):
+    """configs/ddpm.py:diffusor (shrunk): targets T1 / PD / B, maps diffused on 2 tanh(x/x0) - 1,
+    ancestral sampling. A network that predicts x0 = 0 everywhere gives x0 * artanh(1/2) for
+    every map: the tanh scaling's inverse, not the range scaling's (T1 245 ms there)."""
+    from qmri_jax.physics.units import TANH_SCALE
+    cfg = tiny_ddpm(3, preset="diffusor")
+    with cfg.unlocked():
+        cfg.data.protocol = "nist_vir"
+        cfg.ddpm.attention_levels = ()
+    assert cfg.ddpm.sampler == "ddpm" and cfg.ddpm.map_scaling == "tanh"
+    task = DdpmTask(cfg)
+    data = _with_b(vir_data["train"])
+    batch = _batch(data)
+    state = task.create_state(jax.random.key(0), batch)
+    state, metrics = task.train_step(state, batch, jax.random.key(1))
+    assert bool(metrics["finite"]) and float(metrics["loss"]) > 0
+    with cfg.unlocked():
+        cfg.ddpm.prediction = "x0"
+    task = DdpmTask(cfg)
+    out = task.predict(_zero_state(task, batch["images"]), batch["images"][:1],
+                       jax.random.key(2))
+    want = [TANH_SCALE[n] * np.arctanh(0.5) for n in ("T1", "PD", "B")]
+    np.testing.assert_allclose(out["mean"][0, 0, 0], want, rtol=1e-4)
+    assert float(out["std"].max()) < 1e-3 * 2000
+    _task_refuses(cfg, "map_scaling", residual=True, condition="fit")
