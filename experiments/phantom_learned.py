@@ -32,7 +32,8 @@ def block_mean(images, valid, f: int):
     return np.where(count >= 0.5 * f * f, mean, np.nan).astype(np.float32)
 
 
-def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm=None) -> dict:
+def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm=None,
+               batch_size=None) -> dict:
     """T1 and the model's other target maps (``{name: [X, Y]}``, plus ``name_std``, the posterior
     std, for a DDPM; NaN outside ``mask``) from a model trained with ``qmri_jax.main`` on the VIR
     protocol, applied to the real VIR images normalised like its training data.
@@ -41,7 +42,8 @@ def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm
     ``transform`` (``[X, Y, N] -> [X, Y, N]``, default none) is applied to the normalised images at
     the scan's grid, before they are brought to the network's voxel size (used by
     ``experiments.phantom_domain_gap``). ``apply_mm`` (default: the training voxel size) is the
-    voxel size the images are block-averaged to before the network sees them."""
+    voxel size the images are block-averaged to before the network sees them. ``batch_size``
+    (default: the workdir's ``predict.batch_size``) is the batch the one slice is padded to."""
     import json
 
     import ml_collections
@@ -98,8 +100,8 @@ def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm
     fn = jax.jit(lambda im, key: task.predict(state, im, key))
     # The one slice padded to a batch of predict.batch_size copies: the noise draws (and so the
     # numbers in docs/results.md) are those of the DDPM's evaluation batches.
-    out = predict_in_batches(fn, x, int(config.predict.get("batch_size", 8)),
-                             jax.random.key(0))
+    batch = int(config.predict.get("batch_size", 8) if batch_size is None else batch_size)
+    out = predict_in_batches(fn, x, batch, jax.random.key(0))
     res = {"kind": f"{type(task).__name__} at {f * pixel_mm:.1f} mm, clipped samples "
                    + ("marked invalid" if with_validity else "fed as measured (no validity mask)")}
     for i, name in enumerate(names):

@@ -50,7 +50,6 @@ def workdirs(tmp_path_factory):
         with cfg.unlocked():
             cfg.data.protocol = "nist_vir"  # the phantom's scan, as the experiment's README says
             cfg.data.resolution_mm = 4  # the data below; the phantom is mapped at it
-            cfg.predict.batch_size = 1  # the one phantom slice, not 8 copies
             cfg.eval.figures = False
         d = cfg.data
         dcfg = datasets.DataConfig(protocol=d.protocol, resolution_mm=4, num_subjects=4,
