@@ -56,7 +56,8 @@ def workdirs(tmp_path_factory):
                                    slices_per_subject=2, snr=d.snr, k_spread=d.k_spread,
                                    normalisation=d.normalisation)
         wd = root / name
-        train.train_and_evaluate(cfg, str(wd), data=split_arrays(
+        # stopped at the last step: checkpoints, no test-split evaluation (not needed here)
+        train.train_and_evaluate(cfg, str(wd), stop_at=cfg.train.num_steps, data=split_arrays(
             dcfg, (slice(None), slice(8, 40), slice(12, 44)), tuple(cfg.targets)))
         out[name] = wd
     return out

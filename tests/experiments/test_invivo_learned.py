@@ -36,7 +36,9 @@ def _tiny_workdirs(root):
                                    slices_per_subject=2, snr=d.snr, k_spread=d.k_spread,
                                    normalisation=d.normalisation)
         wd = str(root / name)
-        train.train_and_evaluate(cfg, wd, data=split_arrays(dcfg, crop, tuple(cfg.targets)))
+        # stopped at the last step: checkpoints, no test-split evaluation (not needed here)
+        train.train_and_evaluate(cfg, wd, stop_at=cfg.train.num_steps,
+                                 data=split_arrays(dcfg, crop, tuple(cfg.targets)))
         out[name] = wd
     return out
 
