@@ -13,26 +13,25 @@ import ml_collections
 from configs import default, presets
 
 
+def _on_ddpm_data(ddpm_preset: str, features: int, num_blocks: int):
+    """The ResNet regressing the maps of ``configs/ddpm.py:<ddpm_preset>``'s data (nMAE, no EMA)."""
+    from configs import ddpm
+    config = ddpm.get_config(ddpm_preset)
+    config.task = "regression"
+    config.model = ml_collections.ConfigDict({"name": "resnet", "features": features,
+                                              "num_blocks": num_blocks, "norm": "batch"})
+    config.train.loss = "nmae"
+    config.train.ema_decay = 0.0
+    return config
+
+
 def get_config(preset: str = ""):
     if preset == "diffusor":  # the qMRI Diffusor's ResNet baseline: its data, batch and budget
-        from configs import ddpm
-        config = ddpm.get_config("diffusor")
-        config.task = "regression"
-        config.model = ml_collections.ConfigDict({"name": "resnet", "features": 64,
-                                                  "num_blocks": 8, "norm": "batch"})
-        config.train.loss = "nmae"
-        config.train.ema_decay = 0.0
-        return config
+        return _on_ddpm_data("diffusor", 64, 8)
     if preset == "nist_vir":
-        from configs import ddpm
-        config = ddpm.get_config("unet")
-        config.task = "regression"
-        config.model = ml_collections.ConfigDict({"name": "resnet", "features": 32,
-                                                  "num_blocks": 4, "norm": "batch"})
-        config.train.loss = "nmae"
+        config = _on_ddpm_data("unet", 32, 4)
         config.train.num_steps = 600
         config.train.batch_size = 8
-        config.train.ema_decay = 0.0
         config.train.eval_every = 200
         config.train.checkpoint_every = 200
         return config
