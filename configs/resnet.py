@@ -35,6 +35,9 @@ def get_config(preset: str = ""):
         config.train.eval_every = 200
         config.train.checkpoint_every = 200
         return config
+    if preset not in ("", "paper"):
+        raise ValueError(f"configs/resnet.py: unknown preset {preset!r} (available: paper, "
+                         "nist_vir, diffusor)")
     config = default.get_config()
     config.mode = "train"
     config.model = ml_collections.ConfigDict({"name": "resnet", "features": 32, "num_blocks": 4,
