@@ -101,7 +101,7 @@ def get_config(preset: str = ""):
             config.data.protocol = "qmrlab_ir"
             config.data.k_spread = 0.3
             config.ddpm.voxel_k_range = (0.7, 1.4)
-    elif preset == "paper":
+    elif preset in ("paper", "diffusor"):  # the published sizes, for GPUs
         config.data.resolution_mm = 2
         config.data.num_subjects = 97
         config.data.slices_per_subject = 40
@@ -115,28 +115,16 @@ def get_config(preset: str = ""):
         config.train.eval_every = 5000
         config.train.checkpoint_every = 2000
         config.ddpm.eval_slices = 64
-    elif preset == "diffusor":
-        config.data.protocol = "ir_fse_7ti"
-        config.data.resolution_mm = 2
-        config.data.num_subjects = 97
-        config.data.slices_per_subject = 40
-        config.data.k_spread = 0.1  # B = 1 + k varies over subjects, not only with B1
-        config.targets = ("T1", "PD", "B")
-        config.target_scale = (1000.0, 1.0, 1.0)
-        config.ddpm.map_scaling = "tanh"
-        config.ddpm.features = (128, 256, 256)
-        config.ddpm.attention_levels = (1, 2)
-        config.ddpm.prediction = "eps"
-        config.ddpm.snr_cap = 0.0
-        config.ddpm.sampler = "ddpm"
-        config.ddpm.sample_steps = 1000
-        config.ddpm.num_samples = 10
-        config.ddpm.eval_slices = 64
-        config.train.batch_size = 8
-        config.train.num_steps = 100000
-        config.train.learning_rate = 1e-4
-        config.train.eval_every = 5000
-        config.train.checkpoint_every = 2000
+        if preset == "diffusor":  # the seed paper's protocol, targets, scaling and sampler
+            config.data.protocol = "ir_fse_7ti"
+            config.data.k_spread = 0.1  # B = 1 + k varies over subjects, not only with B1
+            config.targets = ("T1", "PD", "B")
+            config.target_scale = (1000.0, 1.0, 1.0)
+            config.ddpm.map_scaling = "tanh"
+            config.ddpm.sampler = "ddpm"
+            config.ddpm.sample_steps = 1000
+            config.ddpm.num_samples = 10
+            config.train.batch_size = 8
     elif preset != "unet":
         raise ValueError(f"configs/ddpm.py: unknown preset {preset!r} (available: voxel, "
                          "invivo_ir, unet, paper, diffusor)")
