@@ -5,7 +5,9 @@ Run: python -m qmri_jax.main --config=configs/ddpm.py --workdir=/tmp/qmri_ddpm
 
 The default is a per-voxel DDPM: a VoxelDenoiser (no spatial prior, so it applies to scans unlike
 the training anatomy, e.g. the NIST phantom) that diffuses the residual around each voxel's
-least-squares IR fit (T1's residual x 8), trained for 1300 steps on 8192 brain voxels per step,
+least-squares IR fit (residuals of T1 / PD / k x 24 / 16 / 5, so each voxel's posterior spans
+about the unit noise of the diffusion: at x 8 / 1 / 1 its samples were 2-3x too narrow), given
+the images' noise SD (ddpm.noise_condition), trained for 1300 steps on 8192 brain voxels per step,
 drawn ~uniformly over log T1 (ddpm.voxel_prior='flat_T1'), on apparent k up to 1.15, half of them
 with T1 and k redrawn from continuous ranges and their series simulated again at SNR 20-1000
 (ddpm.voxel_resimulate). It is given each sample's validity (ddpm.validity): clipped or missing
@@ -87,7 +89,8 @@ def get_config(preset: str = ""):
         config.ddpm.voxel_batch = 8192
         config.ddpm.voxel_prior = "flat_T1"
         config.ddpm.voxel_background = 0.0
-        config.ddpm.residual_scale = (8.0, 1.0, 1.0)
+        config.ddpm.residual_scale = (24.0, 16.0, 5.0)
+        config.ddpm.noise_condition = True
         config.ddpm.voxel_resimulate = 0.5
         config.ddpm.validity = True
         config.ddpm.saturation_augment = 0.3

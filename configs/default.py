@@ -163,6 +163,11 @@ def get_config():
     config.ddpm.validity = False
     config.ddpm.missing_augment = 0.0
     config.ddpm.missing_rate = 0.1
+    # Give the network the images' noise level: log10(sigma / 0.01) as one more condition channel,
+    # sigma measured on each slice's background in training and evaluation (predict takes it as
+    # an argument). A posterior's width scales with the noise; a model that must guess it from a
+    # ten-sample series returns one width for every noise level it was trained on.
+    config.ddpm.noise_condition = False
     # What the network is conditioned on: "images" (the normalised series as it is) or "fit": the
     # images plus each voxel's least-squares IR fit (PD, T1, k; qmri_jax.fitting.fit_signals),
     # computed in the step from the images alone (IR protocols: ir, flair, ir_fse images).

@@ -197,8 +197,13 @@ def run_ir(folder: pathlib.Path, workdir: pathlib.Path, out: pathlib.Path,
     valid = np.ones(x.shape, bool)  # magnitude NIfTI: nothing is marked clipped
     config, task, state = _load(workdir, prot, x.shape[-1], (16, 16, x.shape[-1]), str(folder))
     norm = normalise_images(x, m, config.data.normalisation)
+    # the noise SD (normalised units) from the background, for the exact posterior and for a
+    # noise-conditioned model alike
+    sigma = estimate_noise_background(norm, background=~m)[0]
+    kw = {"sigma": float(sigma)} if getattr(task, "noise", False) else {}
     t0 = time.perf_counter()
-    res = jax.jit(task.predict)(state, norm[None], jax.random.key(0), valid[None])
+    res = jax.jit(lambda im, key, v: task.predict(state, im, key, v, **kw))(
+        norm[None], jax.random.key(0), valid[None])
     names = list(task.targets)
     mean, sd = np.asarray(res["mean"][0]), np.asarray(res["std"][0])
     seconds = time.perf_counter() - t0
@@ -212,7 +217,6 @@ def run_ir(folder: pathlib.Path, workdir: pathlib.Path, out: pathlib.Path,
            "seconds_sampling": seconds, "agreement": agreement(t1_ddpm, t1_fit, wm, gm),
            "posterior_sd_ms": {c: float(np.median(t1_sd[cm])) for c, cm in
                                (("WM", wm), ("GM", gm))}}
-    sigma = estimate_noise_background(norm, background=~m)[0]
     d = config.ddpm
     prior = GridPrior(t1_ms=tuple(d.voxel_t1_range), k=tuple(d.voxel_k_range))
     sel = ok & (wm | gm)

@@ -79,6 +79,10 @@ def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm
     # the mean of its valid voxels, NaN where fewer than half are valid); one without it gets them
     # as measurements, as before the mask existed.
     with_validity = bool(getattr(task0, "validity", False))
+    kw = {}
+    if getattr(task0, "noise", False):  # the noise SD of a block mean of f x f voxels: sigma / f
+        from qmri_jax.physics import estimate_sigma_background
+        kw["sigma"] = float(estimate_sigma_background(images, valid=valid)) / f
     images = block_mean(images, valid if with_validity else None, f)
     factor = task0.size_multiple
     x = np.pad(images[None], [(0, 0), (0, (-images.shape[0]) % factor),
@@ -97,13 +101,14 @@ def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm
                    mode="edge")
         return a[:native[0], :native[1]]
 
-    fn = jax.jit(lambda im, key: task.predict(state, im, key))
+    fn = jax.jit(lambda im, key: task.predict(state, im, key, **kw))
     # The one slice padded to a batch of predict.batch_size copies: the noise draws (and so the
     # numbers in docs/results.md) are those of the DDPM's evaluation batches.
     batch = int(config.predict.get("batch_size", 8) if batch_size is None else batch_size)
     out = predict_in_batches(fn, x, batch, jax.random.key(0))
     res = {"kind": f"{type(task).__name__} at {f * pixel_mm:.1f} mm, clipped samples "
-                   + ("marked invalid" if with_validity else "fed as measured (no validity mask)")}
+                   + ("marked invalid" if with_validity else "fed as measured (no validity mask)")
+                   + (f", noise SD {kw['sigma']:.4g} given" if kw else "")}
     for i, name in enumerate(names):
         res[name] = np.where(mask, back(out["mean"][0, ..., i]), np.nan)
         if "std" in out:

@@ -172,7 +172,12 @@ def predict_files(config, workdir: str) -> str:
         else:
             print(f"note: {int(invalid.sum())} clipped samples are fed as measurements (this "
                   "model was trained without the validity mask, ddpm.validity)")
-    fn = jax.jit(lambda x, key: task.predict(state, jnp.asarray(x), key))
+    kw = {}
+    if getattr(task, "noise", False):  # a noise-conditioned DDPM: the scan's background noise
+        from qmri_jax.physics import estimate_sigma_background
+        kw["sigma"] = float(estimate_sigma_background(np.where(invalid, 0, images), valid=~invalid))
+        print(f"noise SD from the background: {kw['sigma']:.4g} (normalised units)")
+    fn = jax.jit(lambda x, key: task.predict(state, jnp.asarray(x), key, **kw))
     batch = int(config.predict.get("batch_size", 8))
     print(f"predicting {images.shape[2]} slice(s) of {images.shape[0]} x {images.shape[1]} "
           f"with {type(task).__name__} (batches of {min(batch, images.shape[2])}) ...",

@@ -14,6 +14,13 @@ the per-sample validity mask: the invalid samples are zeroed, the mask follows t
 more channels, and the fit leaves them out, as the voxelwise fit does
 (``fit_images(..., valid=...)``). Without it a NaN reaches the network (a model trained without
 the mask cannot tell a clipped sample from a measured one).
+
+With a noise level ``sigma`` (the Rician noise SD in the normalised images' units, one per image
+or per voxel) the condition carries :func:`noise_channel` of it before the fitted channels: a
+posterior's width scales with the noise, and a series of ten samples tells it poorly, so a model
+trained over a range of noise levels that is not told the level returns one width for all of
+them (too narrow where the noise is high). :func:`slice_noise_sigma` measures it from a slice's
+background.
 """
 
 from __future__ import annotations
@@ -23,14 +30,32 @@ import jax.numpy as jnp
 from qmri_jax.fitting import fit_signals, get_model
 from qmri_jax.physics.units import to_unit_range
 
-__all__ = ["CONDITIONS", "FIT_MODEL", "FIT_CHANNELS", "FIT_ITERATIONS", "condition_images",
-           "condition_channels", "fit_base", "mark_invalid", "split_invalid"]
+__all__ = ["CONDITIONS", "FIT_MODEL", "FIT_CHANNELS", "FIT_ITERATIONS", "NOISE_REF",
+           "condition_images", "condition_channels", "fit_base", "mark_invalid", "split_invalid",
+           "noise_channel", "slice_noise_sigma"]
 
 CONDITIONS = ("images", "fit")
 FIT_MODEL = "ir"  # the voxelwise model behind condition "fit": PD, T1, k
 FIT_CHANNELS = ("PD", "T1", "k")  # their order after the images
 FIT_ITERATIONS = 5  # Levenberg-Marquardt steps after the dictionary search
 FIT_CLIP = 2.0  # fitted channels beyond +-2 (e.g. PD of noise-only voxels) are held there
+NOISE_REF = 0.01  # noise_channel is log10(sigma / NOISE_REF): 0 at sigma = 0.01 (SNR ~100)
+
+
+def noise_channel(sigma):
+    """The condition channel of a noise SD ``sigma`` (normalised units, > 0):
+    ``log10(sigma / NOISE_REF)``, -1 at SNR ~1000 and +1 at SNR ~10 of a unit signal."""
+    return jnp.log10(jnp.maximum(jnp.asarray(sigma, jnp.float32), 1e-6) / NOISE_REF)
+
+
+def slice_noise_sigma(images, mask):
+    """Rician noise SD ``[B]`` of images ``[B, *S, N]`` from their background (``mask [B, *S]``
+    == 0, all samples finite), where the magnitude is noise only: ``sqrt(mean(m^2) / 2)``
+    (Rayleigh). Pure; a slice with no background gets NaN."""
+    bg = (mask == 0)[..., None] & jnp.isfinite(images)
+    axes = tuple(range(1, images.ndim))
+    sq = jnp.sum(jnp.where(bg, images, 0.0) ** 2, axis=axes)
+    return jnp.sqrt(sq / (2.0 * jnp.sum(bg, axis=axes)))
 
 
 def mark_invalid(images, valid):
@@ -46,19 +71,22 @@ def split_invalid(images):
     return jnp.where(valid, images, 0.0), valid
 
 
-def condition_channels(kind: str, num_images: int, validity: bool = False) -> int:
+def condition_channels(kind: str, num_images: int, validity: bool = False,
+                       noise: bool = False) -> int:
     """Channels of the condition of ``kind`` for ``num_images`` weighted images (``validity``:
-    with the per-sample validity mask)."""
+    with the per-sample validity mask; ``noise``: with the noise channel)."""
     if kind not in CONDITIONS:
         raise ValueError(f"config.ddpm.condition={kind!r}: expected one of {CONDITIONS}")
-    return (num_images * (2 if validity else 1)
+    return (num_images * (2 if validity else 1) + int(noise)
             + (len(FIT_CHANNELS) if kind == "fit" else 0))
 
 
-def condition_images(images, kind: str, protocol=None, validity: bool = False):
+def condition_images(images, kind: str, protocol=None, validity: bool = False, sigma=None):
     """The network's condition from normalised images ``[..., N]`` (invalid samples NaN):
     ``[..., N]`` (``"images"``) or ``[..., N + 3]`` (``"fit"``; needs the acquisition
-    ``protocol``), with N validity channels (1 = measured) after the images when ``validity``."""
+    ``protocol``), with N validity channels (1 = measured) after the images when ``validity``,
+    then :func:`noise_channel` of ``sigma`` when given (a scalar, one per image ``[B]``, or
+    ``images.shape[:-1]``)."""
     if kind not in CONDITIONS:
         raise ValueError(f"config.ddpm.condition={kind!r}: expected one of {CONDITIONS}")
     valid = None
@@ -66,6 +94,12 @@ def condition_images(images, kind: str, protocol=None, validity: bool = False):
     if validity:
         images, valid = split_invalid(images)
         parts = [images, valid.astype(images.dtype)]
+    if sigma is not None:
+        s = jnp.asarray(sigma, images.dtype)
+        if s.ndim == 1 and images.ndim > 2:  # one per image
+            s = s.reshape((-1,) + (1,) * (images.ndim - 2))
+        s = jnp.broadcast_to(s, images.shape[:-1])
+        parts.append(noise_channel(s)[..., None].astype(images.dtype))
     if kind == "fit":
         if protocol is None:
             raise ValueError("config.ddpm.condition='fit' needs the acquisition protocol")

@@ -101,7 +101,8 @@ def posterior_summary(sample_fn: Callable, key, num_samples: int, return_samples
     """
     keys = jax.random.split(key, num_samples)
     samples = jax.vmap(sample_fn)(keys)  # [K, B, *S, C]
-    out = {"mean": samples.mean(axis=0), "std": samples.std(axis=0)}
+    out = {"mean": samples.mean(axis=0),
+           "std": samples.std(axis=0, ddof=1 if num_samples > 1 else 0)}  # Bessel-corrected
     if return_samples:
         out["samples"] = samples
     return out

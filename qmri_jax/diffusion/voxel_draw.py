@@ -1,6 +1,8 @@
 """Per-voxel training batches for a per-voxel DDPM, as pure ``(batch, key) -> batch`` operations.
 
-A batch is ``{"images" [B, *S, N], "targets" [B, *S, C] (physical units), "mask" [B, *S]}``.
+A batch is ``{"images" [B, *S, N], "targets" [B, *S, C] (physical units), "mask" [B, *S]}``,
+optionally with ``"sigma" [B, *S]``, each voxel's noise SD, which the draw and the re-simulation
+carry along.
 :func:`draw_voxels` turns it into a batch of ``num`` voxels ``[num, 1, ...]`` (each is a 1-voxel
 "image", so the same network and loss apply), drawn as the data has them or ~uniformly over log T1
 (:func:`flat_t1_weights`); :func:`resimulate_voxels` redraws T1 and k of a fraction of them from
@@ -63,9 +65,12 @@ def draw_voxels(batch: dict, key, num: int, names, prior: str = "data",
         idx = jax.random.choice(key, total, (num,), replace=False)
     else:
         raise ValueError(f"config.ddpm.voxel_prior={prior!r}: expected one of {VOXEL_PRIORS}")
-    return {"images": images.reshape(total, -1)[idx][:, None],
-            "targets": targets.reshape(total, -1)[idx][:, None],
-            "mask": mask.reshape(total)[idx][:, None]}
+    out = {"images": images.reshape(total, -1)[idx][:, None],
+           "targets": targets.reshape(total, -1)[idx][:, None],
+           "mask": mask.reshape(total)[idx][:, None]}
+    if "sigma" in batch:
+        out["sigma"] = jnp.broadcast_to(batch["sigma"], mask.shape).reshape(total)[idx][:, None]
+    return out
 
 
 def resimulate_voxels(batch: dict, key, names, protocol, fraction: float, t1_range, k_range,
@@ -74,7 +79,8 @@ def resimulate_voxels(batch: dict, key, names, protocol, fraction: float, t1_ran
     ``fraction`` of its brain voxels T1 is redrawn log-uniform in ``t1_range`` (ms) and k uniform
     in ``k_range``, and the series is simulated again with the voxelwise IR model at the voxel's
     own fitted amplitude (so its PD target still goes with it), with Rician noise of std
-    amplitude / SNR, SNR log-uniform in ``snr_range``. Adds ``"redrawn" [V, 1]``.
+    amplitude / SNR, SNR log-uniform in ``snr_range``. Adds ``"redrawn" [V, 1]``, and where the
+    batch has ``"sigma"`` sets it to that SD on the redrawn voxels.
 
     A synthetic training set's T1 values are few and clumped (each geometric subject's ellipsoid
     has one T1), and a per-voxel DDPM trained on them snaps a curve between two clusters toward
@@ -98,8 +104,11 @@ def resimulate_voxels(batch: dict, key, names, protocol, fraction: float, t1_ran
                      + (sigma * jax.random.normal(k_n2, clean.shape)) ** 2)
     new = jnp.stack([t1 if nm == "T1" else k if nm == "k" else targets[:, i]
                      for i, nm in enumerate(names)], axis=-1)
-    return {**batch,
-            "images": jnp.where(on[:, None], noisy.astype(images.dtype), images)[:, None],
-            "targets": jnp.where(on[:, None], new.astype(targets.dtype), targets)[:, None],
-            "redrawn": on[:, None]}
+    out = {**batch,
+           "images": jnp.where(on[:, None], noisy.astype(images.dtype), images)[:, None],
+           "targets": jnp.where(on[:, None], new.astype(targets.dtype), targets)[:, None],
+           "redrawn": on[:, None]}
+    if "sigma" in batch:
+        out["sigma"] = jnp.where(on, sigma[:, 0], batch["sigma"][:, 0])[:, None]
+    return out
 

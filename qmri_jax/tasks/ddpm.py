@@ -23,7 +23,7 @@ import numpy as np
 from qmri_jax.data.acquisition import invalid_samples, saturate
 from qmri_jax.diffusion import process, samplers, schedules
 from qmri_jax.diffusion.conditioning import (FIT_MODEL, condition_channels, condition_images,
-                                             fit_base, mark_invalid)
+                                             fit_base, mark_invalid, slice_noise_sigma)
 from qmri_jax.diffusion.voxel_draw import draw_voxels, resimulate_voxels
 from qmri_jax.engine import create_optimizer, create_state, eval_params
 from qmri_jax.engine.state import apply_gradients
@@ -59,6 +59,7 @@ class DdpmTask:
             self.size_multiple = 1
         self.residual_scale = d.residual_factors(self.names)
         self.validity = d.validity  # predict takes clipped / missing samples (NaN, or valid=)
+        self.noise = d.noise_condition  # predict needs the images' noise SD (sigma=)
         self.schedule = schedules.get_schedule(d.schedule, d.num_steps)
         self.snr_cap = float(d.snr_cap) if d.snr_cap else None
         self.protocol = None
@@ -83,12 +84,25 @@ class DdpmTask:
         x = jnp.zeros((*images.shape[:-1], len(self.names)))
         c = jnp.zeros((*images.shape[:-1],
                        condition_channels(self.cfg.condition, images.shape[-1],
-                                          self.cfg.validity)), images.dtype)
+                                          self.cfg.validity, self.noise)), images.dtype)
         params = self.net.init(key, x, jnp.zeros((b,), jnp.int32), c)["params"]
         return create_state(params, self.tx)
 
-    def _condition(self, images):
-        return condition_images(images, self.cfg.condition, self.protocol, self.cfg.validity)
+    def _condition(self, images, sigma=None):
+        if self.noise and sigma is None:
+            raise ValueError("this DDPM is conditioned on the noise level "
+                             "(config.ddpm.noise_condition): pass sigma, the images' noise SD in "
+                             "their normalised units (e.g. diffusion.conditioning."
+                             "slice_noise_sigma, or physics.estimate_sigma_background)")
+        return condition_images(images, self.cfg.condition, self.protocol, self.cfg.validity,
+                                sigma if self.noise else None)
+
+    @staticmethod
+    def _slice_sigma(images, mask):
+        """Each slice's background noise SD ``[B]`` (``slice_noise_sigma``); a slice without
+        background (a crop inside the brain) takes the median of the others."""
+        sigma = slice_noise_sigma(images, mask)
+        return jnp.where(jnp.isfinite(sigma), sigma, jnp.nanmedian(sigma))
 
     def _loss(self, params, x0, c, key, mask):
         fn = lambda x_t, t: self.net.apply({"params": params}, x_t, t, c)  # noqa: E731
@@ -105,6 +119,10 @@ class DdpmTask:
         d, names = self.cfg, self.names
         images = batch["images"]
         loss_mask = None
+        if self.noise:  # measured on the background before any augmentation
+            sigma = self._slice_sigma(images, batch["mask"])
+            batch = {**batch, "sigma": jnp.broadcast_to(
+                sigma.reshape((-1,) + (1,) * (batch["mask"].ndim - 1)), batch["mask"].shape)}
         if d.saturation_augment > 0 and not d.validity:  # clipped samples as if measured
             key, k_on, k_level = jax.random.split(key, 3)
             shape = (images.shape[0],) + (1,) * (images.ndim - 1)
@@ -131,7 +149,7 @@ class DdpmTask:
             if d.validity:  # per voxel, after the re-simulation (which fits the series)
                 batch = {**batch, "images": self._invalid(batch["images"], k_inv)}
         x0 = scale_maps(batch["targets"], batch["mask"], names, d.map_scaling)
-        c = self._condition(batch["images"])  # per voxel ("fit" too): after the draw
+        c = self._condition(batch["images"], batch.get("sigma"))  # per voxel: after the draw
         if d.residual:
             x0 = (x0 - fit_base(c, names)) * jnp.asarray(self.residual_scale)
         loss, grads = jax.value_and_grad(self._loss)(state.params, x0, c, key, loss_mask)
@@ -142,7 +160,8 @@ class DdpmTask:
         voxels only where training draws no background (``voxel_background=0``): otherwise voxels
         the network never trained on would dominate it, and with it the best checkpoint."""
         x0 = scale_maps(batch["targets"], batch["mask"], self.names, self.cfg.map_scaling)
-        c = self._condition(batch["images"])
+        sigma = self._slice_sigma(batch["images"], batch["mask"]) if self.noise else None
+        c = self._condition(batch["images"], sigma)
         if self.cfg.residual:
             x0 = (x0 - fit_base(c, self.names)) * jnp.asarray(self.residual_scale)
         mask = batch["mask"] if self.cfg.voxel_background == 0.0 else None
@@ -151,8 +170,9 @@ class DdpmTask:
     # ---- sampling ----
     def sample_fn(self, sampler: str | None = None, steps: int | None = None,
                   num_samples: int | None = None):
-        """``sample(state, images [B, *S, C_img], key) -> {"mean", "std", "samples"}`` in
-        physical units (``samples [K, B, *S, C]``); pure, unwrapped. Defaults: ``config.ddpm``."""
+        """``sample(state, images [B, *S, C_img], key, sigma=None) -> {"mean", "std", "samples"}``
+        in physical units (``samples [K, B, *S, C]``; ``sigma``: the images' noise SD, needed by
+        a noise-conditioned model); pure, unwrapped. Defaults: ``config.ddpm``."""
         d, names = self.cfg, self.names
         sampler, steps = sampler or d.sampler, steps or d.sample_steps
         k = num_samples or d.num_samples
@@ -160,10 +180,10 @@ class DdpmTask:
         # a residual of maps and base, each in [-1, 1], times ddpm.residual_scale
         clip = 2.0 * rs if d.residual else 1.0
 
-        def sample(state, images, key):
+        def sample(state, images, key, sigma=None):
             params = eval_params(state, self.ema_decay)
             shape = (*images.shape[:-1], len(names))
-            c = self._condition(images)
+            c = self._condition(images, sigma)
             base = fit_base(c, names) if d.residual else 0.0
             fn = lambda x_t, t: self.net.apply({"params": params}, x_t, t, c)  # noqa: E731
 
@@ -177,25 +197,37 @@ class DdpmTask:
                 return unscale_maps(x / rs + base, names, d.map_scaling)
 
             draws = jax.vmap(one)(jax.random.split(key, k))
-            return {"mean": draws.mean(0), "std": draws.std(0), "samples": draws}
+            # the posterior SD: the draws' SD with Bessel's correction (ten draws without it
+            # read the SD ~5% low on average)
+            return {"mean": draws.mean(0), "std": draws.std(0, ddof=1 if k > 1 else 0),
+                    "samples": draws}
 
         return sample
 
-    def predict(self, state, images, key, valid=None):
+    def predict(self, state, images, key, valid=None, sigma=None):
         """``{"mean", "std", "samples"}`` of ``ddpm.num_samples`` posterior draws given
         ``images [B, *S, N]``; samples that are not measurements are NaN there or False in
         ``valid [B, *S, N]`` (a model trained with ``ddpm.validity`` leaves them out; for one
-        without it they make its maps NaN)."""
+        without it they make its maps NaN). ``sigma``: the images' Rician noise SD in their
+        (normalised) units, a scalar, ``[B]`` or ``[B, *S]``; a model trained with
+        ``ddpm.noise_condition`` needs it (``self.noise``)."""
         if valid is not None:
             images = mark_invalid(images, valid)
-        return self.sample_fn()(state, images, key)
+        return self.sample_fn()(state, images, key, sigma)
 
     def sample_split(self, state, arrays, sampler=None, steps=None, num_samples=None, key=0):
         """Posterior mean and std ``[N, *S, C]`` (numpy) of ``arrays["images"]``, in batches of
         ``ddpm.eval_batch``."""
         fn = jax.jit(self.sample_fn(sampler, steps, num_samples))
-        out = predict_in_batches(lambda x, k: fn(state, x, k), arrays["images"],
-                                 self.cfg.eval_batch, jax.random.key(key))
+        images = np.asarray(arrays["images"])
+        if self.noise:  # each slice's background noise rides along as one more channel
+            sig = np.asarray(self._slice_sigma(jnp.asarray(images), jnp.asarray(arrays["mask"])))
+            images = np.concatenate([images, np.broadcast_to(
+                sig.reshape((-1,) + (1,) * (images.ndim - 1)), images.shape[:-1] + (1,))], -1)
+            run = lambda x, k: fn(state, x[..., :-1], k, x[..., -1])  # noqa: E731
+        else:
+            run = lambda x, k: fn(state, x, k)  # noqa: E731
+        out = predict_in_batches(run, images, self.cfg.eval_batch, jax.random.key(key))
         return out["mean"], out["std"]
 
     # ---- evaluation ----

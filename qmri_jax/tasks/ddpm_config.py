@@ -48,6 +48,7 @@ class DdpmConfig:
     saturation_augment: float = 0.0
     saturation_range: tuple = (0.5, 1.5)
     validity: bool = False
+    noise_condition: bool = False
     missing_augment: float = 0.0
     missing_rate: float = 0.1
     condition: str = "images"

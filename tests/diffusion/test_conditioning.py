@@ -1,5 +1,6 @@
 """The DDPM's condition: the images, and each voxel's voxelwise IR fit scaled like the targets."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -88,3 +89,42 @@ def test_validity_condition_zeroes_invalid_samples_and_its_fit_leaves_them_out()
     # Without validity the condition is what it was (no mask channels).
     assert conditioning.condition_images(clipped, "images", validity=False).shape == (3, n)
     assert conditioning.condition_channels("images", n, True) == 2 * n
+
+
+def test_noise_channel_is_log10_sigma_before_the_fit_and_the_background_gives_sigma():
+    """The noise condition: sigma measured on a slice's Rician background (Rayleigh:
+    sqrt(mean m^2 / 2)) within 3%; the channel log10(sigma / 0.01) sits between the images (and
+    validity) and the fitted maps, so the residual DDPM's base is unchanged; sigma as a scalar, one
+    per image or per voxel gives the same channel."""
+    rng = np.random.default_rng(0)
+    sig = np.array([0.02, 0.05], np.float32)
+    b, h, w, n = 2, 40, 40, 10
+    noise = lambda s: np.sqrt((s * rng.standard_normal((h, w, n))) ** 2  # noqa: E731
+                              + (s * rng.standard_normal((h, w, n))) ** 2)
+    images = np.stack([noise(s) for s in sig]).astype(np.float32)
+    mask = np.zeros((b, h, w), np.float32)
+    mask[:, 10:30, 10:30] = 1.0
+    images[:, 10:30, 10:30] += 0.8  # "tissue": never read
+    est = np.asarray(conditioning.slice_noise_sigma(jnp.asarray(images), jnp.asarray(mask)))
+    np.testing.assert_allclose(est, sig, rtol=0.03)
+    assert np.isnan(float(conditioning.slice_noise_sigma(jnp.asarray(images[:1]),
+                                                         jnp.ones((1, h, w)))[0]))
+    np.testing.assert_allclose(float(conditioning.noise_channel(0.01)), 0.0, atol=1e-7)
+    np.testing.assert_allclose(float(conditioning.noise_channel(0.1)), 1.0, atol=1e-6)
+
+    prot = get_protocol("nist_vir")
+    x = jnp.asarray(images[:, :4, :4])
+    cond = jax.jit(lambda x, s: conditioning.condition_images(x, "fit", prot, True, s))
+    plain = jax.jit(lambda x: conditioning.condition_images(x, "fit", prot, True))(x)
+    assert conditioning.condition_channels("fit", n, True, noise=True) == 2 * n + 4
+    for s in (jnp.asarray(sig), jnp.broadcast_to(jnp.asarray(sig)[:, None, None], (b, 4, 4))):
+        c = cond(x, s)
+        assert c.shape == (b, 4, 4, 2 * n + 4)
+        np.testing.assert_allclose(np.asarray(c[..., 2 * n]),
+                                   np.log10(sig / 0.01)[:, None, None] * np.ones((b, 4, 4)),
+                                   rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(c[..., :2 * n]), np.asarray(plain[..., :2 * n]))
+        np.testing.assert_array_equal(np.asarray(conditioning.fit_base(c, ("T1", "PD", "k"))),
+                                      np.asarray(conditioning.fit_base(plain, ("T1", "PD", "k"))))
+    one = conditioning.condition_images(x[:1], "images", sigma=0.05)
+    np.testing.assert_allclose(np.asarray(one[..., -1]), np.log10(5.0), rtol=1e-6)

@@ -80,7 +80,7 @@ def test_sampling_is_reproducible_per_key_and_vmap_equals_loop():
     loop = np.stack([np.asarray(sample(k)) for k in keys])
     np.testing.assert_allclose(summ["samples"], loop, atol=1e-5)
     np.testing.assert_allclose(summ["mean"], loop.mean(0), atol=1e-5)
-    np.testing.assert_allclose(summ["std"], loop.std(0), atol=1e-5)
+    np.testing.assert_allclose(summ["std"], loop.std(0, ddof=1), atol=1e-5)  # Bessel-corrected
 
 
 def test_diffusion_loss_is_zero_for_the_true_noise_predictor():

@@ -52,7 +52,8 @@ def test_resimulated_voxels_follow_the_ir_model_at_their_new_t1_and_k():
     brain = jnp.arange(n) < 1000
 
     batch = {"images": images[:, None], "targets": targets[:, None],
-             "mask": brain.astype(jnp.float32)[:, None]}
+             "mask": brain.astype(jnp.float32)[:, None],
+             "sigma": jnp.full((n, 1), 0.123, jnp.float32)}  # a per-voxel noise SD
     resim_jit = jax.jit(lambda k, fraction, snr: voxel_draw.resimulate_voxels(
         batch, k, names, prot, fraction, (50.0, 3000.0), (0.8, 1.2),
         (snr, snr * (1 + 1e-6))))  # one compile: fraction and SNR are traced
@@ -63,6 +64,10 @@ def test_resimulated_voxels_follow_the_ir_model_at_their_new_t1_and_k():
         changed = np.any(x != np.asarray(images), axis=-1)
         np.testing.assert_array_equal(np.asarray(out["redrawn"])[:, 0], changed)  # the changed
         np.testing.assert_array_equal(np.asarray(out["mask"]), np.asarray(batch["mask"]))
+        # the noise SD becomes amplitude / SNR on the redrawn voxels and is kept elsewhere
+        sig = np.asarray(out["sigma"])[:, 0]
+        np.testing.assert_allclose(sig[changed], np.asarray(amp)[changed] / snr, rtol=2e-3)
+        np.testing.assert_allclose(sig[~changed], 0.123, rtol=1e-6)
         return x, y
 
     x, y = resim(1.0, 1e7)
@@ -105,6 +110,12 @@ def test_draw_voxels_takes_distinct_voxels_of_the_batch_with_their_targets():
     assert len(set(rows)) == 40  # without replacement
     np.testing.assert_array_equal(np.asarray(out["targets"])[:, 0], targets.reshape(-1, 3)[rows])
     np.testing.assert_array_equal(np.asarray(out["mask"])[:, 0], mask.reshape(-1)[rows])
+    # a per-voxel noise SD rides along with its voxel
+    sigma = rng.uniform(0.01, 0.05, size=(2, 5, 6)).astype(np.float32)
+    with_sigma = voxel_draw.draw_voxels({**batch, "sigma": jnp.asarray(sigma)},
+                                        jax.random.key(0), 40, ("T1", "PD", "k"))
+    np.testing.assert_array_equal(np.asarray(with_sigma["images"]), np.asarray(out["images"]))
+    np.testing.assert_array_equal(np.asarray(with_sigma["sigma"])[:, 0], sigma.reshape(-1)[rows])
     # flat_T1 with no background share draws brain voxels only
     flat = voxel_draw.draw_voxels(batch, jax.random.key(1), 60, ("T1", "PD", "k"), "flat_T1",
                                   0.0)

@@ -209,7 +209,8 @@ def test_voxel_network_task_trains_and_samples_each_voxel_on_its_own(vir_data):
         assert isinstance(vt.net, VoxelDenoiser) and vt.cfg.voxel_batch == 8192
         assert vt.cfg.condition == "fit" and vt.cfg.residual and vt.cfg.voxel_prior == "flat_T1"
         assert vt.cfg.voxel_background == 0.0 and vt.cfg.voxel_resimulate == 0.5
-        np.testing.assert_array_equal(vt.residual_scale, [8.0, 1.0, 1.0])
+        np.testing.assert_array_equal(vt.residual_scale, [24.0, 16.0, 5.0])
+        assert vt.noise  # given the images' noise SD
         assert vcfg.train.num_steps == steps and vcfg.data.k_spread == 0.15
         assert vt.validity and vt.cfg.saturation_augment == 0.3 and vt.cfg.missing_augment == 0.2
     # :invivo_ir: the same model for the in-vivo IR protocol, with a wider apparent k.
@@ -307,6 +308,31 @@ def test_resimulation_trains_and_bad_settings_are_refused(vir_data):
                   voxel_resimulate=0.0)
 
 
+def test_noise_condition_trains_and_predict_needs_and_uses_sigma(vir_data):
+    """ddpm.noise_condition: the per-voxel train step (voxels redrawn at their own SNR) and the
+    validation step run with the background's sigma; predict refuses to guess sigma and its
+    posterior moves with the sigma given; the test split is sampled with each slice's sigma."""
+    cfg = _voxel_steps_change_parameters(vir_data, condition="fit", voxel_resimulate=0.5,
+                                         noise_condition=True)
+    task = DdpmTask(cfg)
+    val = _batch(vir_data["validation"], 2)
+    state = task.create_state(jax.random.key(0), {"images": val["images"][:1]})
+    assert np.isfinite(float(jax.jit(task.eval_step)(state, val, jax.random.key(1))["loss"]))
+    with pytest.raises(ValueError, match="pass sigma"):
+        task.predict(state, val["images"], jax.random.key(2))
+    # (the initial output layer is zero: perturb every parameter so the output sees the input)
+    leaves, tree = jax.tree.flatten(state.params)
+    noisy = jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(jax.random.key(i), a.shape)
+                                      for i, a in enumerate(leaves)])
+    state = state.replace(params=noisy, ema_params=noisy)
+    pred = jax.jit(lambda im, s: task.predict(state, im, jax.random.key(2), sigma=s)["mean"])
+    lo, hi = (np.asarray(pred(val["images"], s)) for s in (0.002, 0.2))
+    assert np.all(np.isfinite(lo)) and np.abs(lo - hi).max() > 0
+    sub = {k: np.asarray(v) for k, v in val.items()}
+    mean, std = task.sample_split(state, sub, num_samples=2)
+    assert mean.shape == sub["targets"].shape and np.all(np.isfinite(std))
+
+
 def test_resimulate_pd_drop_leaves_the_redrawn_voxels_pd_out_of_the_loss(vir_data):
     """ddpm.voxel_resimulate_pd='drop': with every drawn voxel re-simulated (fraction 1, brain
     voxels only) the train step's loss does not depend on the PD targets at all, while with
@@ -337,6 +363,8 @@ def test_residual_scale_scales_the_diffused_residual_and_divides_it_back(vir_dat
     network that predicts 0 the x0 loss is quadratic in each map's factor; sampling divides a
     prediction by the factor (and clips at 2 x factor) before adding the fit back."""
     cfg = tiny_ddpm(preset="")  # per-voxel, condition 'fit', residual around it
+    with cfg.unlocked():
+        cfg.ddpm.noise_condition = False  # (sampled below without a noise SD)
     names = tuple(cfg.targets)
     prot = get_protocol(cfg.data.protocol)
     images = jnp.asarray(vir_data["validation"]["images"][:2])
