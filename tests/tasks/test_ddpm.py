@@ -218,6 +218,8 @@ def test_voxel_network_task_trains_and_samples_each_voxel_on_its_own(vir_data):
     it = DdpmTask(icfg)
     assert it.protocol.name == "qmrlab_ir" and len(it.protocol) == 9 and it.validity
     assert icfg.data.k_spread == 0.3 and tuple(icfg.ddpm.voxel_k_range) == (0.7, 1.4)
+    np.testing.assert_array_equal(it.residual_scale, [8.0, 1.0, 1.0])  # as measured in vivo
+    assert not it.noise
     for preset in ("unet", "paper"):
         ut = DdpmTask(ddpm_config.get_config(preset))
         assert not isinstance(ut.net, VoxelDenoiser) and ut.cfg.voxel_batch == 0
