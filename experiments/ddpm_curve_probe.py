@@ -52,12 +52,16 @@ def run(checkpoint, snr=0.0, reps=16) -> dict:
     if snr:
         sigma = np.percentile(img.max(-1), 95) / snr
         img = np.asarray(add_rician_noise(jax.random.key(0), jnp.asarray(img), sigma))
-    img = img / np.percentile(img.max(-1), 95)
+    scale = np.percentile(img.max(-1), 95)
+    img = img / scale
     task, state = predict_lib.load_trained(config, str(wd), (16, 16, img.shape[-1]),
                                            prefer_best=False)
     names = list(config.targets)
-    mean = np.asarray(jax.jit(task.predict)(state, jnp.asarray(img[None]),
-                                            jax.random.key(0))["mean"])
+    # a noise-conditioned model is told the noise SD in the normalised units (noise-free curves:
+    # SNR 1000, the low end of its training range)
+    kw = {"sigma": float(sigma / scale if snr else 1e-3)} if getattr(task, "noise", False) else {}
+    mean = np.asarray(jax.jit(lambda x, k: task.predict(state, x, k, **kw))(
+        jnp.asarray(img[None]), jax.random.key(0))["mean"])
     cond = condition_images(jnp.asarray(img[None]), "fit", prot)[..., -3:]
     fit = np.asarray(unscale_maps(cond, ("PD", "T1", "k")))[0]
     cells = lambda a: a.reshape(len(t1s), len(ks), reps)
