@@ -165,8 +165,8 @@ def get_config():
     config.ddpm.missing_rate = 0.1
     # Give the network the images' noise level: log10(sigma / 0.01) as one more condition channel,
     # sigma measured on each slice's background in training and evaluation (predict takes it as
-    # an argument). A posterior's width scales with the noise; a model that must guess it from a
-    # ten-sample series returns one width for every noise level it was trained on.
+    # an argument). A posterior depends on the noise level, which a ten-sample series tells
+    # poorly (the main job: test T1 4.81% with it, 5.22% without; docs/results.md).
     config.ddpm.noise_condition = False
     # What the network is conditioned on: "images" (the normalised series as it is) or "fit": the
     # images plus each voxel's least-squares IR fit (PD, T1, k; qmri_jax.fitting.fit_signals),

@@ -17,10 +17,9 @@ the mask cannot tell a clipped sample from a measured one).
 
 With a noise level ``sigma`` (the Rician noise SD in the normalised images' units, one per image
 or per voxel) the condition carries :func:`noise_channel` of it before the fitted channels: a
-posterior's width scales with the noise, and a series of ten samples tells it poorly, so a model
-trained over a range of noise levels that is not told the level returns one width for all of
-them (too narrow where the noise is high). :func:`slice_noise_sigma` measures it from a slice's
-background.
+posterior depends on the noise level, which a series of ten samples tells poorly, and a model
+trained over a range of levels (the re-simulated voxels' SNR 20-1000 beside the data's) can only
+guess it otherwise. :func:`slice_noise_sigma` measures it from a slice's background.
 """
 
 from __future__ import annotations
