@@ -161,7 +161,8 @@ def test_every_config_loads_and_initialises(name):
     else:
         example = example_batch(task, x.shape[1:])
     state = engine.init_state(task, example, 0)
-    out = task.predict(state, x, jax.random.key(0))
+    kw = {"sigma": 0.02} if getattr(task, "noise", False) else {}  # a noise-conditioned DDPM
+    out = task.predict(state, x, jax.random.key(0), **kw)
     assert out["mean"].shape == (*x.shape[:-1], len(cfg.targets))
     assert np.all(np.isfinite(np.asarray(out["mean"])))
     paper = mod.get_config("paper")
