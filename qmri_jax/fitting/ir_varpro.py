@@ -43,7 +43,7 @@ import numpy as np
 from qmri_jax.fitting.crlb import rician_information, spd_solve
 from qmri_jax.fitting.models import FitModel
 from qmri_jax.fitting.objective import (bounds, no_signal_statistic, no_signal_threshold,
-                                        objective_terms, on_bound, project, split_scaled)
+                                        objective_terms, on_bound, project)
 from qmri_jax.physics.protocol import Protocol
 
 __all__ = ["supports", "fit_ir"]
@@ -85,6 +85,18 @@ def _physical(model, c1, c2, t1, tr):
     else:
         vals = {"PD": c1, "T1": t1, "B": -c2 / jnp.where(c1 != 0, c1, 1.0)}
     return jnp.stack([vals[p] for p in model.params], axis=-1)
+
+
+def _linear(model, phys, tr):
+    """The inverse of :func:`_physical`: ``phys [V, P]`` -> ``(c1, c2, T1)``, ``[V]`` each."""
+    vals = {p: phys[:, i] for i, p in enumerate(model.params)}
+    t1 = vals["T1"]
+    e_tr = jnp.exp(-tr / t1)
+    if model.name == "ir":
+        return vals["PD"] * (1.0 + vals["k"] * e_tr), -vals["PD"] * (1.0 + vals["k"]), t1
+    if model.name == "ir3":
+        return vals["a"] * (1.0 + e_tr), -vals["a"] * vals["b"], t1
+    return vals["PD"], -vals["PD"] * vals["B"], t1
 
 
 def _amplitudes(s0, s1, s2, t0, t1):
@@ -272,11 +284,12 @@ def fit_ir(model: FitModel, protocol: Protocol, y, w, sigma, sigma_known, loss: 
     theta = project(model, jnp.where(finite[:, None], theta, 0.5 * (lo + hi)))
     moved = at_bound | ~finite
 
-    def projected_cost(cost):  # the objective of the returned parameters where they were moved
-        nu_proj = model.signal(split_scaled(model, theta), protocol)
-        new = jnp.sum(objective_terms(loss, y, nu_proj, w, sigma[:, None])[0], axis=-1)
-        return jnp.where(moved, new, cost)
-
-    cost = jax.lax.cond(jnp.any(moved), projected_cost, lambda c: c, cost)
+    # The objective of the returned parameters where they were moved (computed for every voxel:
+    # a branch on any voxel having moved would synchronise the devices the voxels are split over).
+    p1, p2, t1_proj = _linear(model, theta * scale, tr)
+    nu_proj = p1[None, :] + p2[None, :] * jnp.exp(-ti[:, None] / t1_proj[None, :])
+    nu_proj = nu_proj if signed else jnp.abs(nu_proj)
+    new = jnp.sum(objective_terms(loss, yt, nu_proj, wt, sigma[None, :])[0], axis=0)
+    cost = jnp.where(moved, new, cost)
     converged = finite & stationary & ~at_bound & detected
     return theta, var, converged, at_bound, cost
