@@ -5,10 +5,12 @@ Run: python -m qmri_jax.main --config=configs/ddpm.py --workdir=/tmp/qmri_ddpm
 
 The default is a per-voxel DDPM: a VoxelDenoiser (no spatial prior, so it applies to scans unlike
 the training anatomy, e.g. the NIST phantom) that diffuses the residual around each voxel's
-least-squares IR fit (residuals of T1 / PD / k x 24 / 16 / 5, so each voxel's posterior spans
-about the unit noise of the diffusion: at x 8 / 1 / 1 its samples were 2-3x too narrow), given
-the images' noise SD (ddpm.noise_condition), trained for 1300 steps on 8192 brain voxels per step,
-drawn ~uniformly over log T1 (ddpm.voxel_prior='flat_T1'), on apparent k up to 1.15, half of them
+least-squares IR fit, given the images' noise SD (ddpm.noise_condition). The T1 and k residuals
+are divided per voxel by the Cramer-Rao SD of that fit at the voxel's noise level and multiplied
+by 3 (ddpm.residual_crlb; PD's residual x 16), so every voxel's posterior spans about 3 units of
+the diffusion's unit noise however precise its fit: with fixed factors (x 24 / 16 / 5) the
+samples were 0.6x the exact posterior's width, with the SD x 1 0.68x, x 3 0.82x. Trained for
+1300 steps on 8192 brain voxels per step, drawn ~uniformly over log T1 (ddpm.voxel_prior='flat_T1'), on apparent k up to 1.15, half of them
 with T1 and k redrawn from continuous ranges and their series simulated again at SNR 20-1000
 (ddpm.voxel_resimulate). It is given each sample's validity (ddpm.validity): clipped or missing
 samples are left out of its conditioning fit and flagged to the network, and training clips 30% of
@@ -20,7 +22,7 @@ Presets:
           2500 ms, TI 350-1700 ms, magnitude), with a wider apparent inversion efficiency (data
           k_spread 0.3, re-simulated k 0.7-1.4: with no TI below 350 ms and TR 2500 ms the `ir`
           model's k absorbs the incomplete recovery, 0.70-1.43 over that brain's 5-95%), and
-          the residual scale of before 2026-12-03 (x 8 / 1 / 1, no noise channel), which read
+          the fixed residual scale of before 2026-12-03 (x 8 / 1 / 1, no noise channel), which read
           the real slice's white matter closer to the fit (docs/results.md);
           experiments.invivo_learned trains it;
   :unet   the time-conditioned U-Net of the paper's layout at CPU size (levels 32/32/64, 800
@@ -91,7 +93,9 @@ def get_config(preset: str = ""):
         config.ddpm.voxel_batch = 8192
         config.ddpm.voxel_prior = "flat_T1"
         config.ddpm.voxel_background = 0.0
-        config.ddpm.residual_scale = (24.0, 16.0, 5.0)
+        # T1 and k residuals over their fit's Cramer-Rao SD (x 3), PD's x 16: see the docstring
+        config.ddpm.residual_scale = (3.0, 16.0, 3.0)
+        config.ddpm.residual_crlb = ("T1", "k")
         config.ddpm.noise_condition = True
         config.ddpm.voxel_resimulate = 0.5
         config.ddpm.validity = True
@@ -109,6 +113,7 @@ def get_config(preset: str = ""):
             # as measured at 15b7b87: with the main job's noise SD and x 24 / 16 / 5 residuals the
             # real slice's WM read +5.7% from the fit (+1.7% here), GM +12.0% (+12.9%)
             config.ddpm.residual_scale = (8.0, 1.0, 1.0)
+            config.ddpm.residual_crlb = ()
             config.ddpm.noise_condition = False
     elif preset in ("paper", "diffusor"):  # the published sizes, for GPUs
         config.data.resolution_mm = 2

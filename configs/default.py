@@ -180,6 +180,12 @@ def get_config():
     # before it is diffused and divided by them after sampling, so that a map whose fit is close
     # (T1: a few percent, ~0.02 in scaled units) is diffused on the scale of the others.
     config.ddpm.residual_scale = ()
+    # With residual and noise_condition: the targets (e.g. ("T1", "k")) whose residual is also
+    # divided per voxel by the Cramer-Rao SD of their fit at the voxel's noise level
+    # (diffusion.conditioning.fit_sd, held within [1e-3, 1] on the scaled maps), so that every
+    # voxel's posterior spans about the same width of the diffusion's unit noise, however precise
+    # its fit; residual_scale then multiplies that width. (): fixed factors only.
+    config.ddpm.residual_crlb = ()
     # Computation dtype of the DDPM's network in training and sampling: "float32" or "bfloat16"
     # (mixed precision: float32 parameters, optimiser and GroupNorm statistics; the convolutions,
     # dense layers and attention in bfloat16). bfloat16 pays on GPUs and TPUs, not on the CPU.

@@ -20,18 +20,24 @@ or per voxel) the condition carries :func:`noise_channel` of it before the fitte
 posterior depends on the noise level, which a series of ten samples tells poorly, and a model
 trained over a range of levels (the re-simulated voxels' SNR 20-1000 beside the data's) can only
 guess it otherwise. :func:`slice_noise_sigma` measures it from a slice's background.
+
+With both, :func:`fit_sd` gives the precision of the fitted channels (their Cramer-Rao bound at the
+fit, on the scaled maps): the width a voxel's posterior has about the fit, by which a residual
+DDPM can divide the residual (``config.ddpm.residual_crlb``).
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from qmri_jax.fitting import fit_signals, get_model
-from qmri_jax.physics.units import to_unit_range
+from qmri_jax.fitting.crlb import fisher_variance
+from qmri_jax.physics.units import from_unit_range, to_unit_range
 
 __all__ = ["CONDITIONS", "FIT_MODEL", "FIT_CHANNELS", "FIT_ITERATIONS", "NOISE_REF",
-           "condition_images", "condition_channels", "fit_base", "mark_invalid", "split_invalid",
-           "noise_channel", "slice_noise_sigma"]
+           "condition_images", "condition_channels", "fit_base", "fit_sd", "mark_invalid",
+           "split_invalid", "noise_channel", "slice_noise_sigma"]
 
 CONDITIONS = ("images", "fit")
 FIT_MODEL = "ir"  # the voxelwise model behind condition "fit": PD, T1, k
@@ -115,3 +121,30 @@ def fit_base(condition, names):
     n_img = condition.shape[-1] - len(FIT_CHANNELS)
     return jnp.stack([jnp.clip(condition[..., n_img + FIT_CHANNELS.index(n)], -1.0, 1.0)
                       for n in names], axis=-1)
+
+
+def fit_sd(condition, protocol, validity: bool):
+    """The Gaussian Cramer-Rao SD ``[..., 3]`` (:data:`FIT_CHANNELS` order) of a ``"fit"``
+    condition's fitted channels, on the scaled maps' [-1, 1] scale: the bound at the fit (held
+    within [-1, 1]) for the noise SD of its :func:`noise_channel`, over the samples its validity
+    channels mark measured (all when ``validity`` is False). NaN where the Fisher information is
+    singular (e.g. a fit on the edge of the scaled range). The condition must carry the noise
+    channel: ``condition.shape[-1] == len(protocol) * (1 + validity) + 1 + 3``."""
+    n = len(protocol)
+    if condition.shape[-1] != n * (2 if validity else 1) + 1 + len(FIT_CHANNELS):
+        raise ValueError(f"fit_sd: a condition of {condition.shape[-1]} channels is not the "
+                         f"images ({n}), {'validity, ' if validity else ''}noise and fit "
+                         "channels of a 'fit' condition with a noise level")
+    model = get_model(FIT_MODEL)
+    flat = condition.reshape(-1, condition.shape[-1])
+    w = flat[:, n:2 * n] if validity else jnp.ones((flat.shape[0], n), flat.dtype)
+    sigma = NOISE_REF * 10.0 ** flat[:, -1 - len(FIT_CHANNELS)]
+    fit = jnp.clip(flat[:, -len(FIT_CHANNELS):], -1.0, 1.0)
+
+    def one(y, wv, s):
+        def signal(u):
+            return model.signal({c: from_unit_range(u[i], c) for i, c in enumerate(FIT_CHANNELS)},
+                                protocol)
+        return jnp.sqrt(fisher_variance(signal, y, wv, s))
+
+    return jax.vmap(one)(fit, w, sigma).reshape(condition.shape[:-1] + (len(FIT_CHANNELS),))

@@ -22,8 +22,9 @@ import numpy as np
 
 from qmri_jax.data.acquisition import invalid_samples, saturate
 from qmri_jax.diffusion import process, samplers, schedules
-from qmri_jax.diffusion.conditioning import (FIT_MODEL, condition_channels, condition_images,
-                                             fit_base, mark_invalid, slice_noise_sigma)
+from qmri_jax.diffusion.conditioning import (FIT_CHANNELS, FIT_MODEL, condition_channels,
+                                             condition_images, fit_base, fit_sd, mark_invalid,
+                                             slice_noise_sigma)
 from qmri_jax.diffusion.voxel_draw import draw_voxels, resimulate_voxels
 from qmri_jax.engine import create_optimizer, create_state, eval_params
 from qmri_jax.engine.state import apply_gradients
@@ -32,7 +33,11 @@ from qmri_jax.physics.units import scale_maps, unscale_maps
 from qmri_jax.tasks.base import predict_in_batches
 from qmri_jax.tasks.ddpm_config import DdpmConfig
 
-__all__ = ["DdpmTask"]
+__all__ = ["DdpmTask", "CRLB_SD_RANGE"]
+
+#: The range the Cramer-Rao SD of ``ddpm.residual_crlb`` is held within (scaled maps' units):
+#: T1 to ~0.3% at the top precision; a hopeless fit is diffused like a fixed factor.
+CRLB_SD_RANGE = (1e-3, 1.0)
 
 
 class DdpmTask:
@@ -58,6 +63,7 @@ class DdpmTask:
                                     out_channels=len(self.names), emb_dim=d.emb_dim, dtype=dtype)
             self.size_multiple = 1
         self.residual_scale = d.residual_factors(self.names)
+        self.residual_crlb = tuple(d.residual_crlb)
         self.validity = d.validity  # predict takes clipped / missing samples (NaN, or valid=)
         self.noise = d.noise_condition  # predict needs the images' noise SD (sigma=)
         self.schedule = schedules.get_schedule(d.schedule, d.num_steps)
@@ -103,6 +109,25 @@ class DdpmTask:
         background (a crop inside the brain) takes the median of the others."""
         sigma = slice_noise_sigma(images, mask)
         return jnp.where(jnp.isfinite(sigma), sigma, jnp.nanmedian(sigma))
+
+    def _factors(self, c):
+        """What the residual is multiplied by: ``residual_scale`` ``[C]``, and with
+        ``residual_crlb`` per voxel ``[..., C]``: those targets' factor over the Cramer-Rao SD of
+        their fit (:func:`~qmri_jax.diffusion.conditioning.fit_sd`, held within
+        [:data:`CRLB_SD_RANGE`]; a singular bound counts as the top of it)."""
+        rs = jnp.asarray(self.residual_scale)
+        if not self.residual_crlb:
+            return rs
+        sd = fit_sd(c, self.protocol, self.cfg.validity)
+        lo, hi = CRLB_SD_RANGE
+        cols = []
+        for i, name in enumerate(self.names):
+            if name in self.residual_crlb:
+                s = sd[..., FIT_CHANNELS.index(name)]
+                cols.append(rs[i] / jnp.clip(jnp.where(jnp.isfinite(s), s, hi), lo, hi))
+            else:
+                cols.append(jnp.broadcast_to(rs[i], c.shape[:-1]))
+        return jnp.stack(cols, axis=-1)
 
     def _loss(self, params, x0, c, key, mask):
         fn = lambda x_t, t: self.net.apply({"params": params}, x_t, t, c)  # noqa: E731
@@ -151,7 +176,7 @@ class DdpmTask:
         x0 = scale_maps(batch["targets"], batch["mask"], names, d.map_scaling)
         c = self._condition(batch["images"], batch.get("sigma"))  # per voxel: after the draw
         if d.residual:
-            x0 = (x0 - fit_base(c, names)) * jnp.asarray(self.residual_scale)
+            x0 = (x0 - fit_base(c, names)) * self._factors(c)
         loss, grads = jax.value_and_grad(self._loss)(state.params, x0, c, key, loss_mask)
         return apply_gradients(state, grads, loss, self.tx, self.ema_decay)
 
@@ -163,7 +188,7 @@ class DdpmTask:
         sigma = self._slice_sigma(batch["images"], batch["mask"]) if self.noise else None
         c = self._condition(batch["images"], sigma)
         if self.cfg.residual:
-            x0 = (x0 - fit_base(c, self.names)) * jnp.asarray(self.residual_scale)
+            x0 = (x0 - fit_base(c, self.names)) * self._factors(c)
         mask = batch["mask"] if self.cfg.voxel_background == 0.0 else None
         return {"loss": self._loss(eval_params(state, self.ema_decay), x0, c, key, mask)}
 
@@ -176,15 +201,14 @@ class DdpmTask:
         d, names = self.cfg, self.names
         sampler, steps = sampler or d.sampler, steps or d.sample_steps
         k = num_samples or d.num_samples
-        rs = jnp.asarray(self.residual_scale)
-        # a residual of maps and base, each in [-1, 1], times ddpm.residual_scale
-        clip = 2.0 * rs if d.residual else 1.0
 
         def sample(state, images, key, sigma=None):
             params = eval_params(state, self.ema_decay)
             shape = (*images.shape[:-1], len(names))
             c = self._condition(images, sigma)
             base = fit_base(c, names) if d.residual else 0.0
+            rs = self._factors(c) if d.residual else 1.0
+            clip = 2.0 * rs if d.residual else 1.0  # a residual of maps and base in [-1, 1]
             fn = lambda x_t, t: self.net.apply({"params": params}, x_t, t, c)  # noqa: E731
 
             def one(key_k):

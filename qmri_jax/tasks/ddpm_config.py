@@ -54,6 +54,7 @@ class DdpmConfig:
     condition: str = "images"
     residual: bool = False
     residual_scale: tuple = ()
+    residual_crlb: tuple = ()
     voxel_batch: int = 0
     voxel_prior: str = "data"
     voxel_background: float = -1.0
@@ -157,6 +158,13 @@ class DdpmConfig:
                 f"config.ddpm.condition='fit' (got {self.condition!r}) and targets among "
                 f"{FIT_CHANNELS} (got {tuple(names)})")
         self.residual_factors(names)
+        if self.residual_crlb:
+            extra = sorted(set(self.residual_crlb) - set(names))
+            if extra or not self.residual or not self.noise_condition:
+                bad("residual_crlb", "divides the residual of these targets by the Cramer-Rao SD "
+                    "of their fit, which needs config.ddpm.residual=True, "
+                    f"config.ddpm.noise_condition=True (the noise level) and targets among "
+                    f"{tuple(names)} (got {extra or 'them'})")
 
     def residual_factors(self, names) -> np.ndarray:
         """``residual_scale`` as one factor per target ``[C]`` (1 where not given)."""

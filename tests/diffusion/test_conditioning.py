@@ -7,7 +7,7 @@ import pytest
 
 from qmri_jax.diffusion import conditioning
 from qmri_jax.physics.protocol import get_protocol, simulate
-from qmri_jax.physics.units import unscale_maps
+from qmri_jax.physics.units import to_unit_range, unscale_maps
 from tests.tiny import vir_data as make_vir_data
 
 
@@ -128,3 +128,29 @@ def test_noise_channel_is_log10_sigma_before_the_fit_and_the_background_gives_si
                                       np.asarray(conditioning.fit_base(plain, ("T1", "PD", "k"))))
     one = conditioning.condition_images(x[:1], "images", sigma=0.05)
     np.testing.assert_allclose(np.asarray(one[..., -1]), np.log10(5.0), rtol=1e-6)
+
+
+def test_fit_sd_is_the_crlb_of_the_fit_on_the_scaled_maps():
+    """fit_sd: the Gaussian Cramer-Rao SD of the fitted (PD, T1, k) at the noise channel's sigma,
+    over the samples marked valid, equals fitting.crlb of the ir model at those values carried
+    onto the [-1, 1] scale (T1 log: x 2 / (T1 ln 600); PD x 2 / 1.5; k x 2 / 0.75)."""
+    from qmri_jax.fitting import get_model
+    from qmri_jax.fitting.crlb import crlb
+
+    prot = get_protocol("nist_vir")
+    n = len(prot)
+    pd, t1, k = np.array([0.9, 0.5]), np.array([800.0, 1500.0]), np.array([0.95, 0.9])
+    sigma = np.array([0.02, 0.05])
+    valid = np.ones((2, n), np.float32)
+    valid[1, :3] = 0.0  # three samples of the second voxel left out
+    fit = np.stack([np.asarray(to_unit_range(jnp.asarray(v), name)) for v, name in
+                    ((pd, "PD"), (t1, "T1"), (k, "k"))], -1)
+    cond = np.concatenate([np.zeros((2, n)), valid, np.log10(sigma / 0.01)[:, None], fit], -1)
+    got = np.asarray(conditioning.fit_sd(jnp.asarray(cond, jnp.float32), prot, True))
+    var = crlb(get_model("ir"), prot, {"PD": pd, "T1": t1, "k": k}, sigma, weights=valid)
+    want = np.stack([np.sqrt(var["PD"]) * 2 / 1.5, np.sqrt(var["T1"]) * 2 / (t1 * np.log(600.0)),
+                     np.sqrt(var["k"]) * 2 / 0.75], -1)
+    np.testing.assert_allclose(got, want, rtol=2e-3)
+    assert got[1, 1] > got[0, 1]  # fewer samples and more noise: a wider T1 posterior
+    with pytest.raises(ValueError, match="noise"):
+        conditioning.fit_sd(jnp.asarray(cond[:, :-4]), prot, True)

@@ -12,7 +12,8 @@ import pytest
 
 from configs import ddpm as ddpm_config
 from qmri_jax import train
-from qmri_jax.diffusion.conditioning import condition_images, fit_base
+from qmri_jax.diffusion.conditioning import (condition_images, fit_base, fit_sd,
+                                             slice_noise_sigma)
 from qmri_jax.engine.state import compiled_init
 from qmri_jax.models import VoxelDenoiser
 from qmri_jax.physics.protocol import get_protocol
@@ -209,7 +210,8 @@ def test_voxel_network_task_trains_and_samples_each_voxel_on_its_own(vir_data):
         assert isinstance(vt.net, VoxelDenoiser) and vt.cfg.voxel_batch == 8192
         assert vt.cfg.condition == "fit" and vt.cfg.residual and vt.cfg.voxel_prior == "flat_T1"
         assert vt.cfg.voxel_background == 0.0 and vt.cfg.voxel_resimulate == 0.5
-        np.testing.assert_array_equal(vt.residual_scale, [24.0, 16.0, 5.0])
+        np.testing.assert_array_equal(vt.residual_scale, [3.0, 16.0, 3.0])
+        assert vt.residual_crlb == ("T1", "k")  # over the SD of their fit
         assert vt.noise  # given the images' noise SD
         assert vcfg.train.num_steps == steps and vcfg.data.k_spread == 0.15
         assert vt.validity and vt.cfg.saturation_augment == 0.3 and vt.cfg.missing_augment == 0.2
@@ -219,7 +221,7 @@ def test_voxel_network_task_trains_and_samples_each_voxel_on_its_own(vir_data):
     assert it.protocol.name == "qmrlab_ir" and len(it.protocol) == 9 and it.validity
     assert icfg.data.k_spread == 0.3 and tuple(icfg.ddpm.voxel_k_range) == (0.7, 1.4)
     np.testing.assert_array_equal(it.residual_scale, [8.0, 1.0, 1.0])  # as measured in vivo
-    assert not it.noise
+    assert not it.noise and not it.residual_crlb
     for preset in ("unet", "paper"):
         ut = DdpmTask(ddpm_config.get_config(preset))
         assert not isinstance(ut.net, VoxelDenoiser) and ut.cfg.voxel_batch == 0
@@ -416,6 +418,51 @@ def test_residual_scale_scales_the_diffused_residual_and_divides_it_back(vir_dat
     with cfg.unlocked():
         cfg.ddpm.residual = False
     _task_refuses(cfg, "residual=True for factors other than 1", residual_scale=(2.0,))
+
+
+def test_residual_crlb_divides_each_voxels_residual_by_the_sd_of_its_fit(vir_data):
+    """ddpm.residual_crlb: the T1 and k residuals are multiplied per voxel by residual_scale over
+    the Cramer-Rao SD of the fit (diffusion.conditioning.fit_sd, held within [1e-3, 1]), PD's by
+    its fixed factor; sampling divides a prediction by the same factors (and clips at 2 x them).
+    It needs the noise level and targets among the task's."""
+    cfg = tiny_ddpm(preset="")
+    with cfg.unlocked():
+        cfg.ddpm.prediction = "x0"
+        cfg.ddpm.residual_scale = (1.0, 16.0, 2.0)
+        cfg.ddpm.residual_crlb = ("T1", "k")
+    names = tuple(cfg.targets)
+    prot = get_protocol(cfg.data.protocol)
+    val = _batch(vir_data["validation"], 2)
+    sigma = slice_noise_sigma(val["images"], val["mask"])
+    c = jax.jit(lambda im, s: condition_images(im, "fit", prot, True, s))(val["images"], sigma)
+    base, sd = fit_base(c, names), fit_sd(c, prot, True)
+    sd = jnp.where(jnp.isfinite(sd), sd, 1.0)  # a singular bound (background) counts as 1
+    factor = jnp.stack([1.0 / jnp.clip(sd[..., 1], 1e-3, 1.0), jnp.full(sd.shape[:-1], 16.0),
+                        2.0 / jnp.clip(sd[..., 2], 1e-3, 1.0)], -1)  # fit_sd order: PD, T1, k
+    brain = np.asarray(val["mask"]) > 0  # T1 fits to a few percent there: a large factor
+    assert np.median(np.asarray(factor[..., 0])[brain]) > 10
+    task = DdpmTask(cfg)
+    state = _zero_state(task, val["images"])
+    _, metrics = jax.jit(task.train_step)(state, {k: v[:1] for k, v in val.items()},
+                                          jax.random.key(2))
+    assert bool(metrics["finite"]) and float(metrics["loss"]) > 0
+
+    class Constant:  # a "network" whose x0 prediction is the same value everywhere
+        def __init__(self, value):
+            self.value = value
+
+        def apply(self, variables, x_t, t, c):
+            return jnp.full(x_t.shape, self.value, x_t.dtype)
+
+    for value, residual in [(0.5, 0.5 / factor), (1e6, 2.0)]:
+        task.net = Constant(value)
+        out = jax.jit(task.sample_fn("ddim", 4, 2))(state, val["images"], jax.random.key(1),
+                                                     sigma)
+        np.testing.assert_allclose(out["mean"], unscale_maps(base + residual, names), rtol=1e-4)
+    _task_refuses(cfg, "residual_crlb", residual_crlb=("T1", "B"))
+    with cfg.unlocked():
+        cfg.ddpm.residual_crlb = ("T1",)
+    _task_refuses(cfg, "residual_crlb", noise_condition=False)
 
 
 def test_workdir_config_written_before_the_split_loads_or_says_how_to_convert():
