@@ -141,7 +141,7 @@ def saturate(images, level):
 
 
 def invalid_samples(key, images, saturation: float = 0.0, saturation_range=(0.5, 1.5),
-                    missing: float = 0.0, missing_rate: float = 0.1):
+                    missing: float = 0.0, missing_rate: float = 0.1, return_scale: bool = False):
     """Training augmentation for models that take a per-sample validity mask: ``images
     [B, ..., N]`` (``"p95"``-normalised) with clipped and missing samples, in the form the learned
     paths take them (NaN; :func:`qmri_jax.diffusion.conditioning.mark_invalid`).
@@ -149,10 +149,13 @@ def invalid_samples(key, images, saturation: float = 0.0, saturation_range=(0.5,
     On a ``saturation`` fraction of the batch items the series is clipped at a level drawn
     uniformly in ``saturation_range`` (:func:`saturate`, which renormalises as ``"p95"`` does on a
     clipped scan) and the samples at the level become NaN; on a ``missing`` fraction each sample
-    is absent (NaN) with probability ``missing_rate``. ``key``: a JAX key; returns a JAX array."""
+    is absent (NaN) with probability ``missing_rate``. ``key``: a JAX key; returns a JAX array,
+    and with ``return_scale`` also the factor ``[B, 1, ..., 1]`` each item was renormalised by
+    (``1 / min(level, 1)`` where clipped, else 1), by which its noise SD grew too."""
     k_on, k_level, k_miss, k_rate = jax.random.split(key, 4)
     shape = (images.shape[0],) + (1,) * (images.ndim - 1)
     out = images
+    scale = jnp.ones(shape, images.dtype)
     if saturation > 0:
         level = jax.random.uniform(k_level, shape, minval=saturation_range[0],
                                    maxval=saturation_range[1])
@@ -160,11 +163,12 @@ def invalid_samples(key, images, saturation: float = 0.0, saturation_range=(0.5,
         clipped = on & (images >= level)
         out = jnp.where(on, saturate(images, level), images)
         out = jnp.where(clipped, jnp.nan, out)
+        scale = jnp.where(on, 1.0 / jnp.minimum(level, 1.0), 1.0).astype(images.dtype)
     if missing > 0:
         on = jax.random.bernoulli(k_miss, missing, shape)
         gone = on & jax.random.bernoulli(k_rate, missing_rate, images.shape)
         out = jnp.where(gone, jnp.nan, out)
-    return out
+    return (out, scale) if return_scale else out
 
 
 def acquire(rng: np.random.Generator, maps: dict, protocol: Protocol, brain: np.ndarray,

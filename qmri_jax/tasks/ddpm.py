@@ -134,17 +134,23 @@ class DdpmTask:
         return process.diffusion_loss(fn, self.schedule, x0, key, mask=mask,
                                       prediction=self.cfg.prediction, snr_cap=self.snr_cap)
 
-    def _invalid(self, images, key):
-        """The validity augmentation (:func:`~qmri_jax.data.acquisition.invalid_samples`)."""
+    def _invalid(self, batch, key):
+        """The validity augmentation (:func:`~qmri_jax.data.acquisition.invalid_samples`) of
+        ``batch["images"]``; a clipped item's renormalisation scales its ``"sigma"`` too."""
         d = self.cfg
-        return invalid_samples(key, images, d.saturation_augment, d.saturation_range,
-                               d.missing_augment, d.missing_rate)
+        images, scale = invalid_samples(key, batch["images"], d.saturation_augment,
+                                        d.saturation_range, d.missing_augment, d.missing_rate,
+                                        return_scale=True)
+        out = {**batch, "images": images}
+        if "sigma" in batch:
+            out["sigma"] = batch["sigma"] * scale[..., 0]
+        return out
 
     def train_step(self, state, batch, key):
         d, names = self.cfg, self.names
         images = batch["images"]
         loss_mask = None
-        if self.noise:  # measured on the background before any augmentation
+        if self.noise:  # on the background before augmentation (which scales it with the images)
             sigma = self._slice_sigma(images, batch["mask"])
             batch = {**batch, "sigma": jnp.broadcast_to(
                 sigma.reshape((-1,) + (1,) * (batch["mask"].ndim - 1)), batch["mask"].shape)}
@@ -155,11 +161,14 @@ class DdpmTask:
                                        maxval=d.saturation_range[1])
             on = jax.random.bernoulli(k_on, d.saturation_augment, shape)
             images = jnp.where(on, saturate(images, level), images)
+            if "sigma" in batch:  # the renormalisation scales the noise too
+                batch = {**batch, "sigma": batch["sigma"] * jnp.where(
+                    on, 1.0 / jnp.minimum(level, 1.0), 1.0)[..., 0]}
         if d.validity:  # (its own key only then: runs without the mask draw as before it)
             key, k_inv = jax.random.split(key)
-        if d.validity and not d.voxel_batch:  # per slice: clipped / missing samples become NaN
-            images = self._invalid(images, k_inv)
         batch = {**batch, "images": images}
+        if d.validity and not d.voxel_batch:  # per slice: clipped / missing samples become NaN
+            batch = self._invalid(batch, k_inv)
         if d.voxel_batch:  # per-voxel network: voxels of the batch, each with its own step t
             key, k_vox = jax.random.split(key)
             batch = draw_voxels(batch, k_vox, d.voxel_batch, names, d.voxel_prior,
@@ -172,7 +181,7 @@ class DdpmTask:
                     is_pd = jnp.arange(len(names)) == names.index("PD")
                     loss_mask = jnp.where(batch["redrawn"][..., None] & is_pd, 0.0, 1.0)
             if d.validity:  # per voxel, after the re-simulation (which fits the series)
-                batch = {**batch, "images": self._invalid(batch["images"], k_inv)}
+                batch = self._invalid(batch, k_inv)
         x0 = scale_maps(batch["targets"], batch["mask"], names, d.map_scaling)
         c = self._condition(batch["images"], batch.get("sigma"))  # per voxel: after the draw
         if d.residual:

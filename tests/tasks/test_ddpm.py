@@ -369,6 +369,7 @@ def test_residual_scale_scales_the_diffused_residual_and_divides_it_back(vir_dat
     cfg = tiny_ddpm(preset="")  # per-voxel, condition 'fit', residual around it
     with cfg.unlocked():
         cfg.ddpm.noise_condition = False  # (sampled below without a noise SD)
+        cfg.ddpm.residual_crlb = ()  # (which needs it)
     names = tuple(cfg.targets)
     prot = get_protocol(cfg.data.protocol)
     images = jnp.asarray(vir_data["validation"]["images"][:2])
