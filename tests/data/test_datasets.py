@@ -197,6 +197,19 @@ def test_invalid_samples_marks_exactly_the_clipped_and_the_dropped_samples():
     assert abs(rate - 0.2 / (1 - 0.8 ** 10)) < 0.02, rate  # given at least one missing
     np.testing.assert_array_equal(out[~np.isnan(out)], xn[~np.isnan(out)])
     np.testing.assert_array_equal(np.asarray(acquisition.invalid_samples(key, x)), xn)
+    # The renormalisation factor of each item (its noise SD grows with it): 1 / min(level, 1)
+    # on the clipped items (about half), 1 elsewhere; 1 everywhere at a level above 1.
+    out, scale = acquisition.invalid_samples(key, x, saturation=0.5, saturation_range=(0.8, 0.8),
+                                             return_scale=True)
+    scale, out = np.asarray(scale), np.asarray(out)
+    assert scale.shape == (4000, 1, 1)
+    on = ~np.all(out == xn, axis=(1, 2))  # every clipped item is changed (NaN or / 0.8)
+    assert 0.4 < on.mean() < 0.6
+    np.testing.assert_allclose(scale[on, 0, 0], 1.25, rtol=1e-6)
+    np.testing.assert_array_equal(scale[~on, 0, 0], 1.0)
+    _, scale = acquisition.invalid_samples(key, x, saturation=0.5, saturation_range=(1.2, 1.2),
+                                           return_scale=True)
+    np.testing.assert_array_equal(np.asarray(scale), 1.0)
 
 
 def test_k_spread_scales_the_inversion_efficiency_per_subject():
