@@ -443,10 +443,7 @@ def test_residual_crlb_divides_each_voxels_residual_by_the_sd_of_its_fit(vir_dat
     brain = np.asarray(val["mask"]) > 0  # T1 fits to a few percent there: a large factor
     assert np.median(np.asarray(factor[..., 0])[brain]) > 10
     task = DdpmTask(cfg)
-    state = _zero_state(task, val["images"])
-    _, metrics = jax.jit(task.train_step)(state, {k: v[:1] for k, v in val.items()},
-                                          jax.random.key(2))
-    assert bool(metrics["finite"]) and float(metrics["loss"]) > 0
+    state = _zero_state(task, val["images"])  # (its training: the main job's tiny run above)
 
     class Constant:  # a "network" whose x0 prediction is the same value everywhere
         def __init__(self, value):
