@@ -28,8 +28,8 @@ from scipy import ndimage
 
 from qmri_jax.physics.protocol import Protocol, simulate
 
-__all__ = ["AcquisitionConfig", "acquire", "normalise_images", "saturate", "invalid_samples",
-           "smooth_bias_field", "NORMALISATIONS"]
+__all__ = ["AcquisitionConfig", "acquire", "normalise_images", "saturate", "saturation_gain",
+           "invalid_samples", "smooth_bias_field", "NORMALISATIONS"]
 
 NORMALISATIONS = ("rescale", "p95", "p95_slice", "none")
 
@@ -140,6 +140,12 @@ def saturate(images, level):
     return jnp.minimum(images, level) / jnp.minimum(level, 1.0)
 
 
+def saturation_gain(level):
+    """The factor :func:`saturate` scales a series (and with it its noise SD) by at ``level``:
+    ``1 / min(level, 1)``."""
+    return 1.0 / jnp.minimum(level, 1.0)
+
+
 def invalid_samples(key, images, saturation: float = 0.0, saturation_range=(0.5, 1.5),
                     missing: float = 0.0, missing_rate: float = 0.1, return_scale: bool = False):
     """Training augmentation for models that take a per-sample validity mask: ``images
@@ -163,7 +169,7 @@ def invalid_samples(key, images, saturation: float = 0.0, saturation_range=(0.5,
         clipped = on & (images >= level)
         out = jnp.where(on, saturate(images, level), images)
         out = jnp.where(clipped, jnp.nan, out)
-        scale = jnp.where(on, 1.0 / jnp.minimum(level, 1.0), 1.0).astype(images.dtype)
+        scale = jnp.where(on, saturation_gain(level), 1.0).astype(images.dtype)
     if missing > 0:
         on = jax.random.bernoulli(k_miss, missing, shape)
         gone = on & jax.random.bernoulli(k_rate, missing_rate, images.shape)

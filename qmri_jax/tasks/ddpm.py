@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qmri_jax.data.acquisition import invalid_samples, saturate
+from qmri_jax.data.acquisition import invalid_samples, saturate, saturation_gain
 from qmri_jax.diffusion import process, samplers, schedules
 from qmri_jax.diffusion.conditioning import (FIT_CHANNELS, FIT_MODEL, condition_channels,
                                              condition_images, fit_base, fit_sd, mark_invalid,
@@ -163,7 +163,7 @@ class DdpmTask:
             images = jnp.where(on, saturate(images, level), images)
             if "sigma" in batch:  # the renormalisation scales the noise too
                 batch = {**batch, "sigma": batch["sigma"] * jnp.where(
-                    on, 1.0 / jnp.minimum(level, 1.0), 1.0)[..., 0]}
+                    on, saturation_gain(level), 1.0)[..., 0]}
         if d.validity:  # (its own key only then: runs without the mask draw as before it)
             key, k_inv = jax.random.split(key)
         batch = {**batch, "images": images}
