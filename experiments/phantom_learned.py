@@ -41,9 +41,10 @@ def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm
     ``norm_mask`` (default ``mask``) is where the normalisation's percentile is taken;
     ``transform`` (``[X, Y, N] -> [X, Y, N]``, default none) is applied to the normalised images at
     the scan's grid, before they are brought to the network's voxel size (used by
-    ``experiments.phantom_domain_gap``). ``apply_mm`` (default: the training voxel size) is the
-    voxel size the images are block-averaged to before the network sees them. ``batch_size``
-    (default: the workdir's ``predict.batch_size``) is the batch the one slice is padded to."""
+    ``experiments.phantom_domain_gap``). ``apply_mm`` (default: the training voxel size, or the
+    scan's own for a per-voxel model) is the voxel size the images are block-averaged to before
+    the network sees them. ``batch_size`` (default: the workdir's ``predict.batch_size``; 1 for a
+    per-voxel model at the scan's grid) is the batch the one slice is padded to."""
     import json
 
     import ml_collections
@@ -67,14 +68,22 @@ def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm
                               config.data.normalisation)
     if transform is not None:
         images = np.asarray(transform(images), np.float32)
-    # Apply the network at the voxel size it was trained at (block averaging; the maps are brought
-    # back to the scan grid by repetition): its receptive field and the bottleneck attention's
-    # memory stay what they were in training.
+    # Apply a network with a spatial prior at the voxel size it was trained at (block averaging;
+    # the maps are brought back to the scan grid by repetition): its receptive field and the
+    # bottleneck attention's memory stay what they were in training. A per-voxel model (the
+    # DDPM's VoxelDenoiser, told each voxel's noise SD) takes the scan's own voxels, as the fit
+    # does: a block straddling a sphere's edge mixes two T1 and reads wrong (the least-squares
+    # fit of 4 x 4 blocks of session A with VIR x 1.5 read sphere 1 +8.6% / +6.2% for two
+    # block offsets, +4.8% voxelwise).
+    task0 = create_task(config)
+    per_voxel = bool(getattr(task0, "per_voxel", False))
     pixel_mm = float(np.linalg.norm(vir.affine[:3, 0]))
-    target_mm = config.data.resolution_mm if apply_mm is None else float(apply_mm)
+    if apply_mm is None:
+        target_mm = pixel_mm if per_voxel else config.data.resolution_mm
+    else:
+        target_mm = float(apply_mm)
     f = max(1, int(round(target_mm / max(pixel_mm, 1e-3))))
     native = images.shape[:2]
-    task0 = create_task(config)
     # A model given the validity mask sees the clipped samples as such (NaN; a block's sample is
     # the mean of its valid voxels, NaN where fewer than half are valid); one without it gets them
     # as measurements, as before the mask existed.
@@ -104,7 +113,11 @@ def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm
     fn = jax.jit(lambda im, key: task.predict(state, im, key, **kw))
     # The one slice padded to a batch of predict.batch_size copies: the noise draws (and so the
     # numbers in docs/results.md) are those of the DDPM's evaluation batches.
-    batch = int(config.predict.get("batch_size", 8) if batch_size is None else batch_size)
+    # A per-voxel model at the scan's grid takes the one slice alone (a 256 x 256 slice in a batch
+    # of 8 copies needs more memory than a laptop has).
+    if batch_size is None:
+        batch_size = 1 if (per_voxel and f == 1) else config.predict.get("batch_size", 8)
+    batch = int(batch_size)
     out = predict_in_batches(fn, x, batch, jax.random.key(0))
     res = {"kind": f"{type(task).__name__} at {f * pixel_mm:.1f} mm, clipped samples "
                    + ("marked invalid" if with_validity else "fed as measured (no validity mask)")

@@ -121,6 +121,9 @@ def test_trained_ddpm_applies_to_real_phantom_scans(ddpm_workdir, nist_dir, tmp_
     out = learned_t1(wd, vir, labels > 0, tmp_path)
     assert out["T1"].shape == labels.shape and "T1_std" in out
     assert "clipped samples marked invalid" in out["kind"], out["kind"]
+    # the per-voxel model takes the scan's own voxels (no blocks mixing a sphere with its edge)
+    pixel = float(np.linalg.norm(vir.affine[:3, 0]))
+    assert f"at {pixel:.1f} mm" in out["kind"], out["kind"]
     inside = labels > 0
     assert np.all(np.isfinite(out["T1"][inside])) and np.all(out["T1"][inside] > 0)
     assert np.all(np.isnan(out["T1"][~inside]))

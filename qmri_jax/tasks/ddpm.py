@@ -62,6 +62,8 @@ class DdpmTask:
             self.net = create_model("voxel_denoiser", width=d.voxel_width, depth=d.voxel_depth,
                                     out_channels=len(self.names), emb_dim=d.emb_dim, dtype=dtype)
             self.size_multiple = 1
+        #: the network sees each voxel alone (no spatial prior): apply it at a scan's own grid
+        self.per_voxel = d.network == "voxel"
         self.residual_scale = d.residual_factors(self.names)
         self.residual_crlb = tuple(d.residual_crlb)
         self.validity = d.validity  # predict takes clipped / missing samples (NaN, or valid=)
