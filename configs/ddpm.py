@@ -7,9 +7,10 @@ The default is a per-voxel DDPM: a VoxelDenoiser (no spatial prior, so it applie
 the training anatomy, e.g. the NIST phantom) that diffuses the residual around each voxel's
 least-squares IR fit, given the images' noise SD (ddpm.noise_condition). The T1 and k residuals
 are divided per voxel by the Cramer-Rao SD of that fit at the voxel's noise level and multiplied
-by 3 (ddpm.residual_crlb; PD's residual x 16), so every voxel's posterior spans about 3 units of
+by 6 (ddpm.residual_crlb; PD's residual x 16), so every voxel's posterior spans about 6 units of
 the diffusion's unit noise however precise its fit: with fixed factors (x 24 / 16 / 5) the
-samples were 0.6x the exact posterior's width, with the SD x 1 0.68x, x 3 0.82x. Trained for
+samples were 0.6x the exact posterior's width, with the SD x 1 0.68x, x 3 0.82x, x 6 0.87x,
+x 12 0.89x (docs/results.md); 20 posterior draws per slice. Trained for
 1300 steps on 8192 brain voxels per step, drawn ~uniformly over log T1 (ddpm.voxel_prior='flat_T1'), on apparent k up to 1.15, half of them
 with T1 and k redrawn from continuous ranges and their series simulated again at SNR 20-1000
 (ddpm.voxel_resimulate). It is given each sample's validity (ddpm.validity): clipped or missing
@@ -22,8 +23,9 @@ Presets:
           2500 ms, TI 350-1700 ms, magnitude), with a wider apparent inversion efficiency (data
           k_spread 0.3, re-simulated k 0.7-1.4: with no TI below 350 ms and TR 2500 ms the `ir`
           model's k absorbs the incomplete recovery, 0.70-1.43 over that brain's 5-95%), and
-          the fixed residual scale of before 2026-12-03 (x 8 / 1 / 1, no noise channel), which read
-          the real slice's white matter closer to the fit (docs/results.md);
+          the fixed residual scale of before 2026-12-03 (x 8 / 1 / 1, no noise channel, 10
+          draws), which read the real slice's white matter closer to the fit
+          (docs/results.md);
           experiments.invivo_learned trains it;
   :unet   the time-conditioned U-Net of the paper's layout at CPU size (levels 32/32/64, 800
           steps, x0 objective), the default until 2026-11-23: more accurate on brains like its
@@ -41,7 +43,7 @@ Training data: MNI152 brains plus "geometric" subjects (random ellipsoids, T1 10
 and long T1 are covered, 3 T, Rician noise (SNR 50), mild B1 inhomogeneity (inversion efficiency
 k ~ 0.95-1; the per-voxel presets add a per-subject spread of +-15%), images normalised per volume
 by the in-brain 95th percentile, 4 mm slices (48 x 56). At the end the test split is sampled with
-10 posterior draws (DDIM, 50 steps) and WORKDIR/eval written.
+10 posterior draws (20 for the per-voxel presets; DDIM, 50 steps) and WORKDIR/eval written.
 """
 
 from configs import default
@@ -93,8 +95,13 @@ def get_config(preset: str = ""):
         config.ddpm.voxel_batch = 8192
         config.ddpm.voxel_prior = "flat_T1"
         config.ddpm.voxel_background = 0.0
-        # T1 and k residuals over their fit's Cramer-Rao SD (x 3), PD's x 16: see the docstring
-        config.ddpm.residual_scale = (3.0, 16.0, 3.0)
+        # T1 and k residuals over their fit's Cramer-Rao SD (x 6), PD's x 16: see the docstring
+        config.ddpm.residual_scale = (6.0, 16.0, 6.0)
+        # 20 draws: with 10, mean +- 2 SD of even exact posterior draws covers ~0.91 (the SD of
+        # ten draws is itself uncertain); the exact posterior on 1000 voxels (300 left its own
+        # coverage uncertain by +-0.02)
+        config.ddpm.num_samples = 20
+        config.ddpm.exact_voxels = 1000
         config.ddpm.residual_crlb = ("T1", "k")
         config.ddpm.noise_condition = True
         config.ddpm.voxel_resimulate = 0.5
@@ -115,6 +122,8 @@ def get_config(preset: str = ""):
             config.ddpm.residual_scale = (8.0, 1.0, 1.0)
             config.ddpm.residual_crlb = ()
             config.ddpm.noise_condition = False
+            config.ddpm.num_samples = 10
+            config.ddpm.exact_voxels = 300
     elif preset in ("paper", "diffusor"):  # the published sizes, for GPUs
         config.data.resolution_mm = 2
         config.data.num_subjects = 97
