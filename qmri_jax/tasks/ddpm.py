@@ -249,7 +249,9 @@ class DdpmTask:
 
     def sample_split(self, state, arrays, sampler=None, steps=None, num_samples=None, key=0):
         """Posterior mean and std ``[N, *S, C]`` (numpy) of ``arrays["images"]``, in batches of
-        ``ddpm.eval_batch``."""
+        ``ddpm.eval_batch``. A per-voxel model samples the brain voxels only (``arrays["mask"]``,
+        packed into slices of the split's shape; 0 elsewhere): what it is trained and scored on,
+        at 2-3x less work than whole slices."""
         fn = jax.jit(self.sample_fn(sampler, steps, num_samples))
         images = np.asarray(arrays["images"])
         if self.noise:  # each slice's background noise rides along as one more channel
@@ -259,8 +261,22 @@ class DdpmTask:
             run = lambda x, k: fn(state, x[..., :-1], k, x[..., -1])  # noqa: E731
         else:
             run = lambda x, k: fn(state, x, k)  # noqa: E731
-        out = predict_in_batches(run, images, self.cfg.eval_batch, jax.random.key(key))
-        return out["mean"], out["std"]
+        if not self.per_voxel:
+            out = predict_in_batches(run, images, self.cfg.eval_batch, jax.random.key(key))
+            return out["mean"], out["std"]
+        brain = np.asarray(arrays["mask"]) > 0
+        mean = np.zeros(images.shape[:-1] + (len(self.names),), np.float32)
+        std = np.zeros_like(mean)
+        voxels = images[brain]  # [V, C]
+        if len(voxels):
+            per = int(np.prod(images.shape[1:-1]))  # voxels per packed slice
+            pad = (-len(voxels)) % per
+            packed = np.concatenate([voxels, np.repeat(voxels[-1:], pad, 0)]).reshape(
+                (-1,) + images.shape[1:])
+            out = predict_in_batches(run, packed, self.cfg.eval_batch, jax.random.key(key))
+            mean[brain] = out["mean"].reshape(-1, mean.shape[-1])[:len(voxels)]
+            std[brain] = out["std"].reshape(-1, std.shape[-1])[:len(voxels)]
+        return mean, std
 
     # ---- evaluation ----
     def eval_subset(self, arrays, count=None):

@@ -336,6 +336,19 @@ def test_noise_condition_trains_and_predict_needs_and_uses_sigma(vir_data):
     sub = {k: np.asarray(v) for k, v in val.items()}
     mean, std = task.sample_split(state, sub, num_samples=2)
     assert mean.shape == sub["targets"].shape and np.all(np.isfinite(std))
+    # The per-voxel model samples the brain voxels only, packed into slices: a stand-in sampler
+    # (each voxel's first images plus its noise SD) shows every voxel comes back to its place
+    # with its own slice's noise SD, and 0 outside the brain.
+    task.sample_fn = lambda *a, **k: (lambda st, x, key, sigma=None: {  # noqa: E731
+        "mean": x[..., :3] + sigma[..., None], "std": jnp.ones(x.shape[:-1] + (3,))})
+    brain = sub["mask"] > 0
+    assert 0 < brain.mean() < 1
+    mean, std = task.sample_split(state, sub)
+    sig = np.asarray(slice_noise_sigma(jnp.asarray(sub["images"]), jnp.asarray(sub["mask"])))
+    assert np.all(np.isfinite(sig))
+    want = sub["images"][..., :3] + sig[:, None, None, None]
+    np.testing.assert_allclose(mean[brain], want[brain], rtol=1e-6)
+    assert np.all(mean[~brain] == 0) and np.all(std[brain] == 1) and np.all(std[~brain] == 0)
 
 
 def test_resimulate_pd_drop_leaves_the_redrawn_voxels_pd_out_of_the_loss(vir_data):
