@@ -10,7 +10,7 @@ are divided per voxel by the Cramer-Rao SD of that fit at the voxel's noise leve
 by 6 (ddpm.residual_crlb; PD's residual x 16), so every voxel's posterior spans about 6 units of
 the diffusion's unit noise however precise its fit: with fixed factors (x 24 / 16 / 5) the
 samples were 0.6x the exact posterior's width, with the SD x 1 0.68x, x 3 0.82x, x 6 0.87x,
-x 12 0.89x (docs/results.md); 20 posterior draws per slice. Trained for
+x 12 0.89x (docs/results.md); 48 posterior draws per voxel. Trained for
 1300 steps on 8192 brain voxels per step, drawn ~uniformly over log T1 (ddpm.voxel_prior='flat_T1'), on apparent k up to 1.15, half of them
 with T1 and k redrawn from continuous ranges and their series simulated again at SNR 20-1000
 (ddpm.voxel_resimulate). It is given each sample's validity (ddpm.validity): clipped or missing
@@ -43,7 +43,7 @@ Training data: MNI152 brains plus "geometric" subjects (random ellipsoids, T1 10
 and long T1 are covered, 3 T, Rician noise (SNR 50), mild B1 inhomogeneity (inversion efficiency
 k ~ 0.95-1; the per-voxel presets add a per-subject spread of +-15%), images normalised per volume
 by the in-brain 95th percentile, 4 mm slices (48 x 56). At the end the test split is sampled with
-10 posterior draws (20 for the per-voxel presets; DDIM, 50 steps) and WORKDIR/eval written.
+10 posterior draws (48 for the per-voxel presets, brain voxels only; DDIM, 50 steps) and WORKDIR/eval written.
 """
 
 from configs import default
@@ -97,10 +97,10 @@ def get_config(preset: str = ""):
         config.ddpm.voxel_background = 0.0
         # T1 and k residuals over their fit's Cramer-Rao SD (x 6), PD's x 16: see the docstring
         config.ddpm.residual_scale = (6.0, 16.0, 6.0)
-        # 20 draws: with 10, mean +- 2 SD of even exact posterior draws covers ~0.91 (the SD of
-        # ten draws is itself uncertain); the exact posterior on 1000 voxels (300 left its own
-        # coverage uncertain by +-0.02)
-        config.ddpm.num_samples = 20
+        # 48 draws: mean +- 2 SD of n draws of even the exact posterior covers ~0.91 at n = 10,
+        # 0.934 at 20 (the SD of few draws is itself uncertain); the exact posterior on 1000
+        # voxels (300 left its own coverage uncertain by +-0.02)
+        config.ddpm.num_samples = 48
         config.ddpm.exact_voxels = 1000
         config.ddpm.residual_crlb = ("T1", "k")
         config.ddpm.noise_condition = True

@@ -211,7 +211,7 @@ def test_voxel_network_task_trains_and_samples_each_voxel_on_its_own(vir_data):
         assert vt.cfg.condition == "fit" and vt.cfg.residual and vt.cfg.voxel_prior == "flat_T1"
         assert vt.cfg.voxel_background == 0.0 and vt.cfg.voxel_resimulate == 0.5
         np.testing.assert_array_equal(vt.residual_scale, [6.0, 16.0, 6.0])
-        assert vt.cfg.num_samples == 20 and vt.cfg.exact_voxels == 1000
+        assert vt.cfg.num_samples == 48 and vt.cfg.exact_voxels == 1000
         assert vt.residual_crlb == ("T1", "k")  # over the SD of their fit
         assert vt.noise  # given the images' noise SD
         assert vcfg.train.num_steps == steps and vcfg.data.k_spread == 0.15
