@@ -111,10 +111,9 @@ def learned_t1(workdir, vir, mask, out, norm_mask=None, transform=None, apply_mm
         return a[:native[0], :native[1]]
 
     fn = jax.jit(lambda im, key: task.predict(state, im, key, **kw))
-    # The one slice padded to a batch of predict.batch_size copies: the noise draws (and so the
-    # numbers in docs/results.md) are those of the DDPM's evaluation batches.
-    # A per-voxel model at the scan's grid takes the one slice alone (a 256 x 256 slice in a batch
-    # of 8 copies needs more memory than a laptop has).
+    # The one slice padded to a batch of predict.batch_size copies (the noise draws of the DDPM's
+    # evaluation batches); alone for a per-voxel model at the scan's grid (a 256 x 256 slice in a
+    # batch of 8 copies needs more memory than a laptop has).
     if batch_size is None:
         batch_size = 1 if (per_voxel and f == 1) else config.predict.get("batch_size", 8)
     batch = int(batch_size)
