@@ -19,7 +19,8 @@ model      c1                          c2
    residual equals the magnitude least-squares objective (a negated sample can only fit worse than
    its magnitude), so this is the global minimum over the T1 grid; only null positions next to the
    smallest sample are tried (the null lies beside it), and a parabola through the best grid point
-   and its neighbours refines log T1.
+   and its neighbours refines log T1. The flat curve (T1 far below the shortest TI) is one more
+   candidate: where noise lifts the first sample, short grid T1 values are infeasible (c2 > 0).
 2. Levenberg-Marquardt on ``(c1, c2, log T1)`` for the Gaussian or Rician objective, written as
    array arithmetic with the voxels on the last axis (``[N, V]``; the sums over samples a scan of
    elementwise passes, analytic Jacobian, unrolled 3x3 solves): no per-voxel solver.
@@ -156,7 +157,16 @@ def _global_start(protocol, y, w, signed):
     exact = jnp.where(ok & jnp.isfinite(f0), exact, -jnp.inf)
     j = jnp.argmax(exact, axis=-1)[:, None]
     pick = lambda a: jnp.take_along_axis(a, j, axis=1)[:, 0]  # noqa: E731
-    return pick(c1), pick(c2), pick(u), jnp.isfinite(pick(exact))
+    c1, c2, u, best = pick(c1), pick(c2), pick(u), pick(exact)
+    # The recovered limit, T1 far below the shortest TI: a constant curve. Where the noise puts
+    # the first sample above the rest, every short grid T1 needs c2 > 0 (infeasible) and the
+    # search above would end at a far worse recovering curve; the constant one is scored here
+    # (c2 = -2 c1, perfect inversion, has no effect on the curve at the grid's shortest T1).
+    t0_pos = jnp.sum(wy, axis=-1)
+    c1_flat = t0_pos / jnp.maximum(s0[:, 0, 0], 1e-30)
+    flat = (c1_flat > 0) & (c1_flat * t0_pos > best)
+    return (jnp.where(flat, c1_flat, c1), jnp.where(flat, -2.0 * c1_flat, c2),
+            jnp.where(flat, log_grid[0], u), jnp.isfinite(best) | flat)
 
 
 def _evaluate(ti, c1, c2, u, signed, loss, y, w, sig):
