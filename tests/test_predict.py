@@ -123,7 +123,7 @@ def test_trained_ddpm_applies_to_real_phantom_scans(ddpm_workdir, nist_dir, tmp_
     assert "clipped samples marked invalid" in out["kind"], out["kind"]
     # the per-voxel model takes the scan's own voxels (no blocks mixing a sphere with its edge)
     pixel = float(np.linalg.norm(vir.affine[:3, 0]))
-    assert f"at {pixel:.1f} mm" in out["kind"], out["kind"]
+    assert f"at {pixel:.1f} mm (the mask's voxels only)" in out["kind"], out["kind"]
     inside = labels > 0
     assert np.all(np.isfinite(out["T1"][inside])) and np.all(out["T1"][inside] > 0)
     assert np.all(np.isnan(out["T1"][~inside]))
