@@ -75,9 +75,12 @@ def test_writes_maps_on_each_scan_grid_table_and_figure(run):
     assert ex["voxels"] == 24 and 0 <= ex["exact_mass_in_model_2sd"] <= 1
     # (a 3-step model's draws barely spread: its SD may round to 0 in float32 at the median voxel)
     assert np.isfinite(ex["sd_ratio_median"]) and ex["sd_ratio_median"] >= 0
-    assert ex["prior"]["k"] == [0.7, 1.4] and 0 < ex["sigma_normalised"] < 0.2
+    assert ex["prior"]["k"] == [0.5, 1.5] and 0 < ex["sigma_normalised"] < 0.2
+    pm = res["ir"]["agreement_posterior_median"]  # the median of the draws, beside their mean
+    assert pm["GM"]["voxels"] == res["ir"]["agreement"]["GM"]["voxels"]
+    assert pm["GM"]["fit_median_ms"] == res["ir"]["agreement"]["GM"]["fit_median_ms"]
     table = (out / "table.md").read_text()
-    assert "per-voxel DDPM" in table and "U-Net" in table
+    assert "per-voxel DDPM" in table and "posterior median" in table and "U-Net" in table
     assert (out / "invivo_learned.png").stat().st_size > 10000
 
 

@@ -220,9 +220,10 @@ def test_voxel_network_task_trains_and_samples_each_voxel_on_its_own(vir_data):
     icfg = ddpm_config.get_config("invivo_ir")
     it = DdpmTask(icfg)
     assert it.protocol.name == "qmrlab_ir" and len(it.protocol) == 9 and it.validity
-    assert icfg.data.k_spread == 0.3 and tuple(icfg.ddpm.voxel_k_range) == (0.7, 1.4)
-    np.testing.assert_array_equal(it.residual_scale, [8.0, 1.0, 1.0])  # as measured in vivo
-    assert not it.noise and not it.residual_crlb
+    assert icfg.data.k_spread == 0.3 and tuple(icfg.ddpm.voxel_k_range) == (0.5, 1.5)
+    assert icfg.ddpm.voxel_resimulate == 1.0 and icfg.ddpm.num_samples == 20  # the stated prior
+    np.testing.assert_array_equal(it.residual_scale, [6.0, 16.0, 6.0])  # as the main job
+    assert it.noise and it.residual_crlb == ("T1", "k")
     for preset in ("unet", "paper"):
         ut = DdpmTask(ddpm_config.get_config(preset))
         assert not isinstance(ut.net, VoxelDenoiser) and ut.cfg.voxel_batch == 0
