@@ -204,7 +204,7 @@ def test_voxel_network_task_trains_and_samples_each_voxel_on_its_own(vir_data):
     _task_refuses(cfg, "config.ddpm.network", network="mlp")
     # configs/ddpm.py's default and its :voxel preset (2000 steps) build a per-voxel
     # residual-around-the-fit task; :unet and :paper the U-Net on images.
-    for preset, steps in [("", 1300), ("voxel", 2000)]:
+    for preset, steps in [("", 1550), ("voxel", 2000)]:
         vcfg = ddpm_config.get_config(preset)
         vt = DdpmTask(vcfg)
         assert isinstance(vt.net, VoxelDenoiser) and vt.cfg.voxel_batch == 8192
@@ -221,6 +221,7 @@ def test_voxel_network_task_trains_and_samples_each_voxel_on_its_own(vir_data):
     it = DdpmTask(icfg)
     assert it.protocol.name == "qmrlab_ir" and len(it.protocol) == 9 and it.validity
     assert icfg.data.k_spread == 0.3 and tuple(icfg.ddpm.voxel_k_range) == (0.5, 1.5)
+    assert icfg.train.num_steps == 1300
     assert icfg.ddpm.voxel_resimulate == 1.0 and icfg.ddpm.num_samples == 20  # the stated prior
     np.testing.assert_array_equal(it.residual_scale, [6.0, 16.0, 6.0])  # as the main job
     assert it.noise and it.residual_crlb == ("T1", "k")
