@@ -212,8 +212,9 @@ def _to_physical(model, theta, amp):
 @functools.partial(jax.jit, static_argnames=("model", "loss", "max_iter", "tol", "lambda_init",
                                              "init"))
 def _fit_chunk(model, protocol, y, w, sigma, cov, *, loss, max_iter, tol, lambda_init, init):
-    """y, w: [V, N] raw signals and 0/1 weights; sigma: [] (image units, <= 0 when unknown);
-    cov: [V, C] covariate values."""
+    """y: [V, N] raw signals; w: [V, N] 0/1 weights, or [1, N] for the same weights in every
+    voxel; sigma: [] (image units, <= 0 when unknown); cov: [V, C] covariate values."""
+    w = jnp.broadcast_to(w, y.shape)
     theta, amp, var, converged, at_bound, cost = _fit_core(model, protocol, y, w, sigma, cov, loss,
                                                            max_iter, tol, lambda_init, init)
     var = jnp.where(sigma > 0, var, jnp.nan)
@@ -350,8 +351,8 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
     if not np.all(np.isfinite(y)):
         bad = int(np.sum(~np.all(np.isfinite(y), axis=1)))
         raise ValueError(f"fit_voxels: signals contain NaN/Inf in {bad} voxels; mask them out first")
-    if weights is None:
-        w = np.ones_like(y)
+    if weights is None:  # every sample used: one row, broadcast over the voxels on the device
+        w = None
     else:
         w = np.asarray(weights, np.float32)
         if w.shape != y.shape:
@@ -374,15 +375,19 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc=f"fit {model.name}", unit="chunk")
     for s in starts:
-        yc, wc, cc = y[s:s + chunk], w[s:s + chunk], cov[s:s + chunk]
+        yc, cc = y[s:s + chunk], cov[s:s + chunk]
+        wc = np.ones((1, y.shape[1]), np.float32) if w is None else w[s:s + chunk]
         pad = chunk - yc.shape[0]
         if pad:
             yc = np.concatenate([yc, np.ones((pad, y.shape[1]), np.float32)])
-            wc = np.concatenate([wc, np.ones((pad, y.shape[1]), np.float32)])
+            if w is not None:
+                wc = np.concatenate([wc, np.ones((pad, y.shape[1]), np.float32)])
             cc = np.concatenate([cc, np.repeat(cc[:1], pad, 0) if len(cc) else
                                  np.ones((pad, cov.shape[1]), np.float32)])
         if sharding is not None:
-            yc, wc, cc = (jax.device_put(a, sharding) for a in (yc, wc, cc))
+            yc, cc = (jax.device_put(a, sharding) for a in (yc, cc))
+            if w is not None:
+                wc = jax.device_put(wc, sharding)
         res = _fit_chunk(model, protocol, jnp.asarray(yc), jnp.asarray(wc), jnp.asarray(sig),
                          jnp.asarray(cc),
                          loss=options.loss, max_iter=options.max_iter, tol=options.tol,
@@ -392,8 +397,8 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
         empty = np.zeros((0, len(model.params)), np.float32)
         outs = [[empty, empty, np.zeros(0, bool), np.zeros(0, bool), np.zeros(0, np.float32)]]
     phys, var, conv, at_bound, cost = (np.concatenate([o[i] for o in outs]) for i in range(5))
-    too_few = (w > 0).sum(axis=1) < len(model.params)
-    conv = conv & ~too_few
+    n_used = y.shape[1] if w is None else (w > 0).sum(axis=1)
+    conv = conv & ~(n_used < len(model.params))
     params = {p: phys[:, i] for i, p in enumerate(model.params)}
     crlb = {p: var[:, i] for i, p in enumerate(model.params)}
     return FitResult(params, crlb, conv, cost, None if sigma is None else float(sigma), model.name,

@@ -131,6 +131,26 @@ def test_sharded_equals_single_device():
     assert np.mean(many.converged == one.converged) > 0.99
 
 
+@pytest.mark.parametrize("name", ["ir3", "t2"])
+def test_no_weights_equals_all_weights_on_several_devices(name):
+    """``weights=None`` (one row of ones broadcast on the devices, no [V, N] host array) fits
+    exactly as explicit all-True weights, sharded over the four fake devices with padding."""
+    model = get_model(name)
+    prot = physics.get_protocol(CASES[name])
+    rng = np.random.default_rng(12)
+    truth = _truth(model, 1001, rng)
+    clean = np.asarray(model.signal(truth, prot))
+    y = np.abs(clean + 0.02 * rng.standard_normal(clean.shape))
+    opts = SolverOptions(loss="rician", chunk_size=512)
+    none = fit_voxels(model, prot, y, sigma=0.02, options=opts)
+    ones = fit_voxels(model, prot, y, weights=np.ones_like(y, bool), sigma=0.02, options=opts)
+    for p in model.params:
+        np.testing.assert_array_equal(none.params[p], ones.params[p], err_msg=p)
+        np.testing.assert_array_equal(none.crlb[p], ones.crlb[p], err_msg=p)
+    np.testing.assert_array_equal(none.converged, ones.converged)
+    np.testing.assert_array_equal(none.cost, ones.cost)
+
+
 def test_excluded_samples_do_not_bias():
     model, prot = get_model("ir"), physics.get_protocol("nist_vir")
     truth = {"PD": np.full(8, 1.0), "T1": np.linspace(200, 2000, 8), "k": np.full(8, 0.97)}
