@@ -351,12 +351,9 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
     if not np.all(np.isfinite(y)):
         bad = int(np.sum(~np.all(np.isfinite(y), axis=1)))
         raise ValueError(f"fit_voxels: signals contain NaN/Inf in {bad} voxels; mask them out first")
-    if weights is None:  # every sample used: one row, broadcast over the voxels on the device
-        w = None
-    else:
-        w = np.asarray(weights, np.float32)
-        if w.shape != y.shape:
-            raise ValueError(f"fit_voxels: weights shape {w.shape} != signals shape {y.shape}")
+    w = None if weights is None else np.asarray(weights, np.float32)  # None: one row of ones
+    if w is not None and w.shape != y.shape:
+        raise ValueError(f"fit_voxels: weights shape {w.shape} != signals shape {y.shape}")
     if options.loss == "rician" and (sigma is None or sigma <= 0):
         raise ValueError("fit_voxels: the Rician loss needs the noise sigma (> 0)")
     if options.loss == "rician" and "ir_signed" in protocol.kinds:
@@ -380,18 +377,15 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
         pad = chunk - yc.shape[0]
         if pad:
             yc = np.concatenate([yc, np.ones((pad, y.shape[1]), np.float32)])
-            if w is not None:
-                wc = np.concatenate([wc, np.ones((pad, y.shape[1]), np.float32)])
+            wc = wc if w is None else np.concatenate([wc, np.ones((pad, y.shape[1]), np.float32)])
             cc = np.concatenate([cc, np.repeat(cc[:1], pad, 0) if len(cc) else
                                  np.ones((pad, cov.shape[1]), np.float32)])
         if sharding is not None:
             yc, cc = (jax.device_put(a, sharding) for a in (yc, cc))
-            if w is not None:
-                wc = jax.device_put(wc, sharding)
+            wc = wc if w is None else jax.device_put(wc, sharding)
         res = _fit_chunk(model, protocol, jnp.asarray(yc), jnp.asarray(wc), jnp.asarray(sig),
-                         jnp.asarray(cc),
-                         loss=options.loss, max_iter=options.max_iter, tol=options.tol,
-                         lambda_init=options.lambda_init, init=init)
+                         jnp.asarray(cc), loss=options.loss, max_iter=options.max_iter,
+                         tol=options.tol, lambda_init=options.lambda_init, init=init)
         outs.append([np.asarray(r)[: chunk - pad] for r in res])
     if not outs:  # no voxels: empty results of the right shapes
         empty = np.zeros((0, len(model.params)), np.float32)
