@@ -144,11 +144,14 @@ def test_no_weights_equals_all_weights_on_several_devices(name):
     opts = SolverOptions(loss="rician", chunk_size=512)
     none = fit_voxels(model, prot, y, sigma=0.02, options=opts)
     ones = fit_voxels(model, prot, y, weights=np.ones_like(y, bool), sigma=0.02, options=opts)
+    # Two compilations (weights [1, N] and [V, N]) of the same arithmetic: equal up to rounding
+    # (bitwise with jaxlib 0.10.2).
     for p in model.params:
-        np.testing.assert_array_equal(none.params[p], ones.params[p], err_msg=p)
-        np.testing.assert_array_equal(none.crlb[p], ones.crlb[p], err_msg=p)
-    np.testing.assert_array_equal(none.converged, ones.converged)
-    np.testing.assert_array_equal(none.cost, ones.cost)
+        np.testing.assert_allclose(none.params[p], ones.params[p], rtol=1e-5, err_msg=p)
+        np.testing.assert_allclose(none.crlb[p], ones.crlb[p], rtol=1e-4, err_msg=p)
+    np.testing.assert_allclose(none.cost, ones.cost, rtol=1e-4, atol=1e-9)
+    assert np.mean(none.converged == ones.converged) >= 0.999
+    assert none.converged.mean() > 0.9
 
 
 def test_excluded_samples_do_not_bias():
