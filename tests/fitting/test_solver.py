@@ -134,7 +134,8 @@ def test_sharded_equals_single_device():
 @pytest.mark.parametrize("name", ["ir3", "t2"])
 def test_no_weights_equals_all_weights_on_several_devices(name):
     """``weights=None`` (one row of ones broadcast on the devices, no [V, N] host array) fits
-    exactly as explicit all-True weights, sharded over the four fake devices with padding."""
+    as explicit all-True weights do (up to rounding), sharded over the four fake devices with
+    padding."""
     model = get_model(name)
     prot = physics.get_protocol(CASES[name])
     rng = np.random.default_rng(12)
