@@ -111,7 +111,9 @@ def _amplitudes(s0, s1, s2, t0, t1):
 
 
 def _global_start(protocol, y, w, signed):
-    """Step 1: ``(c1, c2, log T1)`` per voxel ``[V]`` each, and whether any feasible fit exists."""
+    """Step 1: ``(c1, c2, log T1)`` per voxel ``[V]`` each, and whether any feasible fit exists.
+    ``w`` is ``[V, N]``, or ``[1, N]`` for the same weights in every voxel (the sums over the
+    weights alone are then computed once)."""
     ti = jnp.asarray(protocol.ti_ms, y.dtype)
     n = ti.shape[0]
     log_grid = np.log(np.geomspace(*_GRID))
@@ -142,10 +144,12 @@ def _global_start(protocol, y, w, signed):
     # Per null position: the best grid T1, refined by a parabola through it and its neighbours
     # (in log T1, within one step), then scored exactly at the refined T1.
     n_grid = len(log_grid)
-    g = jnp.argmax(gain, axis=-1)  # [V, J]
+    # The first maximum's index as a min-reduction: on CPU faster than argmax (a variadic reduce).
+    f0 = jnp.max(gain, axis=-1)  # [V, J]
+    g = jnp.min(jnp.where(gain >= f0[..., None], jnp.arange(n_grid), n_grid - 1), axis=-1)
     at = lambda k: jnp.take_along_axis(gain, k[..., None], axis=-1)[..., 0]  # noqa: E731
     gl, gh = jnp.clip(g - 1, 0, n_grid - 1), jnp.clip(g + 1, 0, n_grid - 1)
-    f0, fl, fh = at(g), at(gl), at(gh)
+    fl, fh = at(gl), at(gh)
     curv = fl + fh - 2 * f0
     inner = (gl < g) & (gh > g) & jnp.isfinite(fl) & jnp.isfinite(fh) & (curv < 0)
     shift = jnp.where(inner, 0.5 * (fl - fh) / jnp.where(inner, curv, -1.0), 0.0)
@@ -167,6 +171,30 @@ def _global_start(protocol, y, w, signed):
     flat = (c1_flat > 0) & (c1_flat * t0_pos > best)
     return (jnp.where(flat, c1_flat, c1), jnp.where(flat, -2.0 * c1_flat, c2),
             jnp.where(flat, log_grid[0], u), jnp.isfinite(best) | flat)
+
+
+#: Voxels per block of the global start on CPU: its [V, 4, 36] scores then stay in cache.
+_START_BLOCK = 1024
+
+
+def _blocked_start(protocol, y, w, signed):
+    """:func:`_global_start` over blocks of :data:`_START_BLOCK` voxels on CPU (a ``lax.map``; the
+    same numbers, 1.1-1.2x faster for the whole fit at 20,480 voxels on 2 cores). A block takes
+    every ``m``-th voxel, so a voxel axis split evenly over devices stays split (no transfers)."""
+    n_vox = y.shape[0]
+    if jax.default_backend() != "cpu" or n_vox % _START_BLOCK or n_vox == _START_BLOCK:
+        return _global_start(protocol, y, w, signed)
+    m = n_vox // _START_BLOCK
+
+    def blocks(a):  # [V, ...] -> [m, V / m, ...]: block i holds voxels i, i + m, i + 2m, ...
+        return jnp.swapaxes(a.reshape((n_vox // m, m) + a.shape[1:]), 0, 1)
+
+    if w.shape[0] == 1:
+        outs = jax.lax.map(lambda yb: _global_start(protocol, yb, w, signed), blocks(y))
+    else:
+        outs = jax.lax.map(lambda a: _global_start(protocol, a[0], a[1], signed),
+                           (blocks(y), blocks(w)))
+    return tuple(jnp.swapaxes(o, 0, 1).reshape(n_vox) for o in outs)
 
 
 def _evaluate(ti, c1, c2, u, signed, loss, y, w, sig):
@@ -237,7 +265,8 @@ def _lm(ti, loss, max_iter, lambda_init, y, w, sig, c1, c2, u, u_lo, u_hi, signe
 
 def fit_ir(model: FitModel, protocol: Protocol, y, w, sigma, sigma_known, loss: str,
            max_iter: int, tol: float, lambda_init: float):
-    """Steps 1-3 for normalised signals ``y, w: [V, N]`` and per-voxel normalised ``sigma [V]``.
+    """Steps 1-3 for normalised signals ``y: [V, N]``, weights ``w: [V, N]`` (or ``[1, N]``, the
+    same in every voxel) and per-voxel normalised ``sigma [V]``.
 
     Returns ``(theta_int [V, P], variance [V, P] (internal units^2), converged, at_bound, cost)``,
     like the general solver; ``model`` must satisfy :func:`supports`.
@@ -249,7 +278,7 @@ def fit_ir(model: FitModel, protocol: Protocol, y, w, sigma, sigma_known, loss: 
     u_lo, u_hi = float(np.log(model.lower[t1_at])), float(np.log(model.upper[t1_at]))
     # Samples first, voxels last: every sum over samples is an elementwise pass over voxels.
     yt, wt = y.T, w.T
-    c1, c2, u, found = _global_start(protocol, y, w, signed)
+    c1, c2, u, found = _blocked_start(protocol, y, w, signed)
     # Voxels without any recovering curve (e.g. all zero) start from a flat T1 = 1 s curve.
     c1 = jnp.where(found, c1, 1.0)
     c2 = jnp.where(found, c2, -1.0)
@@ -284,7 +313,8 @@ def fit_ir(model: FitModel, protocol: Protocol, y, w, sigma, sigma_known, loss: 
     phi = jnp.stack([c1, c2, u], axis=-1)
     theta = jax.vmap(to_theta)(phi)
     dmat = jax.vmap(jax.jacfwd(to_theta))(phi)
-    var = jnp.einsum("vpi,ijv,vpj->vp", dmat, cov, dmat)
+    # D F^-1 D^T's diagonal as elementwise sums (a batched einsum of 3x3s is slower on CPU).
+    var = sum(dmat[:, :, i] * cov[i, j][:, None] * dmat[:, :, j] for i in range(3) for j in range(3))
     ok_var = jnp.all(jnp.isfinite(var) & (var > 0), axis=-1) & (_det3(fim) > 0)
     var = jnp.where(ok_var[:, None], var, jnp.nan)
 

@@ -20,8 +20,7 @@ The pipeline for one chunk of voxels (all under one ``jax.jit``, ``vmap`` over v
    data whatever the loss) above the chi-square 0.999 quantile with P degrees of freedom. Pure-noise
    voxels therefore do not count as converged.
 
-Voxels are processed in fixed-size chunks (the last one padded), so one compiled function serves any
-number of voxels and memory stays bounded on CPU and GPU.
+Voxels are processed in fixed-size chunks (the last one padded): one compilation, bounded memory.
 
 References:
   Marquardt DW. J Soc Ind Appl Math 11:431 (1963).
@@ -192,6 +191,7 @@ def _fit_core(model, protocol, y, w, sigma, cov, loss, max_iter, tol, lambda_ini
         theta, var, converged, at_bound, cost = ir_varpro.fit_ir(
             model, protocol, yn, w, sig_n, sigma_known, loss, max_iter, tol, lambda_init)
         return theta, amp, var, converged & (amp_raw > 0), at_bound, cost
+    w = jnp.broadcast_to(w, y.shape)  # [1, N] (the same weights in every voxel) -> [V, N]
     theta0 = dictionary_init(model, protocol, yn, w, cov)
     lm = functools.partial(_lm_one, model, protocol, loss, max_iter, lambda_init)
     theta, cost = jax.vmap(lm)(theta0, yn, w, sig_n, cov)
@@ -213,13 +213,15 @@ def _to_physical(model, theta, amp):
                                              "init"))
 def _fit_chunk(model, protocol, y, w, sigma, cov, *, loss, max_iter, tol, lambda_init, init):
     """y: [V, N] raw signals; w: [V, N] 0/1 weights, or [1, N] for the same weights in every
-    voxel; sigma: [] (image units, <= 0 when unknown); cov: [V, C] covariate values."""
-    w = jnp.broadcast_to(w, y.shape)
+    voxel; sigma: [] (image units, <= 0 when unknown); cov: [V, C] covariate values.
+    Returns one ``[V, 2P + 3]`` array (one transfer to the host): parameters, CRLB variances,
+    converged, at_bound, cost."""
     theta, amp, var, converged, at_bound, cost = _fit_core(model, protocol, y, w, sigma, cov, loss,
                                                            max_iter, tol, lambda_init, init)
     var = jnp.where(sigma > 0, var, jnp.nan)
     phys, factor = _to_physical(model, theta, amp)
-    return phys, var * factor**2, converged, at_bound, cost
+    flags = jnp.stack([converged, at_bound], axis=-1).astype(phys.dtype)
+    return jnp.concatenate([phys, var * factor**2, flags, cost[:, None]], axis=-1)
 
 
 def fit_signals(model: FitModel, protocol: Protocol, signals, *, valid=None, max_iter: int = 5,
@@ -383,17 +385,16 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
         if sharding is not None:
             yc, cc = (jax.device_put(a, sharding) for a in (yc, cc))
             wc = wc if w is None else jax.device_put(wc, sharding)
-        res = _fit_chunk(model, protocol, jnp.asarray(yc), jnp.asarray(wc), jnp.asarray(sig),
-                         jnp.asarray(cc), loss=options.loss, max_iter=options.max_iter,
-                         tol=options.tol, lambda_init=options.lambda_init, init=init)
-        outs.append([np.asarray(r)[: chunk - pad] for r in res])
-    if not outs:  # no voxels: empty results of the right shapes
-        empty = np.zeros((0, len(model.params)), np.float32)
-        outs = [[empty, empty, np.zeros(0, bool), np.zeros(0, bool), np.zeros(0, np.float32)]]
-    phys, var, conv, at_bound, cost = (np.concatenate([o[i] for o in outs]) for i in range(5))
+        outs.append(np.asarray(_fit_chunk(
+            model, protocol, jnp.asarray(yc), jnp.asarray(wc), jnp.asarray(sig), jnp.asarray(cc),
+            loss=options.loss, max_iter=options.max_iter, tol=options.tol,
+            lambda_init=options.lambda_init, init=init))[: chunk - pad])
+    n_par = len(model.params)  # columns: parameters, variances, converged, at_bound, cost
+    out = np.concatenate(outs) if outs else np.zeros((0, 2 * n_par + 3), np.float32)
+    cols = np.ascontiguousarray(out.T)
     n_used = y.shape[1] if w is None else (w > 0).sum(axis=1)
-    conv = conv & ~(n_used < len(model.params))
-    params = {p: phys[:, i] for i, p in enumerate(model.params)}
-    crlb = {p: var[:, i] for i, p in enumerate(model.params)}
+    conv, at_bound, cost = (cols[-3] > 0.5) & ~(n_used < n_par), cols[-2] > 0.5, cols[-1]
+    params = {p: cols[i] for i, p in enumerate(model.params)}
+    crlb = {p: cols[n_par + i] for i, p in enumerate(model.params)}
     return FitResult(params, crlb, conv, cost, None if sigma is None else float(sigma), model.name,
                      at_bound)

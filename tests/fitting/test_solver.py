@@ -131,11 +131,29 @@ def test_sharded_equals_single_device():
     assert np.mean(many.converged == one.converged) > 0.99
 
 
+def test_chunk_size_does_not_change_the_fit():
+    """Chunks of 4096 voxels run the IR start in blocks (a ``lax.map`` on CPU), chunks of 1024 in
+    one piece: the same arithmetic up to rounding."""
+    model, prot = get_model("ir"), physics.get_protocol("nist_vir")
+    rng = np.random.default_rng(7)
+    truth = _truth(model, 4096, rng)
+    y = np.abs(np.asarray(model.signal(truth, prot)) + 0.02 * rng.standard_normal((4096, len(prot))))
+    fits = [fit_voxels(model, prot, y, sigma=0.02, devices=jax.devices()[:1],
+                       options=SolverOptions(loss="rician", chunk_size=c)) for c in (4096, 1024)]
+    for p in model.params:
+        sd = fits[1].crlb_sd(p)
+        assert np.all(np.abs(fits[0].params[p] - fits[1].params[p]) <= 0.01 * sd), p
+    assert np.mean(fits[0].converged == fits[1].converged) > 0.999
+    assert fits[0].converged.mean() > 0.9
+
+
 @pytest.mark.parametrize("name", ["ir3", "t2"])
 def test_no_weights_equals_all_weights_on_several_devices(name):
-    """``weights=None`` (one row of ones broadcast on the devices, no [V, N] host array) fits
-    as explicit all-True weights do (up to rounding), sharded over the four fake devices with
-    padding."""
+    """``weights=None`` (one row of ones on the devices, no [V, N] host array) fits as explicit
+    all-True weights do, sharded over the four fake devices with padding. The two compilations
+    differ in rounding (the start's sums over the weights are computed once for a single row), and
+    the fixed-count LM then stops at slightly different points of a flat objective: the estimates
+    agree to 1% of their CRLB SD and the objective to 1e-5."""
     model = get_model(name)
     prot = physics.get_protocol(CASES[name])
     rng = np.random.default_rng(12)
@@ -145,12 +163,12 @@ def test_no_weights_equals_all_weights_on_several_devices(name):
     opts = SolverOptions(loss="rician", chunk_size=512)
     none = fit_voxels(model, prot, y, sigma=0.02, options=opts)
     ones = fit_voxels(model, prot, y, weights=np.ones_like(y, bool), sigma=0.02, options=opts)
-    # Two compilations (weights [1, N] and [V, N]) of the same arithmetic: equal up to rounding
-    # (bitwise with jaxlib 0.10.2).
     for p in model.params:
-        np.testing.assert_allclose(none.params[p], ones.params[p], rtol=1e-5, err_msg=p)
-        np.testing.assert_allclose(none.crlb[p], ones.crlb[p], rtol=1e-4, err_msg=p)
-    np.testing.assert_allclose(none.cost, ones.cost, rtol=1e-4, atol=1e-9)
+        sd = none.crlb_sd(p)
+        assert np.all(np.isfinite(sd)), p
+        assert np.max(np.abs(none.params[p] - ones.params[p]) / sd) < 0.01, p
+        np.testing.assert_allclose(none.crlb[p], ones.crlb[p], rtol=1e-2, err_msg=p)
+    np.testing.assert_allclose(none.cost, ones.cost, rtol=1e-5, atol=1e-9)
     assert np.mean(none.converged == ones.converged) >= 0.999
     assert none.converged.mean() > 0.9
 
