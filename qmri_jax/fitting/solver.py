@@ -61,7 +61,8 @@ class SolverOptions:
       tol: Newton decrement (predicted further decrease of the objective), relative to the
         objective, below which an estimate counts as a stationary point.
       chunk_size: voxels per compiled call (``None``: chosen from the dictionary size).
-      lambda_init: initial Marquardt damping.
+      lambda_init: initial Marquardt damping (``None``: 1e-3 after the variable-projection start,
+        which lies close to the optimum, 1e-2 after the dictionary start).
       init: ``"auto"`` (variable projection for the IR models where it applies, else the
         dictionary), ``"varpro"`` or ``"dictionary"``.
     """
@@ -70,7 +71,7 @@ class SolverOptions:
     max_iter: int = 12
     tol: float = 1e-5
     chunk_size: int | None = None
-    lambda_init: float = 1e-2
+    lambda_init: float | None = None
     init: str = "auto"
 
     def __post_init__(self):
@@ -290,17 +291,14 @@ def _chunk_size(model: FitModel, n_vox: int, requested: int | None, init: str, n
 
 def _voxel_sharding(devices):
     """Sharding that splits the voxel axis over ``devices`` (None when there is only one)."""
-    if devices is None:
-        devices = jax.local_devices()
-    devices = list(devices)
+    devices = list(jax.local_devices() if devices is None else devices)
     if len(devices) < 2:
         return None, 1
     mesh = jax.sharding.Mesh(np.asarray(devices), ("voxels",))
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("voxels")), len(devices)
 
 
-def _covariates(model, covariates, n_vox):
-    """``{name: [V]}`` -> ``[V, C]`` float32, checked against ``model.covariates``."""
+def _covariates(model, covariates, n_vox):  # {name: [V]} -> [V, C] float32, checked
     covariates = dict(covariates or {})
     if set(covariates) != set(model.covariates):
         raise ValueError(f"fit_voxels: model {model.name!r} takes covariates "
@@ -364,6 +362,8 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
     cov = _covariates(model, covariates, y.shape[0])
     sig = np.float32(sigma if sigma is not None else -1.0)
     init = _resolve_init(model, protocol, options.init)
+    lam = options.lambda_init if options.lambda_init is not None else (
+        1e-3 if init == "varpro" else 1e-2)
     n_vox = y.shape[0]
     sharding, n_dev = _voxel_sharding(devices)
     chunk = _chunk_size(model, n_vox, options.chunk_size, init, n_dev)
@@ -388,7 +388,7 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
         outs.append(np.asarray(_fit_chunk(
             model, protocol, jnp.asarray(yc), jnp.asarray(wc), jnp.asarray(sig), jnp.asarray(cc),
             loss=options.loss, max_iter=options.max_iter, tol=options.tol,
-            lambda_init=options.lambda_init, init=init))[: chunk - pad])
+            lambda_init=lam, init=init))[: chunk - pad])
     n_par = len(model.params)  # columns: parameters, variances, converged, at_bound, cost
     out = np.concatenate(outs) if outs else np.zeros((0, 2 * n_par + 3), np.float32)
     cols = np.ascontiguousarray(out.T)
