@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qmri_jax.fitting import ir_varpro
+from qmri_jax.fitting.chunks import chunk_size, covariates_array, voxel_sharding
 from qmri_jax.fitting.crlb import fisher_variance, spd_solve
 from qmri_jax.fitting.dictionary import dictionary_init
 from qmri_jax.fitting.models import FitModel
@@ -193,6 +194,7 @@ def _fit_core(model, protocol, y, w, sigma, cov, loss, max_iter, tol, lambda_ini
             model, protocol, yn, w, sig_n, sigma_known, loss, max_iter, tol, lambda_init)
         return theta, amp, var, converged & (amp_raw > 0), at_bound, cost
     w = jnp.broadcast_to(w, y.shape)  # [1, N] (the same weights in every voxel) -> [V, N]
+    cov = jnp.broadcast_to(cov, (y.shape[0], cov.shape[1]))  # [1, 0] when there are none
     theta0 = dictionary_init(model, protocol, yn, w, cov)
     lm = functools.partial(_lm_one, model, protocol, loss, max_iter, lambda_init)
     theta, cost = jax.vmap(lm)(theta0, yn, w, sig_n, cov)
@@ -214,8 +216,8 @@ def _to_physical(model, theta, amp):
                                              "init"))
 def _fit_chunk(model, protocol, y, w, sigma, cov, *, loss, max_iter, tol, lambda_init, init):
     """y: [V, N] raw signals; w: [V, N] 0/1 weights, or [1, N] for the same weights in every
-    voxel; sigma: [] (image units, <= 0 when unknown); cov: [V, C] covariate values.
-    Returns one ``[V, 2P + 3]`` array (one transfer to the host): parameters, CRLB variances,
+    voxel; sigma: [] (image units, <= 0 when unknown); cov: [V, C] covariate values ([1, 0]
+    without covariates). Returns one ``[V, 2P + 3]`` array (one transfer to the host): parameters, CRLB variances,
     converged, at_bound, cost."""
     theta, amp, var, converged, at_bound, cost = _fit_core(model, protocol, y, w, sigma, cov, loss,
                                                            max_iter, tol, lambda_init, init)
@@ -263,58 +265,6 @@ def fit_signals(model: FitModel, protocol: Protocol, signals, *, valid=None, max
     return out
 
 
-#: Voxels per device in one call of the vectorised IR fit, so that its working set (the start's
-#: [V, 4, 36] scores) stays in cache: 200,000 voxels on 2 CPU devices fitted 1.7x faster in calls
-#: of 10,240 per device than of 25,088.
-_VARPRO_CHUNK_PER_DEVICE = 10240
-
-
-def _max_chunk(model: FitModel, init: str, n_dev: int) -> int:
-    if init == "varpro":
-        return _VARPRO_CHUNK_PER_DEVICE * n_dev
-    n_atoms = math.prod(len(g) for g in model.grid)
-    if model.covariates:  # a dictionary per voxel: [V, atoms, N, L] and the signal's own temporaries
-        return int(max(64, 2**25 // (n_atoms * 1024)))
-    # Keep the [V, atoms, L, L] dictionary tensors around 2^24 elements (64 MiB in float32).
-    chunk = 2**24 // max(1, n_atoms * len(model.linear) ** 2)
-    return int(min(65536, max(1024, chunk)))
-
-
-def _chunk_size(model: FitModel, n_vox: int, requested: int | None, init: str, n_dev: int) -> int:
-    """Voxels per compiled call: the data split into equal chunks under the memory cap, rounded up
-    to a multiple of 1024 so that similar sizes share one compilation."""
-    cap = requested or _max_chunk(model, init, n_dev)
-    n_chunks = max(1, math.ceil(n_vox / cap))
-    per = max(1, math.ceil(n_vox / n_chunks))
-    return int(min(cap, math.ceil(per / 1024) * 1024)) if requested is None else int(cap)
-
-
-def _voxel_sharding(devices):
-    """Sharding that splits the voxel axis over ``devices`` (None when there is only one)."""
-    devices = list(jax.local_devices() if devices is None else devices)
-    if len(devices) < 2:
-        return None, 1
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("voxels",))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("voxels")), len(devices)
-
-
-def _covariates(model, covariates, n_vox):  # {name: [V]} -> [V, C] float32, checked
-    covariates = dict(covariates or {})
-    if set(covariates) != set(model.covariates):
-        raise ValueError(f"fit_voxels: model {model.name!r} takes covariates "
-                         f"{list(model.covariates)}, got {sorted(covariates)}")
-    cols = []
-    for c in model.covariates:
-        v = np.asarray(covariates[c], np.float32)
-        if v.shape != (n_vox,):
-            raise ValueError(f"fit_voxels: covariate {c!r} must be [{n_vox}], got {v.shape}")
-        if not np.all(np.isfinite(v)):
-            raise ValueError(f"fit_voxels: covariate {c!r} has {int(np.sum(~np.isfinite(v)))} "
-                             "NaN/Inf values")
-        cols.append(v)
-    return np.stack(cols, axis=1) if cols else np.zeros((n_vox, 0), np.float32)
-
-
 def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma=None,
                options: SolverOptions = SolverOptions(), progress: bool = False,
                devices=None, covariates: dict | None = None) -> FitResult:
@@ -359,15 +309,17 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
     if options.loss == "rician" and "ir_signed" in protocol.kinds:
         raise ValueError(f"fit_voxels: the Rician loss is for magnitude images; protocol "
                          f"{protocol.name!r} has signed (ir_signed) images: use loss='gaussian'")
-    cov = _covariates(model, covariates, y.shape[0])
+    cov = covariates_array(model, covariates, y.shape[0])
     sig = np.float32(sigma if sigma is not None else -1.0)
     init = _resolve_init(model, protocol, options.init)
     lam = options.lambda_init if options.lambda_init is not None else (
         1e-3 if init == "varpro" else 1e-2)
     n_vox = y.shape[0]
-    sharding, n_dev = _voxel_sharding(devices)
-    chunk = _chunk_size(model, n_vox, options.chunk_size, init, n_dev)
+    sharding, n_dev = voxel_sharding(devices)
+    chunk = chunk_size(model, n_vox, options.chunk_size, init, n_dev)
     chunk = math.ceil(chunk / n_dev) * n_dev
+    row = np.ones((1, y.shape[1]), np.float32)  # weights when all samples are used
+    no_cov, cov_row = cov.shape[1] == 0, np.zeros((1, 0), np.float32)  # [1, 0]: broadcast inside
     outs = []
     starts = range(0, n_vox, chunk)
     if progress:
@@ -375,21 +327,22 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
         starts = tqdm(starts, desc=f"fit {model.name}", unit="chunk")
     for s in starts:
         yc, cc = y[s:s + chunk], cov[s:s + chunk]
-        wc = np.ones((1, y.shape[1]), np.float32) if w is None else w[s:s + chunk]
+        wc = None if w is None else w[s:s + chunk]
         pad = chunk - yc.shape[0]
         if pad:
             yc = np.concatenate([yc, np.ones((pad, y.shape[1]), np.float32)])
             wc = wc if w is None else np.concatenate([wc, np.ones((pad, y.shape[1]), np.float32)])
-            cc = np.concatenate([cc, np.repeat(cc[:1], pad, 0) if len(cc) else
-                                 np.ones((pad, cov.shape[1]), np.float32)])
-        if sharding is not None:
-            yc, cc = (jax.device_put(a, sharding) for a in (yc, cc))
-            wc = wc if w is None else jax.device_put(wc, sharding)
-        outs.append(np.asarray(_fit_chunk(
-            model, protocol, jnp.asarray(yc), jnp.asarray(wc), jnp.asarray(sig), jnp.asarray(cc),
-            loss=options.loss, max_iter=options.max_iter, tol=options.tol,
-            lambda_init=lam, init=init))[: chunk - pad])
+            cc = cc if no_cov else np.concatenate([cc, np.repeat(cc[:1], pad, 0)])
+        put = (lambda a: a) if sharding is None else (lambda a: jax.device_put(a, sharding))
+        outs.append((_fit_chunk(
+            model, protocol, put(yc), row if w is None else put(wc), sig,
+            cov_row if no_cov else put(cc), loss=options.loss, max_iter=options.max_iter,
+            tol=options.tol, lambda_init=lam, init=init), chunk - pad))
+        if len(outs) > 1:  # the previous chunk to the host while this one computes (async)
+            outs[-2] = np.asarray(outs[-2][0])[: outs[-2][1]]
     n_par = len(model.params)  # columns: parameters, variances, converged, at_bound, cost
+    if outs:
+        outs[-1] = np.asarray(outs[-1][0])[: outs[-1][1]]
     out = np.concatenate(outs) if outs else np.zeros((0, 2 * n_par + 3), np.float32)
     cols = np.ascontiguousarray(out.T)
     n_used = y.shape[1] if w is None else (w > 0).sum(axis=1)
