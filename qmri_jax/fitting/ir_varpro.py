@@ -235,6 +235,18 @@ def _evaluate(ti, c1, c2, u, signed, loss, y, w, sig):
     return cost, grad, hess
 
 
+def _cost(ti, c1, c2, u, signed, loss, y, w, sig):
+    """The objective alone ``[V]`` for ``y, w: [N, V]``, as a scan over the samples."""
+    rate = jnp.exp(-u)
+
+    def add_sample(acc, sample):
+        ti_n, y_n, w_n = sample
+        raw = c1 + c2 * jnp.exp(-ti_n * rate)
+        return acc + objective_terms(loss, y_n, raw if signed else jnp.abs(raw), w_n, sig)[0], None
+
+    return jax.lax.scan(add_sample, jnp.zeros_like(c1), (ti, y, w))[0]
+
+
 def _det3(a):
     """Determinants of ``[3, 3, V]`` matrices, elementwise."""
     return (a[0, 0] * (a[1, 1] * a[2, 2] - a[1, 2] * a[2, 1])
@@ -301,7 +313,10 @@ def fit_ir(model: FitModel, protocol: Protocol, y, w, sigma, sigma_known, loss: 
     stationary = decrement <= tol * jnp.abs(cost) + 1e-9 * energy
     nu = c1[None, :] + c2[None, :] * jnp.exp(-ti[:, None] * jnp.exp(-u)[None, :])
     nu = nu if signed else jnp.abs(nu)
-    lr = no_signal_statistic(yt, nu, wt, sigma[None, :], not signed, axis=0)
+    if loss == "rician":  # the statistic's Rician objective at the estimate is the LM's cost
+        lr = (energy - 2.0 * jnp.where(energy > 0, cost, 0.0)) / sigma**2
+    else:
+        lr = no_signal_statistic(yt, nu, wt, sigma[None, :], not signed, axis=0)
     detected = ~sigma_known | (lr > no_signal_threshold(3))
     if loss == "gaussian":
         fim = hess / sigma**2
@@ -333,9 +348,7 @@ def fit_ir(model: FitModel, protocol: Protocol, y, w, sigma, sigma_known, loss: 
     # The objective of the returned parameters where they were moved (computed for every voxel:
     # a branch on any voxel having moved would synchronise the devices the voxels are split over).
     p1, p2, t1_proj = _linear(model, theta * scale, tr)
-    nu_proj = p1[None, :] + p2[None, :] * jnp.exp(-ti[:, None] / t1_proj[None, :])
-    nu_proj = nu_proj if signed else jnp.abs(nu_proj)
-    new = jnp.sum(objective_terms(loss, yt, nu_proj, wt, sigma[None, :])[0], axis=0)
+    new = _cost(ti, p1, p2, jnp.log(t1_proj), signed, loss, yt, wt, sigma)
     cost = jnp.where(moved, new, cost)
     converged = finite & stationary & ~at_bound & detected
     return theta, var, converged, at_bound, cost
