@@ -117,7 +117,8 @@ def main(argv=None):
     print(json.dumps({
         "project_voxels_per_s": proj_rate, "peer_voxels_per_s": peer_rate,
         "ratio": proj_rate / peer_rate, "project_median_call_voxels_per_s": proj_median_rate,
-        "ratio_median_call": proj_median_rate / peer_rate, "project_median_abs_pct": pm, "project_p95_abs_pct": pp,
+        "ratio_median_call": proj_median_rate / peer_rate, "project_median_abs_pct": pm,
+        "project_p95_abs_pct": pp,
         "peer_median_abs_pct": qm, "peer_p95_abs_pct": qp, "project_gross_failures": pg,
         "peer_gross_failures": qg, "devices": len(devices), "platform": devices[0].platform,
     }))

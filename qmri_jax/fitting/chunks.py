@@ -19,6 +19,7 @@ VARPRO_CHUNK_PER_DEVICE = 10240
 
 
 def max_chunk(model: FitModel, init: str, n_dev: int) -> int:
+    """The most voxels in one compiled call (all devices together), from the start's working set."""
     if init == "varpro":
         return VARPRO_CHUNK_PER_DEVICE * n_dev
     n_atoms = math.prod(len(g) for g in model.grid)
@@ -47,7 +48,8 @@ def voxel_sharding(devices):
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("voxels")), len(devices)
 
 
-def covariates_array(model, covariates, n_vox):  # {name: [V]} -> [V, C] float32, checked
+def covariates_array(model, covariates, n_vox):
+    """``{name: [V]}`` -> ``[V, C]`` float32, checked against ``model.covariates``."""
     covariates = dict(covariates or {})
     if set(covariates) != set(model.covariates):
         raise ValueError(f"fit_voxels: model {model.name!r} takes covariates "

@@ -185,7 +185,7 @@ _START_BLOCK = 1024
 
 def _blocked_start(protocol, y, w, signed):
     """:func:`_global_start` over blocks of :data:`_START_BLOCK` voxels on CPU (a ``lax.map``; the
-    same numbers, 1.1-1.2x faster for the whole fit at 20,480 voxels on 2 cores). A block takes
+    same numbers; the whole fit ~1.1x faster at 20,480 voxels on 2 cores). A block takes
     every ``m``-th voxel, so a voxel axis split evenly over devices stays split (no transfers)."""
     n_vox = y.shape[0]
     if jax.default_backend() != "cpu" or n_vox % _START_BLOCK or n_vox == _START_BLOCK:
@@ -335,7 +335,8 @@ def fit_ir(model: FitModel, protocol: Protocol, y, w, sigma, sigma_known, loss: 
     theta = jax.vmap(to_theta)(phi)
     dmat = jax.vmap(jax.jacfwd(to_theta))(phi)
     # D F^-1 D^T's diagonal as elementwise sums (a batched einsum of 3x3s is slower on CPU).
-    var = sum(dmat[:, :, i] * cov[i, j][:, None] * dmat[:, :, j] for i in range(3) for j in range(3))
+    var = sum(dmat[:, :, i] * cov[i, j][:, None] * dmat[:, :, j]
+              for i in range(3) for j in range(3))
     ok_var = jnp.all(jnp.isfinite(var) & (var > 0), axis=-1) & (_det3(fim) > 0)
     var = jnp.where(ok_var[:, None], var, jnp.nan)
 

@@ -217,8 +217,8 @@ def _to_physical(model, theta, amp):
 def _fit_chunk(model, protocol, y, w, sigma, cov, *, loss, max_iter, tol, lambda_init, init):
     """y: [V, N] raw signals; w: [V, N] 0/1 weights, or [1, N] for the same weights in every
     voxel; sigma: [] (image units, <= 0 when unknown); cov: [V, C] covariate values ([1, 0]
-    without covariates). Returns one ``[V, 2P + 3]`` array (one transfer to the host): parameters, CRLB variances,
-    converged, at_bound, cost."""
+    without covariates). Returns one ``[V, 2P + 3]`` array (one transfer to the host):
+    parameters, CRLB variances, converged, at_bound, cost."""
     theta, amp, var, converged, at_bound, cost = _fit_core(model, protocol, y, w, sigma, cov, loss,
                                                            max_iter, tol, lambda_init, init)
     var = jnp.where(sigma > 0, var, jnp.nan)

@@ -137,7 +137,8 @@ def test_chunk_size_does_not_change_the_fit():
     model, prot = get_model("ir"), physics.get_protocol("nist_vir")
     rng = np.random.default_rng(7)
     truth = _truth(model, 4096, rng)
-    y = np.abs(np.asarray(model.signal(truth, prot)) + 0.02 * rng.standard_normal((4096, len(prot))))
+    clean = np.asarray(model.signal(truth, prot))
+    y = np.abs(clean + 0.02 * rng.standard_normal(clean.shape))
     fits = [fit_voxels(model, prot, y, sigma=0.02, devices=jax.devices()[:1],
                        options=SolverOptions(loss="rician", chunk_size=c)) for c in (4096, 1024)]
     for p in model.params:
