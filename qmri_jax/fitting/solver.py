@@ -320,7 +320,8 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
     chunk = math.ceil(chunk / n_dev) * n_dev
     row = np.ones((1, y.shape[1]), np.float32)  # weights when all samples are used
     no_cov, cov_row = cov.shape[1] == 0, np.zeros((1, 0), np.float32)  # [1, 0]: broadcast inside
-    outs = []
+    put = (lambda a: a) if sharding is None else (lambda a: jax.device_put(a, sharding))
+    outs, pending = [], None  # pending: the last dispatched chunk and its number of real voxels
     starts = range(0, n_vox, chunk)
     if progress:
         from tqdm.auto import tqdm
@@ -333,16 +334,16 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
             yc = np.concatenate([yc, np.ones((pad, y.shape[1]), np.float32)])
             wc = wc if w is None else np.concatenate([wc, np.ones((pad, y.shape[1]), np.float32)])
             cc = cc if no_cov else np.concatenate([cc, np.repeat(cc[:1], pad, 0)])
-        put = (lambda a: a) if sharding is None else (lambda a: jax.device_put(a, sharding))
-        outs.append((_fit_chunk(
+        res = _fit_chunk(
             model, protocol, put(yc), row if w is None else put(wc), sig,
             cov_row if no_cov else put(cc), loss=options.loss, max_iter=options.max_iter,
-            tol=options.tol, lambda_init=lam, init=init), chunk - pad))
-        if len(outs) > 1:  # the previous chunk to the host while this one computes (async)
-            outs[-2] = np.asarray(outs[-2][0])[: outs[-2][1]]
+            tol=options.tol, lambda_init=lam, init=init)
+        if pending is not None:  # the previous chunk to the host while this one computes (async)
+            outs.append(np.asarray(pending[0])[: pending[1]])
+        pending = (res, chunk - pad)
+    if pending is not None:
+        outs.append(np.asarray(pending[0])[: pending[1]])
     n_par = len(model.params)  # columns: parameters, variances, converged, at_bound, cost
-    if outs:
-        outs[-1] = np.asarray(outs[-1][0])[: outs[-1][1]]
     out = np.concatenate(outs) if outs else np.zeros((0, 2 * n_par + 3), np.float32)
     cols = np.ascontiguousarray(out.T)
     n_used = y.shape[1] if w is None else (w > 0).sum(axis=1)
