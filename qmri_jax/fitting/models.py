@@ -156,44 +156,51 @@ def _t2_epg_basis(nl, protocol):
 
 
 @functools.cache
-def epg_model(profile: SliceProfile | None = SliceProfile(), t1_ms: float = EPG_T1_MS,
+def epg_model(profile: SliceProfile | None = SliceProfile(), t1_ms: float | None = EPG_T1_MS,
               fit_b1: bool = True) -> FitModel:
     """The CPMG T2 model with a relative transmit field ``B1`` and a slice profile.
 
     ``S = PD * cpmg_slice_echo_train(T2, T1, ESP; B1, profile)``
-    (:func:`~qmri_jax.physics.slice_profile.cpmg_slice_echo_train`), T1 fixed at ``t1_ms``.
+    (:func:`~qmri_jax.physics.slice_profile.cpmg_slice_echo_train`).
 
     Args:
       profile: the nominal pulses (``None``: an ideal slice, one refocusing angle ``180 B1``).
-      t1_ms: the T1 assumed (the echo amplitudes depend on it only through stimulated echoes).
+      t1_ms: the T1 assumed (the echo amplitudes depend on it only through stimulated echoes), or
+        ``None``: T1 is a known per-voxel input, the covariate ``"T1"`` (ms; e.g. a T1 map of the
+        same session).
       fit_b1: fit ``B1`` per voxel (parameters PD, T2, B1), or take it as a known covariate
         (parameters PD, T2; ``covariates={"B1": ...}`` in ``fit_voxels``).
 
     Calls with equal arguments return the same object (one compilation per setting).
     """
+    t1_known = ("T1",) if t1_ms is None else ()
 
     def basis(nl, protocol):
         n = len(protocol.kinds)
         esp = protocol.te_ms[0]
-        return cpmg_slice_echo_train(1.0, nl["T2"], t1_ms, esp, n, nl["B1"], profile)[..., None]
+        t1 = nl["T1"] if t1_ms is None else t1_ms
+        return cpmg_slice_echo_train(1.0, nl["T2"], t1, esp, n, nl["B1"], profile)[..., None]
 
     where = ("ideal slice" if profile is None else
              f"slice profile: Hann-sinc TBW {profile.time_bandwidth:g}, refocusing slice "
              f"{profile.refocus_width:g}x")
-    desc = f"CPMG echoes by EPG summed over the slice ({where}), T1 = {t1_ms:g} ms, B1 " + (
+    t1_text = "T1 given per voxel" if t1_ms is None else f"T1 = {t1_ms:g} ms"
+    desc = f"CPMG echoes by EPG summed over the slice ({where}), {t1_text}, B1 " + (
         "fitted" if fit_b1 else "given")
+    suffix = "_t1map" if t1_ms is None else ""
     if fit_b1:
         # B1 within [0.5, 1.5]: beyond ~1.45 the central refocusing angle passes 260 degrees and
         # the echo pattern aliases that of a smaller B1 (a second minimum with a wrong T2). A fine
         # start grid: with 40 T2 values the best atom of a B1 ~1.0 voxel can lie in that alias
         # basin even for noiseless data.
         b1_grid = tuple(float(v) for v in np.round(np.arange(0.55, 1.46, 0.05), 2))
-        return FitModel("t2_epg_b1", ("PD", "T2", "B1"), ("PD",), (0.0, 0.5, 0.5),
+        return FitModel("t2_epg_b1" + suffix, ("PD", "T2", "B1"), ("PD",), (0.0, 0.5, 0.5),
                         (50.0, 5000.0, 1.5), (1.0, 100.0, 1.0),
-                        (_logspace(1.0, 4000.0, 120), b1_grid), basis, desc, _check_epg)
-    return FitModel("t2_epg_b1_fixed", ("PD", "T2"), ("PD",), (0.0, 0.5), (50.0, 5000.0),
+                        (_logspace(1.0, 4000.0, 120), b1_grid), basis, desc, _check_epg,
+                        covariates=t1_known)
+    return FitModel("t2_epg_b1_fixed" + suffix, ("PD", "T2"), ("PD",), (0.0, 0.5), (50.0, 5000.0),
                     (1.0, 100.0), (_logspace(1.0, 4000.0, 40),), basis, desc, _check_epg,
-                    covariates=("B1",))
+                    covariates=("B1",) + t1_known)
 
 
 def _vfa_basis(nl, protocol):

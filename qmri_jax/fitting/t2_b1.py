@@ -12,8 +12,12 @@ phantom. So (as in the B1-from-the-same-data approaches of StimFit and DECAES, h
    voxels in a wrong minimum do not pull it (:func:`smooth_field`);
 3. refit (PD, T2) in every voxel of ``mask`` with B1 fixed to the smooth surface.
 
-Limits: the slice profile is a generic one (Hann-windowed sinc pulses; vendors' pulses differ), T1
-is fixed, and the per-voxel fit has an alias minimum at B1 ~1.3-1.5 (central refocusing angle past
+T1 enters through the stimulated echoes only, but that is enough to move a long T2 by a few per
+cent (a T2 of ~400 ms read with T1 1000 ms instead of its ~2000 ms: +3 to +4%). ``t1_ms`` is one
+value for every voxel or a T1 map ``[X, Y]`` (e.g. from a variable-flip-angle scan of the same
+session), used by both fits.
+
+Limits: the slice profile is a generic one (Hann-windowed sinc pulses; vendors' pulses differ), and the per-voxel fit has an alias minimum at B1 ~1.3-1.5 (central refocusing angle past
 ~240 degrees) with a T2 off by up to ~10%: B1 is bounded to [0.5, 1.5] and the robust weights drop
 the aliased voxels as long as they are a minority (on a synthetic slice with B1 0.86-1.08 about 10%
 of them are; with fields rising above ~1.2 they can become the majority and the surface fails).
@@ -47,7 +51,8 @@ class SmoothB1Fit:
       b1_voxel: the per-voxel (PD, T2, B1) fit of step 1 (NaN outside its voxels).
       b1_used: ``[X, Y]`` bool, the voxels whose B1 entered the surface (after robust weighting:
         weight > 0).
-      profile, t1_ms, degree: the settings.
+      profile, degree: the settings.
+      t1_ms: the T1 used (ms): a number, or the ``[X, Y]`` map that was given.
     """
 
     t2: MapResult
@@ -55,7 +60,7 @@ class SmoothB1Fit:
     b1_voxel: MapResult
     b1_used: np.ndarray
     profile: SliceProfile | None
-    t1_ms: float
+    t1_ms: float | np.ndarray
     degree: int
 
 
@@ -116,7 +121,8 @@ def smooth_field(values, weights, degree: int = 2, n_iter: int = 10, tukey_c: fl
 
 
 def fit_t2_smooth_b1(images, protocol: Protocol, mask, valid=None, sigma=None, *,
-                     profile: SliceProfile | None = SliceProfile(), t1_ms: float = EPG_T1_MS,
+                     profile: SliceProfile | None = SliceProfile(),
+                     t1_ms: float | np.ndarray = EPG_T1_MS,
                      degree: int = 1, b1_mask=None, b1_stride: int = 1,
                      b1_min_valid: float = 0.9, loss: str = "rician",
                      max_iter: int = 20, progress: bool = False) -> SmoothB1Fit:
@@ -130,7 +136,8 @@ def fit_t2_smooth_b1(images, protocol: Protocol, mask, valid=None, sigma=None, *
         (the first echo carries the B1 information).
       sigma: noise std (estimated from the background when None).
       profile: slice profile of the nominal pulses (``None``: an ideal slice).
-      t1_ms: the T1 assumed by the EPG model.
+      t1_ms: the T1 assumed by the EPG model (ms): one value, or a map ``[X, Y]``, finite and
+        positive in ``mask`` and ``b1_mask``.
       degree: degree of the B1 surface.
       b1_mask: ``[X, Y]`` voxels used to estimate B1 (default ``mask``), subsampled by
         ``b1_stride`` in both directions; of those, only voxels with at least a fraction
@@ -147,9 +154,10 @@ def fit_t2_smooth_b1(images, protocol: Protocol, mask, valid=None, sigma=None, *
     sub = np.zeros_like(b1_mask)
     sub[::b1_stride, ::b1_stride] = True
     options = SolverOptions(loss=loss, max_iter=max_iter)
-    model = epg_model(profile, t1_ms, True)
+    t1_cov, t1_key = _t1_covariate(t1_ms, mask | b1_mask, np.shape(images)[:-1])
+    model = epg_model(profile, t1_key, True)
     free = fit_images(images, protocol, model, mask=b1_mask & sub, valid=valid, sigma=sigma,
-                      options=options, progress=progress)
+                      options=options, progress=progress, covariates=t1_cov)
     sigma = free.sigma
     b1_sd = free.crlb_sd["B1"]
     # Voxels whose B1 is a free estimate: no parameter on a bound, a finite CRLB and at least
@@ -167,7 +175,23 @@ def fit_t2_smooth_b1(images, protocol: Protocol, mask, valid=None, sigma=None, *
         raise ValueError(f"fit_t2_smooth_b1: the smooth B1 leaves [{lo}, {hi}] inside the mask "
                          f"(range {field[mask].min():.2f}..{field[mask].max():.2f}); lower the "
                          "degree or restrict b1_mask")
-    t2 = fit_images(images, protocol, epg_model(profile, t1_ms, False), mask=mask, valid=valid,
+    t2 = fit_images(images, protocol, epg_model(profile, t1_key, False), mask=mask, valid=valid,
                     sigma=sigma, options=options, progress=progress,
-                    covariates={"B1": np.where(mask, field, 1.0)})
+                    covariates={"B1": np.where(mask, field, 1.0), **(t1_cov or {})})
     return SmoothB1Fit(t2, field, free, w_final > 0, profile, t1_ms, degree)
+
+
+def _t1_covariate(t1_ms, inside, shape):
+    """``(covariates, epg_model's t1_ms)``: ``(None, t1)`` for one value, ``({"T1": map}, None)``
+    for a map (checked: shape ``shape``, finite and positive ``inside``)."""
+    if np.ndim(t1_ms) == 0:
+        return None, float(t1_ms)
+    t1 = np.asarray(t1_ms, np.float32)
+    if t1.shape != tuple(shape):
+        raise ValueError(f"fit_t2_smooth_b1: t1_ms map has shape {t1.shape}, expected the "
+                         f"images' grid {tuple(shape)}")
+    bad = inside & ~(np.isfinite(t1) & (t1 > 0))
+    if bad.any():
+        raise ValueError(f"fit_t2_smooth_b1: t1_ms map is not finite and positive in {int(bad.sum())}"
+                         " voxels of the mask (fill them, e.g. with a stated default T1)")
+    return {"T1": np.where(inside, t1, EPG_T1_MS)}, None
