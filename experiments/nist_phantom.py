@@ -19,8 +19,9 @@ Analysis choices (stated in results.json):
 * T1: IR magnitude model with inversion efficiency, ``|PD (1 - (1+k) e^{-TI/T1} + k e^{-TR/T1})|``,
   Rician maximum likelihood, sigma from the background;
 * T2 (the estimate): EPG summed over a slice profile (Hann-sinc pulses, TBW 3, refocusing slice
-  1.2x the excitation slice, T1 fixed at 1000 ms) with a transmit field B1 that is smooth over the
-  phantom (``qmri_jax.fitting.fit_t2_smooth_b1``): B1 fitted per voxel in the sphere ROIs whose
+  1.2x the excitation slice, T1 fixed at 1000 ms; ``--t2-t1 vfa``: T1 per voxel from the session's
+  VFA slab, ``experiments.phantom_vfa``, with the 1000 ms fit beside it) with a transmit field B1
+  that is smooth over the phantom (``qmri_jax.fitting.fit_t2_smooth_b1``): B1 fitted per voxel in the sphere ROIs whose
   echoes are >= 90% unclipped, a plane fitted to it robustly (CRLB weights, Tukey biweights), T2
   refitted with B1 fixed; all unclipped echoes, Rician MLE. The B1 map (x 180 = the central
   refocusing angle) is written and drawn. Reported beside it: the mono-exponential fit with offset
@@ -48,8 +49,9 @@ import numpy as np
 
 from experiments.phantom_learned import learned_t1
 from experiments.phantom_report import roi_sd, write_report
+from experiments.phantom_vfa import t1_per_sphere, vfa_t1
 from qmri_jax.evaluation import plot_maps, roi_medians
-from qmri_jax.fitting import SolverOptions, auto_mask, fit_images, fit_t2_smooth_b1
+from qmri_jax.fitting import EPG_T1_MS, SolverOptions, auto_mask, fit_images, fit_t2_smooth_b1
 from qmri_jax.io import read_dicom_series, write_fit_outputs, write_json, write_nifti
 
 T1_JUDGED = range(1, 11)
@@ -121,7 +123,7 @@ def scale_and_clip(series, factor: float):
 
 
 def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
-        checkpoint=None, vir_scale: float = 1.0) -> dict:
+        checkpoint=None, vir_scale: float = 1.0, t2_t1: str = "fixed") -> dict:
     data = pathlib.Path(data)
     out = pathlib.Path(out)
     ref = load_reference(data, temperature)
@@ -175,9 +177,19 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
     # ROIs. (The t2_offset fit of all 31k phantom voxels stalls XLA:CPU with 4 host devices on 2
     # cores, in its batched 2x2 LAPACK solve.)
     phantom2 = auto_mask(img2) | mask2
-    epg = fit_t2_smooth_b1(img2, mse.protocol, mask2, valid2, b1_mask=mask2)
+    if t2_t1 not in ("fixed", "vfa"):
+        raise SystemExit(f"--t2-t1 {t2_t1!r}: expected 'fixed' or 'vfa'")
+    vfa = vfa_t1(data, mse, mask2, rois, t1_est, EPG_T1_MS) if t2_t1 == "vfa" else None
+    if t2_t1 == "vfa" and vfa is None:
+        raise SystemExit(f"--t2-t1 vfa: {data / 'dicom' / 'vfa'} has no series")
+    t1_for_t2 = vfa["t1_map"] if vfa else EPG_T1_MS
+    epg = fit_t2_smooth_b1(img2, mse.protocol, mask2, valid2, b1_mask=mask2, t1_ms=t1_for_t2)
+    t1_used = (t1_per_sphere(t1_for_t2, t2_labels) if vfa else
+               {int(k): EPG_T1_MS for k in np.unique(t2_labels[t2_labels > 0])})
     fits = {
         "epg": epg.t2,
+        "epg_t1_fixed": (fit_t2_smooth_b1(img2, mse.protocol, mask2, valid2, b1_mask=mask2).t2
+                         if vfa else epg.t2),
         "mono_offset": fit_images(img2, mse.protocol, "t2_offset", mask=mask2, valid=no_first,
                                   options=SolverOptions(max_iter=30)),
         "mono_rician": fit_images(img2, mse.protocol, "t2", mask=phantom2, valid=no_first,
@@ -237,18 +249,27 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
                   f"median {float(np.median(judged)):.1f}%")
         results["learned"] = [{"checkpoint": str(c), "kind": m["kind"]}
                               for c, m in zip(checkpoints, learned)]
+    if vfa:
+        results["vfa_t1"] = {k: v for k, v in vfa.items() if k != "t1_map"}
+        print(f"T1 for the EPG T2 fit: {vfa['description']}; MSE slice at VFA slice "
+              f"{vfa['slice_position_vox']:.2f}. Check on the T1 plate, VFA vs VIR fit (%): " +
+              " ".join(f"{k}:{c['difference_percent']:+.0f}" for k, c in vfa["check"].items()))
     print(f"T2 (MSE, {len(mse.protocol)} echoes, sigma {fits['epg'].sigma:.1f}; EPG with slice "
           f"profile and a smooth B1 (plane), mono-exp fits without the first echo)")
-    print(f"{'sphere':>6} {'ref ms':>9} {'EPG+B1':>9} {'bias %':>8} {'B1':>6} {'B1 vox':>6} "
-          f"{'mono+C':>9} {'bias %':>8} {'mono ML':>9} {'bias %':>8} {'CRLB sd':>8} {'clipped':>8}")
+    print(f"{'sphere':>6} {'ref ms':>9} {'EPG+B1':>9} {'bias %':>8} {'T1 used':>8} {'T1 1000':>8} "
+          f"{'B1':>6} {'B1 vox':>6} {'mono+C':>9} {'bias %':>8} {'mono ML':>9} {'bias %':>8} "
+          f"{'CRLB sd':>8} {'clipped':>8}")
     for k in sorted(int(v) for v in np.unique(t2_labels) if v > 0):
         r = ref[("T2", k)]["T2"]
         row = {"array": "T2", "index": k, "reference_ms": r}
         vals = {}
-        for name in ("epg", "mono_offset", "mono_rician"):
+        for name in ("epg", "epg_t1_fixed", "mono_offset", "mono_rician"):
             e = t2_est[name].get(k, float("nan"))
             vals[name] = (e, 100 * (e / r - 1))
         row.update({"estimate_ms": vals["epg"][0], "bias_percent": vals["epg"][1],
+                    "t1_used_ms": t1_used.get(k, float("nan")),
+                    "epg_t1_fixed_ms": vals["epg_t1_fixed"][0],
+                    "epg_t1_fixed_bias_percent": vals["epg_t1_fixed"][1],
                     "b1": b1_roi[k], "b1_voxelwise_median": b1_voxel.get(k, float("nan")),
                     "refocus_deg": 180 * b1_roi[k],
                     "mono_offset_ms": vals["mono_offset"][0],
@@ -259,7 +280,8 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
                     "clipped_samples_excluded": t2_clip[k], "judged": k in T2_JUDGED})
         results["spheres"].append(row)
         flag = "" if k in T2_JUDGED else "  (outside fittable range)"
-        print(f"{k:>6} {r:>9.1f} {vals['epg'][0]:>9.1f} {vals['epg'][1]:>+8.1f} {b1_roi[k]:>6.3f} "
+        print(f"{k:>6} {r:>9.1f} {vals['epg'][0]:>9.1f} {vals['epg'][1]:>+8.1f} "
+              f"{row['t1_used_ms']:>8.0f} {vals['epg_t1_fixed'][1]:>+8.1f} {b1_roi[k]:>6.3f} "
               f"{b1_voxel.get(k, float('nan')):>6.3f} {vals['mono_offset'][0]:>9.1f} "
               f"{vals['mono_offset'][1]:>+8.1f} {vals['mono_rician'][0]:>9.1f} "
               f"{vals['mono_rician'][1]:>+8.1f} {row['crlb_sd_ms']:>8.1f} {t2_clip[k]:>8}{flag}")
@@ -281,6 +303,7 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
         "t1_model": t1.model.description, "t1_loss": "rician", "t2_model": fits["epg"].model.description,
         "t2_b1": (f"per-voxel B1 in the sphere ROIs with >= 90% valid echoes, a degree-{epg.degree} "
                   f"polynomial fitted robustly, T2 refitted with it fixed"),
+        "t2_t1": vfa["description"] if vfa else f"fixed at {EPG_T1_MS:g} ms (no VFA scan)",
         "t2_mono_first_echo_excluded": True, "clipped_samples_excluded": True,
         "estimate": "median over the sphere ROI of converged voxels",
     }
@@ -352,8 +375,12 @@ def main(argv=None):
                         help="multiply the VIR images by this factor and clip them at the stored "
                              "maximum before anything is fitted (a harder clipping test; "
                              "default 1: the scan as it is)")
+    parser.add_argument("--t2-t1", choices=("fixed", "vfa"), default="fixed",
+                        help="T1 of the EPG T2 fit: fixed at 1000 ms, or per voxel from the "
+                             "session's VFA slab (experiments.phantom_vfa; the fixed-T1 fit is "
+                             "reported beside it)")
     args = parser.parse_args(argv)
-    run(args.data, args.out, args.temperature, args.checkpoint, args.vir_scale)
+    run(args.data, args.out, args.temperature, args.checkpoint, args.vir_scale, args.t2_t1)
 
 
 if __name__ == "__main__":
