@@ -22,6 +22,8 @@ def max_chunk(model: FitModel, init: str, n_dev: int) -> int:
     """The most voxels in one compiled call (all devices together), from the start's working set."""
     if init == "varpro":
         return VARPRO_CHUNK_PER_DEVICE * n_dev
+    if init == "start":  # no dictionary: only the per-voxel Levenberg-Marquardt state
+        return 4096 * n_dev
     n_atoms = math.prod(len(g) for g in model.grid)
     if model.covariates:  # a dictionary per voxel: [V, atoms, N, L] and the signal's own temporaries
         return int(max(64, 2**25 // (n_atoms * 1024)))

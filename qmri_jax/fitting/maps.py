@@ -51,7 +51,7 @@ def auto_mask(images: np.ndarray, fraction: float = 0.1) -> np.ndarray:
 def fit_images(images, protocol: Protocol, model: str | FitModel, mask=None, valid=None,
                sigma=None, options: SolverOptions = SolverOptions(), progress: bool = False,
                estimate_sigma: bool = True, n_coils: int | str = 1,
-               covariates: dict | None = None) -> MapResult:
+               covariates: dict | None = None, start: dict | None = None) -> MapResult:
     """Fits every voxel of an image series.
 
     Args:
@@ -66,6 +66,8 @@ def fit_images(images, protocol: Protocol, model: str | FitModel, mask=None, val
       options, progress: passed to :func:`fit_voxels`.
       covariates: ``{name: [...]}`` maps of the model's known per-voxel inputs (e.g. ``B1``),
         finite inside the mask.
+      start: ``{param: [...]}`` starting maps for every model parameter, finite inside the mask
+        (:func:`fit_voxels`' ``start``; e.g. the maps of a simpler model's fit).
 
     Returns:
       :class:`MapResult`.
@@ -98,15 +100,18 @@ def fit_images(images, protocol: Protocol, model: str | FitModel, mask=None, val
             warnings.warn(f"{e}: fitting without sigma, so the CRLB maps are NaN")
     y = images[mask]
     w = valid[mask]
-    cov = {}
-    for name, v in (covariates or {}).items():
-        v = np.asarray(v, np.float32)
-        if v.shape != mask.shape:
-            raise ValueError(f"fit_images: covariate {name!r} has shape {v.shape}, expected the "
-                             f"image shape {mask.shape}")
-        cov[name] = v[mask]
+    per_voxel = {}
+    for kind, given in (("covariate", covariates), ("start", start)):
+        per_voxel[kind] = None if given is None and kind == "start" else {}
+        for name, v in (given or {}).items():
+            v = np.asarray(v, np.float32)
+            if v.shape != mask.shape:
+                raise ValueError(f"fit_images: {kind} {name!r} has shape {v.shape}, expected the "
+                                 f"image shape {mask.shape}")
+            per_voxel[kind][name] = v[mask]
     result: FitResult = fit_voxels(model, protocol, y, w, sigma=sigma, options=options,
-                                   progress=progress, covariates=cov)
+                                   progress=progress, covariates=per_voxel["covariate"],
+                                   start=per_voxel["start"])
     shape = mask.shape
 
     def scatter(v, fill=np.nan):

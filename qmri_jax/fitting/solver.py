@@ -179,9 +179,11 @@ def _resolve_init(model, protocol, init):
     return "varpro" if init != "dictionary" and ir_varpro.supports(model, protocol) else "dictionary"
 
 
-def _fit_core(model, protocol, y, w, sigma, cov, loss, max_iter, tol, lambda_init, init):
+def _fit_core(model, protocol, y, w, sigma, cov, loss, max_iter, tol, lambda_init, init,
+              start=None):
     """Steps 1-4 of the module docstring. y, w: [V, N]; sigma: [] (<= 0 when unknown); cov: [V, C]
-    covariate values.
+    covariate values; start: [V, P] physical starting values for ``init == "start"`` (step 2
+    skipped).
     Returns (theta_int [V, P], amp [V], CRLB variance [V, P] (internal units), converged,
     at_bound, cost)."""
     amp_raw = jnp.max(jnp.where(w > 0, jnp.abs(y), 0.0), axis=-1)
@@ -195,7 +197,10 @@ def _fit_core(model, protocol, y, w, sigma, cov, loss, max_iter, tol, lambda_ini
         return theta, amp, var, converged & (amp_raw > 0), at_bound, cost
     w = jnp.broadcast_to(w, y.shape)  # [1, N] (the same weights in every voxel) -> [V, N]
     cov = jnp.broadcast_to(cov, (y.shape[0], cov.shape[1]))  # [1, 0] when there are none
-    theta0 = dictionary_init(model, protocol, yn, w, cov)
+    if init == "start":
+        theta0 = project(model, start / _to_physical(model, jnp.ones_like(start), amp)[1])
+    else:
+        theta0 = dictionary_init(model, protocol, yn, w, cov)
     lm = functools.partial(_lm_one, model, protocol, loss, max_iter, lambda_init)
     theta, cost = jax.vmap(lm)(theta0, yn, w, sig_n, cov)
     diag = functools.partial(_diagnose, model, protocol, loss, tol)
@@ -214,13 +219,15 @@ def _to_physical(model, theta, amp):
 
 @functools.partial(jax.jit, static_argnames=("model", "loss", "max_iter", "tol", "lambda_init",
                                              "init"))
-def _fit_chunk(model, protocol, y, w, sigma, cov, *, loss, max_iter, tol, lambda_init, init):
+def _fit_chunk(model, protocol, y, w, sigma, cov, start, *, loss, max_iter, tol, lambda_init,
+               init):
     """y: [V, N] raw signals; w: [V, N] 0/1 weights, or [1, N] for the same weights in every
     voxel; sigma: [] (image units, <= 0 when unknown); cov: [V, C] covariate values ([1, 0]
-    without covariates). Returns one ``[V, 2P + 3]`` array (one transfer to the host):
+    without covariates); start: [V, P] starting values for ``init == "start"`` (else [1, 0]).
+    Returns one ``[V, 2P + 3]`` array (one transfer to the host):
     parameters, CRLB variances, converged, at_bound, cost."""
     theta, amp, var, converged, at_bound, cost = _fit_core(model, protocol, y, w, sigma, cov, loss,
-                                                           max_iter, tol, lambda_init, init)
+                                                           max_iter, tol, lambda_init, init, start)
     var = jnp.where(sigma > 0, var, jnp.nan)
     phys, factor = _to_physical(model, theta, amp)
     flags = jnp.stack([converged, at_bound], axis=-1).astype(phys.dtype)
@@ -267,7 +274,8 @@ def fit_signals(model: FitModel, protocol: Protocol, signals, *, valid=None, max
 
 def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma=None,
                options: SolverOptions = SolverOptions(), progress: bool = False,
-               devices=None, covariates: dict | None = None) -> FitResult:
+               devices=None, covariates: dict | None = None,
+               start: dict | None = None) -> FitResult:
     """Fits ``model`` to every voxel of ``signals``.
 
     Args:
@@ -285,6 +293,9 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
         cores). Results do not depend on the split.
       covariates: ``{name: [V]}`` for every name in ``model.covariates`` (known per-voxel inputs,
         e.g. a B1 map), finite.
+      start: ``{param: [V]}`` physical starting values for every ``model.params`` (e.g. a fit of
+        a simpler model): the Levenberg-Marquardt steps start there instead of at the global
+        start (``options.init`` is then not used).
 
     Returns:
       :class:`FitResult`.
@@ -311,7 +322,8 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
                          f"{protocol.name!r} has signed (ir_signed) images: use loss='gaussian'")
     cov = covariates_array(model, covariates, y.shape[0])
     sig = np.float32(sigma if sigma is not None else -1.0)
-    init = _resolve_init(model, protocol, options.init)
+    init = _resolve_init(model, protocol, options.init) if start is None else "start"
+    st = _start_array(model, start, y.shape[0])
     lam = options.lambda_init if options.lambda_init is not None else (
         1e-3 if init == "varpro" else 1e-2)
     n_vox = y.shape[0]
@@ -327,16 +339,18 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc=f"fit {model.name}", unit="chunk")
     for s in starts:
-        yc, cc = y[s:s + chunk], cov[s:s + chunk]
+        yc, cc, sc = y[s:s + chunk], cov[s:s + chunk], st[s:s + chunk]
         wc = None if w is None else w[s:s + chunk]
         pad = chunk - yc.shape[0]
         if pad:
             yc = np.concatenate([yc, np.ones((pad, y.shape[1]), np.float32)])
             wc = wc if w is None else np.concatenate([wc, np.ones((pad, y.shape[1]), np.float32)])
             cc = cc if no_cov else np.concatenate([cc, np.repeat(cc[:1], pad, 0)])
+            sc = sc if start is None else np.concatenate([sc, np.repeat(sc[:1], pad, 0)])
         res = _fit_chunk(
             model, protocol, put(yc), row if w is None else put(wc), sig,
-            cov_row if no_cov else put(cc), loss=options.loss, max_iter=options.max_iter,
+            cov_row if no_cov else put(cc), cov_row if start is None else put(sc),
+            loss=options.loss, max_iter=options.max_iter,
             tol=options.tol, lambda_init=lam, init=init)
         if pending is not None:  # the previous chunk to the host while this one computes (async)
             outs.append(np.asarray(pending[0])[: pending[1]])
@@ -352,3 +366,18 @@ def fit_voxels(model: FitModel, protocol: Protocol, signals, weights=None, sigma
     crlb = {p: cols[n_par + i] for i, p in enumerate(model.params)}
     return FitResult(params, crlb, conv, cost, None if sigma is None else float(sigma), model.name,
                      at_bound)
+
+
+def _start_array(model, start, n_vox):
+    """``{param: [V]}`` -> ``[V, P]`` float32 (checked), or ``[1, 0]`` for no start."""
+    if start is None:
+        return np.zeros((1, 0), np.float32)
+    if set(start) != set(model.params):
+        raise ValueError(f"fit_voxels: start needs every parameter of model {model.name!r} "
+                         f"{list(model.params)}, got {sorted(start)}")
+    st = np.stack([np.asarray(start[p], np.float32) for p in model.params], axis=-1)
+    if st.shape != (n_vox, len(model.params)) or not np.all(np.isfinite(st)):
+        raise ValueError(f"fit_voxels: start values must be finite [V={n_vox}] arrays per "
+                         f"parameter, got shape {st.shape[:-1]} with "
+                         f"{int(np.sum(~np.isfinite(st)))} non-finite")
+    return st

@@ -156,8 +156,16 @@ def fit_t2_smooth_b1(images, protocol: Protocol, mask, valid=None, sigma=None, *
     options = SolverOptions(loss=loss, max_iter=max_iter)
     t1_cov, t1_key = _t1_covariate(t1_ms, mask | b1_mask, np.shape(images)[:-1])
     model = epg_model(profile, t1_key, True)
+    start = None
+    if t1_cov is not None:
+        # With a T1 map the start dictionary would be built per voxel (T2 x B1 atoms for each):
+        # start instead from the fit with the median T1, a shared dictionary, then refine.
+        t1_mid = float(np.median(t1_cov["T1"][b1_mask & sub])) if (b1_mask & sub).any() else 1e3
+        pre = fit_images(images, protocol, epg_model(profile, t1_mid, True), mask=b1_mask & sub,
+                         valid=valid, sigma=sigma, options=options, progress=progress)
+        start, sigma = {p: np.nan_to_num(v, nan=1.0) for p, v in pre.maps.items()}, pre.sigma
     free = fit_images(images, protocol, model, mask=b1_mask & sub, valid=valid, sigma=sigma,
-                      options=options, progress=progress, covariates=t1_cov)
+                      options=options, progress=progress, covariates=t1_cov, start=start)
     sigma = free.sigma
     b1_sd = free.crlb_sd["B1"]
     # Voxels whose B1 is a free estimate: no parameter on a bound, a finite CRLB and at least

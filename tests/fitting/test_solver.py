@@ -274,3 +274,25 @@ def test_ir_cost_is_the_objective_of_the_returned_parameters(name):
     nu = np.abs(np.asarray(model.signal(res.params, prot))) / amp
     f, _ = objective_terms("rician", y / amp, nu, np.ones_like(y), sigma / amp)
     np.testing.assert_allclose(res.cost, np.asarray(f).sum(axis=1), rtol=2e-4, atol=1e-7)
+
+
+def test_start_values_replace_the_global_start():
+    model, prot = get_model("t2"), physics.get_protocol("nist_mse")
+    truth = _truth(model, 40, np.random.default_rng(4))
+    y = np.asarray(model.signal(truth, prot))
+    # Started at the optimum, one step stays there; started 3x off in T2, one step does not reach
+    # it (the dictionary start would: it lies on the grid next to the truth), twenty steps do.
+    at_truth = fit_voxels(model, prot, y, options=SolverOptions(max_iter=1), start=truth)
+    np.testing.assert_allclose(at_truth.params["T2"], truth["T2"], rtol=1e-5)
+    far = {"PD": truth["PD"], "T2": 3.0 * truth["T2"]}
+    one = fit_voxels(model, prot, y, options=SolverOptions(max_iter=1), start=far)
+    assert np.median(np.abs(one.params["T2"] / truth["T2"] - 1)) > 0.05
+    dictionary = fit_voxels(model, prot, y, options=SolverOptions(max_iter=1))
+    assert np.median(np.abs(dictionary.params["T2"] / truth["T2"] - 1)) < 0.05
+    many = fit_voxels(model, prot, y, options=SolverOptions(max_iter=20), start=far)
+    np.testing.assert_allclose(many.params["T2"], truth["T2"], rtol=2e-3)
+    with pytest.raises(ValueError, match="start needs every parameter"):
+        fit_voxels(model, prot, y, start={"T2": truth["T2"]})
+    with pytest.raises(ValueError, match="1 non-finite"):
+        fit_voxels(model, prot, y, start={"PD": truth["PD"], "T2": np.where(
+            np.arange(40) == 3, np.nan, truth["T2"])})
