@@ -6,7 +6,7 @@ The pipeline for one chunk of voxels (all under one ``jax.jit``, ``vmap`` over v
 2. a global initialisation: for the inversion-recovery models, variable projection over T1 with
    polarity restoration (:mod:`qmri_jax.fitting.ir_varpro`: the least-squares optimum, null
    position included); for the others a dictionary search over the model's nonlinear-parameter grid
-   with the amplitudes solved in closed form for every atom;
+   with the amplitudes solved in closed form for every atom (or the caller's ``start`` values);
 3. Levenberg-Marquardt (Marquardt diagonal scaling, projected onto the bounds) on all parameters
    in internal units ``theta / scale``. For the Rician likelihood the gradient is exact and the
    curvature is the Gauss-Newton (high-SNR Fisher) matrix; every step is accepted only if the
