@@ -1,4 +1,4 @@
-"""T1 from the phantom's variable-flip-angle scan, for the EPG T2 fit of ``experiments.nist_phantom``.
+"""T1 from the phantom's variable-flip-angle scan, for ``experiments.nist_phantom``'s EPG T2 fit.
 
 The T2 spheres' stimulated echoes depend on their T1 (certified 160-2200 ms over spheres 2-12), and
 no IR slice covers the T2 plate; the 3D VFA slab of the same session does. So:

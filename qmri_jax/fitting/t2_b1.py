@@ -17,9 +17,10 @@ cent (a T2 of ~400 ms read with T1 1000 ms instead of its ~2000 ms: +3 to +4%). 
 value for every voxel or a T1 map ``[X, Y]`` (e.g. from a variable-flip-angle scan of the same
 session), used by both fits.
 
-Limits: the slice profile is a generic one (Hann-windowed sinc pulses; vendors' pulses differ), and the per-voxel fit has an alias minimum at B1 ~1.3-1.5 (central refocusing angle past
-~240 degrees) with a T2 off by up to ~10%: B1 is bounded to [0.5, 1.5] and the robust weights drop
-the aliased voxels as long as they are a minority (on a synthetic slice with B1 0.86-1.08 about 10%
+Limits: the slice profile is a generic one (Hann-windowed sinc pulses; vendors' pulses differ), and
+the per-voxel fit has an alias minimum at B1 ~1.3-1.5 (central refocusing angle past ~240
+degrees) with a T2 off by up to ~10%: B1 is bounded to [0.5, 1.5] and the robust weights drop the
+aliased voxels as long as they are a minority (on a synthetic slice with B1 0.86-1.08 about 10%
 of them are; with fields rising above ~1.2 they can become the majority and the surface fails).
 
 The result holds the T2 map of step 3 (the estimate), the smooth B1 map (the angle map to report:
@@ -160,7 +161,8 @@ def fit_t2_smooth_b1(images, protocol: Protocol, mask, valid=None, sigma=None, *
     if t1_cov is not None:
         # With a T1 map the start dictionary would be built per voxel (T2 x B1 atoms for each):
         # start instead from the fit with the median T1, a shared dictionary, then refine.
-        t1_mid = float(np.median(t1_cov["T1"][b1_mask & sub])) if (b1_mask & sub).any() else 1e3
+        fitted = b1_mask & sub
+        t1_mid = float(np.median(t1_cov["T1"][fitted])) if fitted.any() else EPG_T1_MS
         pre = fit_images(images, protocol, epg_model(profile, t1_mid, True), mask=b1_mask & sub,
                          valid=valid, sigma=sigma, options=options, progress=progress)
         start, sigma = {p: np.nan_to_num(v, nan=1.0) for p, v in pre.maps.items()}, pre.sigma
@@ -200,6 +202,7 @@ def _t1_covariate(t1_ms, inside, shape):
                          f"images' grid {tuple(shape)}")
     bad = inside & ~(np.isfinite(t1) & (t1 > 0))
     if bad.any():
-        raise ValueError(f"fit_t2_smooth_b1: t1_ms map is not finite and positive in {int(bad.sum())}"
-                         " voxels of the mask (fill them, e.g. with a stated default T1)")
+        raise ValueError(f"fit_t2_smooth_b1: t1_ms map is not finite and positive in "
+                         f"{int(bad.sum())} voxels of the mask (fill them, e.g. with a stated "
+                         "default T1)")
     return {"T1": np.where(inside, t1, EPG_T1_MS)}, None

@@ -22,7 +22,8 @@ def test_linear_field_is_reproduced_on_an_oblique_thin_slice():
     world = src[:3, :3] @ ijk + src[:3, 3:]
     field = np.stack([0.5 * world[0] - 0.2 * world[1] + 0.1 * world[2] + 7.0,
                       world[2]], -1).reshape(*shape, 2)
-    # Target: one slice of 0.8 mm pixels, rotated 10 degrees in-plane, tilted, between source slices.
+    # Target: one slice of 0.8 mm pixels, rotated 10 degrees in-plane, tilted, between source
+    # slices.
     tgt = np.eye(4)
     tgt[:3, :3] = _rotation(10.0) @ np.diag([0.8, 0.8, 6.0])
     tgt[2, 1] = 0.05
