@@ -21,12 +21,12 @@ Analysis choices (stated in results.json):
 * T2 (the estimate): EPG summed over a slice profile (Hann-sinc pulses, TBW 3, refocusing slice
   1.2x the excitation slice, T1 fixed at 1000 ms; ``--t2-t1 vfa``: T1 per voxel from the session's
   VFA slab, ``experiments.phantom_vfa``, with the 1000 ms fit beside it) with a transmit field B1
-  that is smooth over the phantom (``qmri_jax.fitting.fit_t2_smooth_b1``): B1 fitted per voxel
-  in the sphere ROIs whose echoes are >= 90% unclipped, a plane fitted to it robustly (CRLB
-  weights, Tukey biweights), T2 refitted with B1 fixed; all unclipped echoes, Rician MLE. The B1 map (x 180 = the central
-  refocusing angle) is written and drawn. Reported beside it: the mono-exponential fit with offset
-  and the mono-exponential Rician MLE (first echo excluded: it carries no stimulated echo, unlike
-  every later echo of an imperfect CPMG train; MR-BIAS does the same).
+  that is smooth over the phantom (``qmri_jax.fitting.fit_t2_smooth_b1``): B1 fitted per voxel in
+  the sphere ROIs whose echoes are >= 90% unclipped, a plane fitted to it robustly (CRLB weights,
+  Tukey biweights), T2 refitted with B1 fixed; all unclipped echoes, Rician MLE. The B1 map (x 180
+  = the central refocusing angle) is written and drawn. Reported beside it: the mono-exponential
+  fit with offset and the mono-exponential Rician MLE (first echo excluded: it carries no
+  stimulated echo, unlike every later echo of an imperfect CPMG train; MR-BIAS does the same).
 * Temperature: the scan's was not recorded. With ``reference_all_temperatures.csv`` beside the data
   the T2 bias is tabulated at every listed temperature and the one with the smallest median |bias|
   over the judged spheres is named (``temperature_sensitivity`` in results.json); the judged
