@@ -49,7 +49,7 @@ import numpy as np
 
 from experiments.phantom_learned import learned_t1
 from experiments.phantom_report import roi_sd, write_report
-from experiments.phantom_vfa import t1_per_sphere, vfa_t1
+from experiments.phantom_vfa import vfa_t1
 from qmri_jax.evaluation import plot_maps, roi_medians
 from qmri_jax.fitting import EPG_T1_MS, SolverOptions, auto_mask, fit_images, fit_t2_smooth_b1
 from qmri_jax.io import read_dicom_series, write_fit_outputs, write_json, write_nifti
@@ -184,7 +184,7 @@ def run(data: pathlib.Path, out: pathlib.Path, temperature: float | None = None,
         raise SystemExit(f"--t2-t1 vfa: {data / 'dicom' / 'vfa'} has no series")
     t1_for_t2 = vfa["t1_map"] if vfa else EPG_T1_MS
     epg = fit_t2_smooth_b1(img2, mse.protocol, mask2, valid2, b1_mask=mask2, t1_ms=t1_for_t2)
-    t1_used = (t1_per_sphere(t1_for_t2, t2_labels) if vfa else
+    t1_used = (roi_medians(t1_for_t2, t2_labels) if vfa else
                {int(k): EPG_T1_MS for k in np.unique(t2_labels[t2_labels > 0])})
     fits = {
         "epg": epg.t2,

@@ -31,7 +31,6 @@ import pathlib
 
 import numpy as np
 
-from qmri_jax.evaluation import roi_medians
 from qmri_jax.fitting import despot1
 from qmri_jax.io import read_dicom_series, resample_to_grid
 
@@ -93,7 +92,3 @@ def vfa_t1(data: pathlib.Path, mse, t2_mask, rois, t1_plate_est: dict,
                            f"{float(vfa.protocol.tr_ms[0]):g} ms; {filled} mask voxels without a "
                            f"finite T1 set to {fallback_ms:g} ms"}
 
-
-def t1_per_sphere(t1_map, labels) -> dict:
-    """ROI medians of the T1 map used for the T2 fit (reported beside T2)."""
-    return roi_medians(t1_map, labels)

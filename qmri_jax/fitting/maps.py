@@ -100,18 +100,22 @@ def fit_images(images, protocol: Protocol, model: str | FitModel, mask=None, val
             warnings.warn(f"{e}: fitting without sigma, so the CRLB maps are NaN")
     y = images[mask]
     w = valid[mask]
-    per_voxel = {}
-    for kind, given in (("covariate", covariates), ("start", start)):
-        per_voxel[kind] = None if given is None and kind == "start" else {}
-        for name, v in (given or {}).items():
+
+    def in_mask(kind, given):  # {name: [...] map} -> {name: [V]}, None stays None
+        if given is None:
+            return None
+        out = {}
+        for name, v in given.items():
             v = np.asarray(v, np.float32)
             if v.shape != mask.shape:
                 raise ValueError(f"fit_images: {kind} {name!r} has shape {v.shape}, expected the "
                                  f"image shape {mask.shape}")
-            per_voxel[kind][name] = v[mask]
+            out[name] = v[mask]
+        return out
+
     result: FitResult = fit_voxels(model, protocol, y, w, sigma=sigma, options=options,
-                                   progress=progress, covariates=per_voxel["covariate"],
-                                   start=per_voxel["start"])
+                                   progress=progress, covariates=in_mask("covariate", covariates),
+                                   start=in_mask("start", start))
     shape = mask.shape
 
     def scatter(v, fill=np.nan):
