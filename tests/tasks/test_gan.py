@@ -77,6 +77,27 @@ def test_pretraining_stages_freeze_the_other_network(data):
     assert int(state["step"]) == 3
 
 
+def test_generator_ema_is_averaged_and_is_what_maps_from_uses(data):
+    cfg = _cfg()
+    with cfg.unlocked():
+        cfg.train.ema_decay = 0.5
+    task, plain = create_task(cfg), create_task(_cfg())  # plain: no EMA, the live weights
+    keys = task.batch_keys
+    state = engine.init_state(task, {k: data["train"][k][:1] for k in keys}, 0)
+    batch = {k: jnp.asarray(data["train"][k][:4]) for k in keys}
+    new, _ = jax.jit(task.train_step)(state, batch, jax.random.key(0))  # step 0: the generator
+    g0, g1 = state["gen"], new["gen"]
+    for e, p0, p1 in zip(*(jax.tree.leaves(t) for t in (g1.ema_params, g0.params, g1.params))):
+        np.testing.assert_allclose(np.asarray(e), 0.5 * np.asarray(p0) + 0.5 * np.asarray(p1),
+                                   rtol=1e-5, atol=1e-7)
+    x = jnp.asarray(data["test"]["images"][:2, ..., 2])
+    te, tr = jnp.full((2,), 8.0), jnp.full((2,), 400.0)
+    got = np.asarray(task.maps_from(new, x, te, tr))
+    want = plain.maps_from({**new, "gen": g1.replace(params=g1.ema_params)}, x, te, tr)
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5)
+    assert not np.allclose(got, np.asarray(plain.maps_from(new, x, te, tr)))
+
+
 def _params(state):
     return jax.device_get((state["gen"].params, state["gen"].batch_stats, state["disc"].params))
 
