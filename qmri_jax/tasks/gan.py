@@ -160,7 +160,7 @@ class GanTask:
                                  features=tuple(c.disc_features),
                                  extra_convs=c.disc_extra_convs, noise_std=c.disc_noise)
         steps = int(config.train.num_steps)
-        self.ema_decay = float(config.train.get("ema_decay", 0.0))
+        self.ema_decay = float(config.train.ema_decay)
         self.tx_gen = create_optimizer(config.train, steps)
         dtrain = config.train.copy_and_resolve_references()
         with dtrain.unlocked():
